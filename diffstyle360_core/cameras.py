@@ -1,0 +1,383 @@
+"""Camera-condition sets and yaw selection (the "C" box: view control).
+
+Follows ``/work/shared/reference/diffportrait360-facts.md`` §3 ("What the
+condition image is", "360° trajectory") and §1 ("Preprocessing of every image").
+
+* DiffPortrait360 has no explicit camera parameters: the pose ControlNet gets an
+  **RGB rendering of a different synthetic head** at the target camera, in
+  [-1, 1], preprocessed like any image (resized to the model resolution).
+* The official turntable uses 32 precomputed renders
+  ``cam_condition/sphere32/0000000.png … 0000031.png``: yaw_k = 2π·k/32 around a
+  fixed elevation, k = 0 frontal, k = 16 the back, 11.25° apart. (The renderer's
+  own frame adds π/2 to that; here yaw 0 always means "frontal".)
+* The back-view model conditions on frame 16 (one dataset version uses 18);
+  :func:`back_view_index` picks the view nearest 180°.
+
+Yaw convention of :class:`CameraSet`: degrees, 0 = frontal, increasing in the
+direction of increasing file index. An N-file folder is assumed to be an even
+turntable: ``yaw_i = 360·i/N`` (for sphere32, exactly the official yaws).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import (IMAGE_SUFFIXES, ImageInputError, _check_crop, _check_size, _open_pil,
+                     to_model_tensor)
+
+__all__ = [
+    "CameraSet",
+    "OFFICIAL_VIEWS",
+    "OFFICIAL_BACK_INDEX",
+    "load_condition_set",
+    "find_condition_folder",
+    "select_views",
+    "back_view_index",
+    "user_conditions",
+    "write_tiny_condition_set",
+]
+
+#: Views in the official sphere32 turntable.
+OFFICIAL_VIEWS = 32
+#: Back-view frame used by the official back-head model (facts §1 Step 2).
+OFFICIAL_BACK_INDEX = 16
+
+_SEARCHED_SUBDIRS = ("cam_condition/sphere32", "cam_condition", "sphere32")
+_WHERE_FROM = (
+    "The official set is DiffPortrait360's inference data folder `cam_condition/sphere32` "
+    "(32 PNGs 0000000.png … 0000031.png, from the project's inference_data.zip); "
+    "a tiny demo set is written by `python -m diffstyle360_core make-tiny`."
+)
+
+
+@dataclass
+class CameraSet:
+    """Pose-condition images for a set of cameras.
+
+    images:   ``[N,3,S,S]`` float tensor in [-1, 1] (ControlNet hint range).
+    yaws_deg: N yaws in degrees, 0 = frontal, increasing with the view index.
+    source:   where the images came from (folder path, ``"user"``, ...).
+    indices:  position of each view in the set it was loaded as (kept through
+              :meth:`select`, so a subset still knows its original frame numbers);
+              defaults to ``0..N-1``.
+    """
+
+    images: torch.Tensor
+    yaws_deg: list[float]
+    source: str = ""
+    indices: list[int] = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if not torch.is_tensor(self.images) or self.images.ndim != 4 or self.images.shape[1] != 3:
+            shape = tuple(self.images.shape) if torch.is_tensor(self.images) else type(self.images)
+            raise ImageInputError(f"CameraSet.images must be a [N,3,S,S] tensor, got {shape}")
+        n = self.images.shape[0]
+        self.yaws_deg = [float(y) for y in self.yaws_deg]
+        if len(self.yaws_deg) != n:
+            raise ImageInputError(
+                f"CameraSet: {n} images but {len(self.yaws_deg)} yaws; give one yaw per image"
+            )
+        if not all(math.isfinite(y) for y in self.yaws_deg):
+            raise ImageInputError(f"CameraSet: yaws must be finite numbers, got {self.yaws_deg}")
+        self.indices = list(range(n)) if self.indices is None else [int(i) for i in self.indices]
+        if len(self.indices) != n:
+            raise ImageInputError(f"CameraSet: {n} images but {len(self.indices)} indices")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        """Side of the square condition images in pixels."""
+        return int(self.images.shape[-1])
+
+    def select(self, indices: Sequence[int]) -> "CameraSet":
+        """A new set with the views at ``indices`` (positions in this set), in that order."""
+        idx = _validate_indices(indices, len(self))
+        return CameraSet(
+            images=self.images[idx],
+            yaws_deg=[self.yaws_deg[i] for i in idx],
+            source=self.source,
+            indices=[self.indices[i] for i in idx],
+        )
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "CameraSet":
+        """Move / cast the images; yaws and indices are shared metadata."""
+        return CameraSet(self.images.to(device=device, dtype=dtype), list(self.yaws_deg),
+                         self.source, list(self.indices))
+
+
+# --------------------------------------------------------------------------- #
+# loading
+# --------------------------------------------------------------------------- #
+def _even_yaws(n: int) -> list[float]:
+    return [360.0 * i / n for i in range(n)]
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: p.name)
+
+
+def load_condition_set(folder: str | os.PathLike, size: int, *,
+                       crop: str = "center") -> CameraSet:
+    """Read every ``*.png`` / ``*.jpg`` in ``folder`` (sorted by name) as a turntable.
+
+    Yaws are spread evenly: ``yaw_i = 360·i/N``; for the official 32-file sphere32
+    set (``0000000.png … 0000031.png``) that is exactly the official trajectory
+    (k·11.25°, k = 0 frontal, 16 back). Files must all be square and the same size;
+    they are converted to RGB, resized to ``size`` (bicubic, as the official
+    ``.resize((512, 512))``) and mapped to [-1, 1]. ``crop`` is passed on to
+    :func:`~diffstyle360_core.images.to_model_tensor` (square inputs are unaffected).
+    """
+    size = _check_size(size)
+    crop = _check_crop(crop)
+    d = Path(os.fspath(folder)).expanduser()
+    if not d.exists():
+        raise ImageInputError(f"camera-condition folder not found: '{d}'. {_WHERE_FROM}")
+    if not d.is_dir():
+        raise ImageInputError(
+            f"camera-condition path '{d}' is a file; pass the folder that holds the "
+            f"condition images. {_WHERE_FROM}"
+        )
+    files = _list_images(d)
+    if not files:
+        raise ImageInputError(
+            f"camera-condition folder '{d}' has no .png/.jpg images. {_WHERE_FROM}"
+        )
+    pils = []
+    for f in files:
+        im = _open_pil(f, name=f"camera-condition file '{f.name}'")
+        w, h = im.size
+        if w != h:
+            raise ImageInputError(
+                f"camera-condition file '{f.name}' in '{d}' is {w}x{h}; condition renders "
+                "must be square. Re-render or crop it to a square."
+            )
+        pils.append(im)
+    sizes = [im.size for im in pils]
+    common, _ = Counter(sizes).most_common(1)[0]
+    odd = [(f.name, s) for f, s in zip(files, sizes) if s != common]
+    if odd:
+        shown = ", ".join(f"'{nm}' is {w}x{h}" for nm, (w, h) in odd[:5])
+        more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+        raise ImageInputError(
+            f"camera-condition files in '{d}' differ in size: {shown}{more}, but the "
+            f"others are {common[0]}x{common[1]}. All views of a set must share one size."
+        )
+    images = torch.cat([to_model_tensor(im, size, name=f"camera-condition file '{f.name}'",
+                                        crop=crop) for f, im in zip(files, pils)], dim=0)
+    return CameraSet(images=images, yaws_deg=_even_yaws(len(files)), source=str(d))
+
+
+def find_condition_folder(weights_dir: str | os.PathLike) -> Path:
+    """Locate the condition renders under ``weights_dir``.
+
+    Searches, in order: ``cam_condition/sphere32``, ``cam_condition``, ``sphere32``;
+    the first existing folder that holds .png/.jpg files wins.
+    """
+    root = Path(os.fspath(weights_dir)).expanduser()
+    searched = [root / s for s in _SEARCHED_SUBDIRS]
+    for cand in searched:
+        if cand.is_dir() and _list_images(cand):
+            return cand
+    listing = "\n".join(f"  - {p}" for p in searched)
+    hint = "" if root.is_dir() else f" (the folder '{root}' itself does not exist)"
+    raise ImageInputError(
+        f"no camera-condition images found under '{root}'{hint}. Searched:\n{listing}\n"
+        f"{_WHERE_FROM}"
+    )
+
+
+# --------------------------------------------------------------------------- #
+# selection
+# --------------------------------------------------------------------------- #
+def _validate_indices(indices: Sequence[int], n: int) -> list[int]:
+    try:
+        idx = [int(i) for i in indices]
+    except (TypeError, ValueError) as e:
+        raise ImageInputError(f"view indices must be integers, got {indices!r}") from e
+    if not idx:
+        raise ImageInputError("no view indices given; pass at least one")
+    bad = [i for i in idx if i < 0 or i >= n]
+    if bad:
+        raise ImageInputError(f"view indices {bad} are out of range; valid indices are 0..{n - 1}")
+    dups = sorted({i for i in idx if idx.count(i) > 1})
+    if dups:
+        raise ImageInputError(f"duplicate view indices {dups}; each view may be chosen once")
+    return idx
+
+
+def _even_pick(n_avail: int, views: Any, what: str) -> list[int]:
+    """Positions round(i·n_avail/views), i < views (distinct because views <= n_avail)."""
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)):
+        raise ImageInputError(f"views must be an integer, got {views!r}")
+    views = int(views)
+    if views < 1:
+        raise ImageInputError(f"views must be at least 1, got {views}")
+    if views > n_avail:
+        raise ImageInputError(
+            f"asked for {views} views but only {n_avail} are available {what}; "
+            f"use views <= {n_avail} or a larger condition set"
+        )
+    return [int(math.floor(i * n_avail / views + 0.5)) for i in range(views)]
+
+
+def select_views(camera_set: CameraSet, *, views: int | None = None,
+                 yaw_range: tuple[float, float] | None = None,
+                 indices: Sequence[int] | None = None) -> CameraSet:
+    """Choose a subset of views.
+
+    * ``indices``: explicit positions (validated: in range, no duplicates); cannot be
+      combined with ``views`` / ``yaw_range``.
+    * ``views=N``: N views evenly spaced across the set, positions ``round(i·len/N)``
+      (e.g. 8 of 32 -> 0, 4, 8, …, 28).
+    * ``yaw_range=(start, end)`` in degrees, inclusive, going in the direction of
+      increasing yaw and wrapping through 360 (``(300, 60)`` = 300°…360°/0°…60°);
+      ``(0, 360)`` is the full circle. Views come out in turntable order from
+      ``start``. With ``views`` as well, N evenly spaced views within that range.
+    * nothing: the whole set.
+    """
+    n = len(camera_set)
+    if indices is not None:
+        if views is not None or yaw_range is not None:
+            raise ImageInputError("pass either indices or views/yaw_range, not both")
+        return camera_set.select(indices)
+    if yaw_range is None:
+        if views is None:
+            return camera_set.select(range(n))
+        return camera_set.select(_even_pick(n, views, "in the condition set"))
+    try:
+        start, end = (float(v) for v in yaw_range)
+    except (TypeError, ValueError) as e:
+        raise ImageInputError(f"yaw_range must be (start_deg, end_deg), got {yaw_range!r}") from e
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ImageInputError(f"yaw_range must be finite, got {yaw_range!r}")
+    span = (end - start) % 360.0
+    if span == 0.0 and end != start:
+        span = 360.0
+    eps = 1e-6
+    offsets = [((y - start) % 360.0, i) for i, y in enumerate(camera_set.yaws_deg)]
+    offsets = [(0.0 if o > 360.0 - eps else o, i) for o, i in offsets]  # fp wrap at start
+    inside = [i for o, i in sorted(offsets) if o <= span + eps]
+    if not inside:
+        yaws = ", ".join(f"{y:g}" for y in camera_set.yaws_deg)
+        raise ImageInputError(
+            f"no views with yaw in [{start:g}°, {end:g}°]; available yaws: {yaws}"
+        )
+    if views is not None:
+        inside = [inside[p] for p in _even_pick(len(inside), views,
+                                                f"in yaw range [{start:g}°, {end:g}°]")]
+    return camera_set.select(inside)
+
+
+def back_view_index(camera_set: CameraSet) -> int:
+    """Position of the view whose yaw is closest to 180° (ties: the lowest index)."""
+    if len(camera_set) == 0:
+        raise ImageInputError("the camera set is empty")
+    dist = [abs(((y - 180.0) + 180.0) % 360.0 - 180.0) for y in camera_set.yaws_deg]
+    return int(min(range(len(dist)), key=lambda i: (round(dist[i], 9), i)))
+
+
+def user_conditions(images: Any, size: int, *, yaws_deg: Sequence[float] | None = None,
+                    crop: str = "center", name: str = "camera conditions") -> CameraSet:
+    """Condition views from user images.
+
+    ``images``: a ComfyUI IMAGE ``[B,H,W,3]`` (or any batch layout
+    :func:`~diffstyle360_core.images.to_model_tensor` accepts) or a list of PIL
+    images / arrays / file paths. Yaws default to an even 360° spread, ``360·i/B``.
+    """
+    size = _check_size(size)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ImageInputError(f"{name}: the list of condition images is empty")
+        tens = torch.cat([to_model_tensor(im, size, name=f"{name} [{i}]", crop=crop)
+                          for i, im in enumerate(images)], dim=0)
+    else:
+        tens = to_model_tensor(images, size, name=name, crop=crop)
+    n = tens.shape[0]
+    if yaws_deg is None:
+        yaws = _even_yaws(n)
+    else:
+        yaws = [float(y) for y in yaws_deg]
+        if len(yaws) != n:
+            raise ImageInputError(f"{name}: {n} images but {len(yaws)} yaws; give one yaw per image")
+    return CameraSet(images=tens, yaws_deg=yaws, source="user")
+
+
+# --------------------------------------------------------------------------- #
+# tiny synthetic set
+# --------------------------------------------------------------------------- #
+def _render_tiny_head(size: int, yaw_deg: float) -> np.ndarray:
+    """A shaded ellipse 'head' seen at ``yaw_deg``: skin face side, dark hair side.
+
+    Facial markers (eyes, nose) sit at x = sin(yaw) across the head and are drawn
+    only while they face the camera (cos(yaw) > 0), so the views are distinct and
+    the back (180°) shows only hair. Cheap numpy drawing, fully deterministic.
+    """
+    s = float(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = (xx + 0.5 - s / 2) / (0.34 * s)   # head-local coords, ellipse radius 1
+    v = (yy + 0.5 - s * 0.52) / (0.44 * s)
+    r2 = u * u + v * v
+    inside = r2 <= 1.0
+    nz = np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
+    # Surface longitude of each pixel on the head (0 = camera-facing), then the
+    # angle relative to the face direction for this yaw.
+    lon = np.arctan2(u, nz)
+    rel = lon - math.radians(yaw_deg)
+    facing = np.cos(rel)                      # > 0: face side, < 0: hair side
+    shade = 0.35 + 0.65 * np.clip(0.3 * u * -1 + 0.2 * -v + 0.9 * nz, 0.0, 1.0)
+    skin = np.array([0.90, 0.72, 0.60], np.float32)
+    hair = np.array([0.25, 0.16, 0.10], np.float32)
+    t = np.clip(facing * 1.5 + 0.2, 0.0, 1.0)[..., None]
+    t = np.where((v < -0.45)[..., None], np.minimum(t, 0.15), t)  # hairline on top
+    col = (t * skin + (1 - t) * hair) * shade[..., None]
+    img = np.empty((size, size, 3), np.float32)
+    img[...] = np.array([0.82, 0.85, 0.90], np.float32)  # light background
+    img[inside] = col[inside]
+    # facial markers
+    yr = math.radians(yaw_deg)
+    if math.cos(yr) > 0.05:
+        def dot(lon_off: float, vy: float, rad: float, rgb: tuple[float, float, float]) -> None:
+            mx = math.sin(yr + lon_off) * math.sqrt(max(0.0, 1 - vy * vy))
+            if math.cos(yr + lon_off) <= 0:
+                return
+            m = ((u - mx) ** 2 + (v - vy) ** 2) <= rad * rad
+            img[m & inside] = np.array(rgb, np.float32)
+        dot(-0.45, -0.15, 0.09, (0.08, 0.08, 0.12))   # eyes
+        dot(+0.45, -0.15, 0.09, (0.08, 0.08, 0.12))
+        dot(0.0, 0.15, 0.11, (0.75, 0.35, 0.30))      # nose
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_tiny_condition_set(folder: str | os.PathLike, size: int = 64,
+                             n: int = OFFICIAL_VIEWS) -> list[Path]:
+    """Write ``n`` synthetic condition PNGs ``0000000.png …`` (yaw 360·k/n) for tests and demos.
+
+    Same naming and yaw layout as the official sphere32 set, but a cartoon head, so
+    it only exercises the plumbing; it is no substitute for the real renders.
+    """
+    size = _check_size(size)
+    if size < 32:
+        raise ImageInputError(f"size must be at least 32 px for a loadable set, got {size}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ImageInputError(f"n must be a positive integer, got {n!r}")
+    d = Path(os.fspath(folder)).expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, yaw in enumerate(_even_yaws(int(n))):
+        p = d / f"{k:07d}.png"
+        Image.fromarray(_render_tiny_head(size, yaw), mode="RGB").save(p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,171 @@
+"""Model configuration: plain dicts of each component's diffusers config (from_pretrained style).
+
+One ``config.json`` describes a converted model folder; each component is
+rebuilt from its dict and filled from ``<component>.safetensors``. The SD1.5
+numbers follow the official yamls (facts §2, §4, §5); ``tiny_config`` keeps the
+same topology (16 self-attention layers, 8 + 12 view-consistency modules) at a
+size that runs in milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+MAIN = "main"
+BACK_VIEW = "back_view"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+
+
+def sd15_unet(channels=(320, 640, 1280, 1280), context_dim=768, heads=8, groups=32, sample_size=64) -> dict:
+    return dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=list(_DOWN),
+        up_block_types=list(_UP),
+        block_out_channels=list(channels),
+        layers_per_block=2,
+        cross_attention_dim=context_dim,
+        attention_head_dim=heads,
+        norm_num_groups=groups,
+    )
+
+
+def sd15_controlnet(unet: dict, hint_channels=(16, 32, 96, 256)) -> dict:
+    keys = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block",
+            "cross_attention_dim", "attention_head_dim", "norm_num_groups")
+    cfg = {k: copy.deepcopy(unet[k]) for k in keys}
+    cfg.update(conditioning_channels=3, conditioning_embedding_out_channels=list(hint_channels))
+    return cfg
+
+
+def sd15_vae(channels=(128, 256, 512, 512), groups=32, sample_size=512) -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=list(channels),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=groups,
+        sample_size=sample_size,
+        scaling_factor=0.18215,
+    )
+
+
+def clip_l_text(hidden=768, layers=12, heads=12, intermediate=3072) -> dict:
+    """CLIP ViT-L/14 text tower (SD1.5's FrozenCLIPEmbedder), transformers CLIPTextConfig kwargs."""
+    return dict(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=hidden,
+    )
+
+
+@dataclass
+class TemporalConfig:
+    """View-consistency modules (facts §4): AnimateDiff-v1 blocks, PE up to 24 views, trained on windows of 8."""
+
+    num_heads: int = 8
+    max_views: int = 24
+    window: int = 8
+    norm_num_groups: int = 32
+
+
+@dataclass
+class ScheduleConfig:
+    """LDM schedule of the official yaml: scaled-linear betas, eps prediction (facts §1)."""
+
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+    prediction: str = "epsilon"
+
+
+@dataclass
+class BackboneConfig:
+    kind: str
+    unet: dict
+    controlnet: dict
+    vae: dict
+    text_encoder: dict
+    temporal: Optional[TemporalConfig]
+    image_size: int = 512
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.unet["cross_attention_dim"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BackboneConfig":
+        data = dict(data)
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"config format {version} is newer than this DiffStyle360 ({FORMAT_VERSION}); update the pack")
+        temporal = data.pop("temporal", None)
+        schedule = data.pop("schedule", None) or {}
+        return cls(
+            temporal=TemporalConfig(**temporal) if temporal else None,
+            schedule=ScheduleConfig(**schedule),
+            **data,
+        )
+
+    def save(self, folder: Path) -> None:
+        Path(folder, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "BackboneConfig":
+        path = Path(folder, CONFIG_NAME)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {folder} is not a converted DiffStyle360 model folder")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def official_config(kind: str = MAIN) -> BackboneConfig:
+    """The released DiffPortrait360 models: SD1.5 sizes; ``main`` has the 20 temporal modules."""
+    unet = sd15_unet()
+    return BackboneConfig(
+        kind=kind,
+        unet=unet,
+        controlnet=sd15_controlnet(unet),
+        vae=sd15_vae(),
+        text_encoder=clip_l_text(),
+        temporal=TemporalConfig() if kind == MAIN else None,
+    )
+
+
+def tiny_config(kind: str = MAIN) -> BackboneConfig:
+    """Same topology as ``official_config`` with tiny widths: for tests, demos and CI."""
+    unet = sd15_unet(channels=(32, 64, 64, 64), context_dim=32, heads=4, groups=8, sample_size=8)
+    return BackboneConfig(
+        kind=kind,
+        unet=unet,
+        controlnet=sd15_controlnet(unet, hint_channels=(8, 8, 16, 16)),
+        vae=sd15_vae(channels=(16, 16, 32, 32), groups=8, sample_size=64),
+        text_encoder=clip_l_text(hidden=32, layers=2, heads=4, intermediate=64),
+        temporal=TemporalConfig(num_heads=4, norm_num_groups=8) if kind == MAIN else None,
+        image_size=64,
+    )

@@ -1,0 +1,495 @@
+"""Image I/O and validation: every user image passes through here.
+
+Follows ``/work/shared/reference/diffportrait360-facts.md`` §1 ("Preprocessing of
+every image", "Output"). The official code does, for every image (front view,
+back view and the camera-condition renders alike)::
+
+    PIL.Image.open(p).convert("RGB").resize((512, 512))   # no crop
+    ToTensor(); Normalize(0.5, 0.5)                        # -> [-1, 1]
+
+``Image.resize`` without a filter argument uses BICUBIC for RGB images (Pillow
+>= 7), so :func:`to_model_tensor` resizes with bicubic too. One deliberate
+difference: the default ``crop="center"`` centre-crops to a square before the
+resize, because the official plain resize squashes non-square portraits;
+``crop="none"`` reproduces the official behaviour exactly.
+
+Outputs are decoded frames in [-1, 1]; the official code clamps them, maps them to
+[0, 1] and writes a 32-frame, 10 fps video. :func:`save_views` writes numbered
+PNGs plus a looping GIF/WebP turntable at the same default 10 fps.
+
+Bad input raises :class:`ImageInputError` (a ``ValueError``) with a message that
+names the input and says what to do, rather than a torch traceback later on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+__all__ = [
+    "ImageInputError",
+    "MIN_SIDE",
+    "CROP_MODES",
+    "IMAGE_SUFFIXES",
+    "load_image",
+    "to_model_tensor",
+    "tensor_to_pil",
+    "to_comfy_image",
+    "save_views",
+    "load_mask",
+]
+
+#: Smallest accepted image side in pixels (before crop and resize).
+MIN_SIDE = 32
+#: ``crop`` argument values.
+CROP_MODES = ("center", "none")
+#: File suffixes read as images by folder loaders.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Slack allowed on the 0..1 range of float inputs (rounding from other tools).
+_RANGE_TOL = 1e-3
+_CHANNELS = (1, 3, 4)
+_SAVE_FORMATS = ("png", "gif", "webp")
+
+
+class ImageInputError(ValueError):
+    """A user-supplied image, mask or image folder cannot be used as given."""
+
+
+# --------------------------------------------------------------------------- #
+# small validators
+# --------------------------------------------------------------------------- #
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ImageInputError(f"size must be a positive integer (pixels), got {size!r}")
+    return int(size)
+
+
+def _check_crop(crop: Any) -> str:
+    if crop not in CROP_MODES:
+        raise ImageInputError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+    return crop
+
+
+def _check_min_side(h: int, w: int, name: str) -> None:
+    if min(h, w) < MIN_SIDE:
+        raise ImageInputError(
+            f"{name} is {w}x{h} px; the smallest side must be at least {MIN_SIDE} px. "
+            "Use a larger image (the model works at 512x512)."
+        )
+
+
+def _center_box(h: int, w: int) -> tuple[int, int, int]:
+    """(top, left, side) of the centred square crop."""
+    s = min(h, w)
+    return (h - s) // 2, (w - s) // 2, s
+
+
+# --------------------------------------------------------------------------- #
+# PIL side
+# --------------------------------------------------------------------------- #
+def _open_pil(path: Any, name: str) -> Image.Image:
+    """Open and fully decode an image file, EXIF rotation applied."""
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise ImageInputError(
+            f"{name}: file not found: '{p}'. Check the path "
+            f"(relative paths are resolved from '{Path.cwd()}')."
+        )
+    if p.is_dir():
+        raise ImageInputError(
+            f"{name}: '{p}' is a folder, not an image file. Pass the path of a PNG or JPEG file."
+        )
+    try:
+        with Image.open(p) as im:
+            im.load()
+            # Phone photos store their rotation in EXIF; ignoring it would hand the
+            # model a sideways head.
+            out = ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
+        raise ImageInputError(
+            f"{name}: could not read '{p}' as an image ({type(e).__name__}: {e}). "
+            "Re-save it as PNG or JPEG and try again."
+        ) from e
+    return out
+
+
+def _high_bit_to_l(im: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer or float single-channel images -> 8-bit 'L'."""
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        if a.size and np.nanmax(a) <= 1.0 + _RANGE_TOL:
+            a = a * 255.0
+    elif a.size and a.max() > 255:
+        a = a / 257.0  # 0..65535 -> 0..255
+    a = np.nan_to_num(a, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """Any PIL mode -> 'RGB'. Alpha is dropped, not composited (see load_image)."""
+    if im.mode == "RGB":
+        return im
+    try:
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            return _high_bit_to_l(im).convert("RGB")
+        if im.mode == "P" or im.mode == "PA":
+            # via RGBA so palette transparency does not trigger Pillow's warning
+            return im.convert("RGBA").convert("RGB")
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ImageInputError(
+            f"{name}: cannot convert image mode '{im.mode}' to RGB ({e}). "
+            "Re-save it as an 8-bit RGB PNG or JPEG."
+        ) from e
+
+
+def load_image(path: str | os.PathLike, *, name: str = "image") -> Image.Image:
+    """Read an image file as an RGB ``PIL.Image``.
+
+    * Missing / unreadable files raise :class:`ImageInputError` naming the path.
+    * EXIF orientation is applied (phone photos).
+    * Grayscale, palette, CMYK and 16-bit images are converted to RGB.
+    * **Alpha is dropped, not composited over white**: transparent pixels keep
+      whatever colour they store (often black). This matches the official
+      ``.convert('RGB')``; flatten cut-outs onto a background yourself if needed.
+    """
+    return _pil_to_rgb(_open_pil(path, name), name)
+
+
+# --------------------------------------------------------------------------- #
+# array side
+# --------------------------------------------------------------------------- #
+def _as_numpy(x: Any, name: str) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _normalize_dtype(a: np.ndarray, name: str, *, kind: str = "image") -> np.ndarray:
+    """-> uint8 array (kept as is) or float32 array validated to lie in [0, 1]."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise ImageInputError(
+                f"{name}: integer {kind} values must be 0..255, got "
+                f"{a.min()}..{a.max()}. Pass uint8 0..255 or float 0..1 data."
+            )
+        return a.astype(np.uint8)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ImageInputError(f"{name}: unsupported {kind} dtype {a.dtype}; use uint8 or float")
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        raise ImageInputError(
+            f"{name}: {kind} contains NaN or infinite values; check the node or code that produced it."
+        )
+    if a.size:
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+            raise ImageInputError(
+                f"{name}: float {kind} values must be in 0..1, got min {lo:.4g}, max {hi:.4g}. "
+                "Pass 0..1 images (divide 0..255 data by 255; map -1..1 data with (x+1)/2)."
+            )
+    return np.clip(a, 0.0, 1.0)
+
+
+def _to_bhwc(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """Detect the layout of an image array; return (B,H,W,C) and whether it was batched.
+
+    Channel axis = the one of size 1/3/4; channels-last wins when both ends qualify.
+    """
+    shape = tuple(a.shape)
+    if a.ndim == 2:
+        return a[None, :, :, None], False
+    if a.ndim == 3:
+        if shape[-1] in _CHANNELS:
+            return a[None], False
+        if shape[0] in _CHANNELS:
+            return np.moveaxis(a, 0, -1)[None], False
+    elif a.ndim == 4:
+        if shape[-1] in _CHANNELS:
+            return a, True
+        if shape[1] in _CHANNELS:
+            return np.moveaxis(a, 1, -1), True
+    else:
+        raise ImageInputError(
+            f"{name}: expected an image of rank 2-4 (HxW, HxWxC, CxHxW, BxHxWxC or BxCxHxW), "
+            f"got shape {shape}"
+        )
+    raise ImageInputError(
+        f"{name}: cannot find the channel axis in shape {shape}; expected 1, 3 or 4 channels "
+        "as HxWxC / BxHxWxC (ComfyUI IMAGE) or CxHxW / BxCxHxW."
+    )
+
+
+def _resize_float(img: np.ndarray, size: int, resample: int) -> np.ndarray:
+    """HxWxC float32 -> size x size x C float32, per channel with PIL mode 'F'."""
+    chans = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c]), mode="F")
+                   .resize((size, size), resample), dtype=np.float32)
+        for c in range(img.shape[-1])
+    ]
+    return np.stack(chans, axis=-1)
+
+
+def _prepare_one(img: np.ndarray, size: int, crop: str) -> np.ndarray:
+    """HxWx3 uint8 or float(0..1) -> size x size x 3 float32 in [0, 1]."""
+    if crop == "center":
+        top, left, s = _center_box(img.shape[0], img.shape[1])
+        img = img[top:top + s, left:left + s]
+    if img.dtype == np.uint8:
+        # exactly the official path: an RGB uint8 PIL image resized with bicubic
+        out = np.asarray(Image.fromarray(np.ascontiguousarray(img), mode="RGB")
+                         .resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    else:
+        out = np.clip(_resize_float(img, size, Image.BICUBIC), 0.0, 1.0)
+    return out
+
+
+def to_model_tensor(image: Any, size: int, *, name: str = "image",
+                    crop: str = "center") -> torch.Tensor:
+    """Any user image -> model input ``[B, 3, size, size]`` float32 in [-1, 1].
+
+    Accepts a ``PIL.Image``, a file path, a numpy array (HxWxC / HxW, uint8 0..255
+    or float 0..1) or a torch tensor in ComfyUI layout ``[B,H,W,C]`` / ``[H,W,C]``
+    (float 0..1) or channels-first ``[B,C,H,W]`` / ``[C,H,W]``. The channel axis is
+    the one of size 1, 3 or 4; when both ends qualify, channels-last is assumed.
+    1 channel is repeated to RGB, a 4th (alpha) channel is dropped.
+
+    ``crop="center"`` (default) centre-crops to a square, then resizes;
+    ``crop="none"`` resizes the whole image like the official code (distorts
+    non-square inputs). Resizing uses PIL bicubic, the default filter of the
+    official ``PIL.Image.resize((512, 512))``.
+
+    Single images give ``[1,3,S,S]``; batches keep their batch size.
+    """
+    size = _check_size(size)
+    crop = _check_crop(crop)
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image, name=name)
+    if isinstance(image, Image.Image):
+        a = np.asarray(_pil_to_rgb(image, name))[None]  # 1xHxWx3 uint8
+    elif isinstance(image, np.ndarray) or torch.is_tensor(image):
+        a, _ = _to_bhwc(_as_numpy(image, name), name)
+        a = _normalize_dtype(a, name)
+    else:
+        raise ImageInputError(
+            f"{name}: unsupported image type {type(image).__name__}; pass a PIL image, "
+            "a file path, a numpy array or a torch tensor."
+        )
+    b, h, w, c = a.shape
+    if b == 0:
+        raise ImageInputError(f"{name}: the image batch is empty")
+    if c not in _CHANNELS:
+        raise ImageInputError(f"{name}: expected 1, 3 or 4 channels, got {c}")
+    _check_min_side(h, w, name)
+    if c == 1:
+        a = np.repeat(a, 3, axis=-1)
+    elif c == 4:
+        a = a[..., :3]
+    out = np.stack([_prepare_one(a[i], size, crop) for i in range(b)], axis=0)
+    t = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+    return (t * 2.0 - 1.0).to(torch.float32).contiguous()
+
+
+# --------------------------------------------------------------------------- #
+# outputs
+# --------------------------------------------------------------------------- #
+def _check_output(x: Any, what: str) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise ImageInputError(f"{what}: expected a torch tensor, got {type(x).__name__}")
+    x = x.detach().cpu().float()
+    if not torch.isfinite(x).all():
+        raise ImageInputError(
+            f"{what}: tensor contains NaN or infinite values (the model diverged; "
+            "try float32 or a different seed)."
+        )
+    return x
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """``[3,H,W]`` or ``[1,3,H,W]`` tensor in [-1, 1] -> RGB ``PIL.Image`` (clamped, rounded)."""
+    x = _check_output(x, "tensor_to_pil")
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ImageInputError(
+            f"tensor_to_pil: expected [3,H,W] or [1,3,H,W] in [-1,1], got shape {tuple(x.shape)}"
+        )
+    u8 = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(u8.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def to_comfy_image(x: torch.Tensor) -> torch.Tensor:
+    """``[B,3,H,W]`` in [-1, 1] -> ComfyUI IMAGE ``[B,H,W,3]`` float32 in [0, 1] on CPU."""
+    x = _check_output(x, "to_comfy_image")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ImageInputError(
+            f"to_comfy_image: expected [B,3,H,W] in [-1,1], got shape {tuple(x.shape)}"
+        )
+    return ((x.clamp(-1, 1) + 1.0) * 0.5).permute(0, 2, 3, 1).contiguous()
+
+
+def save_views(views: torch.Tensor, out_dir: str | os.PathLike, *, prefix: str = "view",
+               fps: float = 10, formats: Sequence[str] = _SAVE_FORMATS) -> dict:
+    """Write generated views ``[N,3,H,W]`` in [-1, 1] to ``out_dir``.
+
+    * ``"png"``: ``{prefix}_000.png``, ``{prefix}_001.png``, ...
+    * ``"gif"``: ``turntable.gif``, looping forever (``loop=0``), 1000/fps ms a frame
+      (GIF stores 10 ms units; Pillow merges consecutive identical frames).
+    * ``"webp"``: ``turntable.webp``, looping; skipped with a warning if this Pillow
+      build lacks WebP support.
+
+    The official code writes a 10 fps mp4 (facts §1 "Output"); 10 fps is the default.
+    Returns ``{"png": [paths], "gif": path, "webp": path}`` for the formats written.
+    """
+    x = _check_output(views, "save_views")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
+        raise ImageInputError(
+            f"save_views: expected views [N,3,H,W] in [-1,1] with N >= 1, got shape {tuple(x.shape)}"
+        )
+    fmts = tuple(formats)
+    bad = [f for f in fmts if f not in _SAVE_FORMATS]
+    if bad:
+        raise ImageInputError(f"save_views: unknown format(s) {bad}; choose from {_SAVE_FORMATS}")
+    if not fps or fps <= 0:
+        raise ImageInputError(f"save_views: fps must be > 0, got {fps!r}")
+    out = Path(os.fspath(out_dir)).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    frames = [tensor_to_pil(v) for v in x]
+    duration = max(1, int(round(1000.0 / fps)))
+    result: dict = {}
+    if "png" in fmts:
+        paths = []
+        for i, fr in enumerate(frames):
+            p = out / f"{prefix}_{i:03d}.png"
+            fr.save(p)
+            paths.append(p)
+        result["png"] = paths
+    if "gif" in fmts:
+        p = out / "turntable.gif"
+        frames[0].save(p, save_all=True, append_images=frames[1:], loop=0,
+                       duration=duration, disposal=2)
+        result["gif"] = p
+    if "webp" in fmts:
+        if features.check("webp"):
+            p = out / "turntable.webp"
+            frames[0].save(p, save_all=True, append_images=frames[1:], loop=0,
+                           duration=duration, quality=90)
+            result["webp"] = p
+        else:
+            warnings.warn("save_views: this Pillow build has no WebP support; turntable.webp skipped",
+                          RuntimeWarning, stacklevel=2)
+    return result
+
+
+# --------------------------------------------------------------------------- #
+# masks
+# --------------------------------------------------------------------------- #
+def _mask_to_bhw(a: np.ndarray, name: str) -> np.ndarray:
+    shape = tuple(a.shape)
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3:
+        if shape[-1] in _CHANNELS and min(shape[0], shape[1]) >= MIN_SIDE and shape[-1] < MIN_SIDE:
+            raise ImageInputError(
+                f"{name}: shape {shape} looks like an HxWxC image, not a mask. Pass a "
+                "single-channel HxW (or BxHxW ComfyUI MASK) array, or the mask's file path."
+            )
+        return a
+    if a.ndim == 4:
+        if shape[1] != 1:
+            raise ImageInputError(
+                f"{name}: a 4-D mask must be [B,1,H,W] (one channel), got shape {shape}"
+            )
+        return a[:, 0]
+    raise ImageInputError(
+        f"{name}: wrong mask rank {a.ndim} (shape {shape}); expected [H,W], [B,H,W] "
+        "(ComfyUI MASK) or [B,1,H,W]"
+    )
+
+
+def load_mask(path_or_array: Any, size: int, *, name: str = "mask", crop: str = "center",
+              match_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """A region mask -> ``[B,1,size,size]`` float32 in [0, 1] (B = 1 for a single mask).
+
+    * File path or ``PIL.Image`` (grayscale/RGB/RGBA): the luminance ('L') channel / 255.
+      Alpha is ignored: paint the region to stylize white on black.
+    * numpy / torch ``[H,W]``, ``[B,H,W]`` (ComfyUI MASK) or ``[B,1,H,W]``; uint8 is
+      read as 0..255, bool as 0/1, float must lie in [0, 1].
+
+    Non-square masks are treated like images: ``crop="center"`` centre-crops,
+    ``crop="none"`` resizes (use the same ``crop`` as for the image it belongs to).
+    ``match_hw=(H, W)`` of that image, if given, must have the mask's aspect ratio.
+    Resizing uses bilinear (no bicubic overshoot). An all-zero mask is an error.
+    """
+    size = _check_size(size)
+    crop = _check_crop(crop)
+    if isinstance(path_or_array, (str, os.PathLike)):
+        path_or_array = _open_pil(path_or_array, name)
+    if isinstance(path_or_array, Image.Image):
+        im = path_or_array
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            im = _high_bit_to_l(im)
+        elif im.mode in ("P", "PA"):
+            im = im.convert("RGBA").convert("L")
+        else:
+            im = im.convert("L")
+        a = (np.asarray(im, dtype=np.float32) / 255.0)[None]
+    elif isinstance(path_or_array, np.ndarray) or torch.is_tensor(path_or_array):
+        a = _mask_to_bhw(_as_numpy(path_or_array, name), name)
+        a = _normalize_dtype(a, name, kind="mask")
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+    else:
+        raise ImageInputError(
+            f"{name}: unsupported mask type {type(path_or_array).__name__}; pass a file path, "
+            "a PIL image, a numpy array or a torch tensor."
+        )
+    b, h, w = a.shape
+    if b == 0:
+        raise ImageInputError(f"{name}: the mask batch is empty")
+    _check_min_side(h, w, name)
+    if match_hw is not None:
+        ih, iw = int(match_hw[0]), int(match_hw[1])
+        if abs(w / h - iw / ih) > 0.01 * (iw / ih):
+            raise ImageInputError(
+                f"{name}: mask is {w}x{h} px but its image is {iw}x{ih} px (different aspect "
+                "ratio). Export the mask at the image's framing."
+            )
+    outs = []
+    for i in range(b):
+        m = a[i]
+        which = f"{name}" if b == 1 else f"{name} [batch index {i}]"
+        if float(m.max()) <= 0.0:
+            raise ImageInputError(
+                f"{which}: mask selects nothing; paint the region to stylize white (it is all zeros)."
+            )
+        if crop == "center":
+            top, left, s = _center_box(h, w)
+            m = m[top:top + s, left:left + s]
+            if float(m.max()) <= 0.0:
+                raise ImageInputError(
+                    f"{which}: mask selects nothing inside the centred square crop; paint the "
+                    "region to stylize white inside the crop, or pass crop='none'."
+                )
+        m = np.clip(_resize_float(m[..., None], size, Image.BILINEAR)[..., 0], 0.0, 1.0)
+        outs.append(m)
+    t = torch.from_numpy(np.stack(outs, axis=0)[:, None].astype(np.float32))
+    return t.contiguous()

@@ -1,0 +1,165 @@
+"""Assembles DiffPortrait360 + DiffStyle360 from their parts (Fig. 2a); no file I/O here.
+
+Main UNet (frozen SD1.5, every ``attn1`` a Style Fusion reader) + content
+appearance module + optional style appearance module + pose ControlNet +
+view-consistency modules (main model only) + VAE + the constant empty-prompt
+embedding (the official prompt is always "", facts §5, so CLIP is only needed
+once, at conversion).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from .appearance import AppearanceModule, split_references
+from .attention import FusionState, install_fusion_readers
+from .config import BackboneConfig
+from .pose_control import PoseControlNet
+from .temporal import build_view_consistency_modules
+from .unet_walk import walk_unet
+
+# Component name -> attribute; also the safetensors file stem in a converted folder.
+COMPONENTS = ("unet", "temporal", "appearance", "style_appearance", "pose_controlnet", "vae", "text_embedding")
+
+
+class DiffStyle360Model(nn.Module):
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.config = config
+        self.unet = UNet2DConditionModel(**config.unet)
+        self.fusion = FusionState()
+        self.attention_layers = install_fusion_readers(self.unet, self.fusion)
+        self.temporal: Optional[nn.ModuleDict] = None
+        if config.temporal is not None:
+            down, up = build_view_consistency_modules(
+                config.unet["block_out_channels"],
+                layers_per_block=config.unet["layers_per_block"],
+                num_heads=config.temporal.num_heads,
+                max_views=config.temporal.max_views,
+                norm_num_groups=config.temporal.norm_num_groups,
+            )
+            self.temporal = nn.ModuleDict({"down": down, "up": up})
+        self.appearance = AppearanceModule(config.unet)
+        self.style_appearance: Optional[AppearanceModule] = None
+        self.pose_controlnet = PoseControlNet(config.controlnet)
+        self.vae = AutoencoderKL(**config.vae)
+        self.register_buffer("text_embedding", torch.zeros(1, 77, config.context_dim))
+
+    # ----- style appearance module (§3.2) -------------------------------------------------
+    def add_style_module(self) -> AppearanceModule:
+        """A separately weighted Style Appearance Module, initialised from the content module (§3.2)."""
+        self.style_appearance = copy.deepcopy(self.appearance)
+        return self.style_appearance
+
+    @property
+    def style_module(self) -> AppearanceModule:
+        """The style module; in training-free mode (none loaded) the content module itself (§4 ablation)."""
+        return self.style_appearance if self.style_appearance is not None else self.appearance
+
+    @property
+    def training_free(self) -> bool:
+        return self.style_appearance is None
+
+    # ----- latents ------------------------------------------------------------------------
+    @property
+    def scale_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True):
+        """Images [B,3,H,W] in [-1,1] → latents × 0.18215; posterior *sampled* as the official code does."""
+        images = images.to(self.vae.device, self.vae.dtype)
+        dist = self.vae.encode(images).latent_dist
+        if not sample:
+            return dist.mean * self.scale_factor
+        noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
+        return (dist.mean + dist.std * noise) * self.scale_factor
+
+    def decode(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """Latents → images in [-1,1], ``chunk`` at a time to bound VAE memory."""
+        out = [self.vae.decode(part / self.scale_factor).sample for part in latents.split(max(1, chunk))]
+        return torch.cat(out).clamp(-1, 1)
+
+    # ----- reference features -------------------------------------------------------------
+    def reference_banks(
+        self,
+        content: Optional[torch.Tensor],
+        styles: Sequence[torch.Tensor],
+        timestep,
+    ) -> tuple:
+        """Content bank and style banks for clean reference latents at timestep t.
+
+        ``content`` is [R,4,h,w] (front, back …) and each style [R,4,h,w]. Each
+        image's views become one bank with their tokens concatenated (facts §2).
+        Reference features depend on t, not on the view: call once per step.
+        When the style module is the content module (training-free) all images
+        share one batched pass.
+        """
+        context = self.text_embedding
+        groups: List[List[int]] = []
+        batches: List[torch.Tensor] = []
+        row = 0
+        for lat in ([content] if content is not None else []) + list(styles):
+            groups.append(list(range(row, row + lat.shape[0])))
+            batches.append(lat)
+            row += lat.shape[0]
+        if not batches:
+            return None, []
+        n_content = 1 if content is not None else 0
+        if self.training_free or not styles:
+            bank = self.appearance(torch.cat(batches), timestep, context)
+            banks = split_references(bank, groups)
+        else:
+            banks = []
+            if content is not None:
+                banks += split_references(self.appearance(content, timestep, context), [groups[0]])
+            style_lat = torch.cat(batches[n_content:])
+            offset = content.shape[0] if content is not None else 0
+            style_groups = [[r - offset for r in g] for g in groups[n_content:]]
+            banks += split_references(self.style_module(style_lat, timestep, context), style_groups)
+        content_bank = banks[0] if content is not None else None
+        return content_bank, banks[n_content:]
+
+    # ----- one denoiser call --------------------------------------------------------------
+    def predict_noise(
+        self,
+        noisy: torch.Tensor,
+        timestep,
+        hints: Optional[torch.Tensor],
+        *,
+        num_views: Optional[int] = None,
+        with_references: bool = True,
+    ) -> torch.Tensor:
+        """ε for noisy latents [B,4,h,w] (B = windows × views per window).
+
+        ``with_references=False`` is the CFG unconditional branch of
+        ``controlnet_important``: no reference attention *and* no pose residuals,
+        so the ControlNet is not run at all (its output would be discarded, facts §1).
+        The references themselves come from ``self.fusion`` (set once per step).
+        """
+        control = None
+        if with_references and hints is not None:
+            control = self.pose_controlnet(noisy, timestep, self.text_embedding, hints)
+        self.fusion.enabled = with_references
+        try:
+            return walk_unet(
+                self.unet,
+                noisy,
+                timestep,
+                self.text_embedding.to(noisy.dtype),
+                temporal_down=self.temporal["down"] if self.temporal is not None else None,
+                temporal_up=self.temporal["up"] if self.temporal is not None else None,
+                num_views=num_views,
+                control=control,
+            )
+        finally:
+            self.fusion.enabled = True
+
+    def component(self, name: str) -> nn.Module:
+        if name not in COMPONENTS:
+            raise KeyError(name)
+        return getattr(self, name)

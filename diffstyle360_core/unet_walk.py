@@ -1,0 +1,132 @@
+"""Block-by-block forward of a diffusers ``UNet2DConditionModel``.
+
+Why our own walk instead of ``unet(...)``: DiffPortrait360 inserts view-consistency
+modules *between* the sub-layers of the SD1.5 blocks (after each resnet+attention
+pair of the encoder, after every decoder layer and, for decoder blocks with an
+upsampler, after the upsampler; facts §4), adds the pose ControlNet residuals to
+the skips (facts §3), and its reference UNet needs no output head (facts §2).
+With none of these the walk is numerically the stock ``UNet2DConditionModel``
+forward (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ControlResiduals:
+    """Pose ControlNet output: one residual per encoder skip plus the middle one."""
+
+    down: Sequence[torch.Tensor]
+    mid: torch.Tensor
+
+
+def time_embedding(unet: nn.Module, sample: torch.Tensor, timestep) -> torch.Tensor:
+    """The UNet's timestep embedding for a batch (scalar or per-sample ``timestep``)."""
+    t = timestep
+    if not torch.is_tensor(t):
+        t = torch.tensor([t], dtype=torch.int64, device=sample.device)
+    t = t.to(sample.device)
+    if t.ndim == 0:
+        t = t[None]
+    t = t.expand(sample.shape[0]) if t.shape[0] == 1 else t
+    t_emb = unet.time_proj(t).to(dtype=sample.dtype)
+    emb = unet.time_embedding(t_emb)
+    if getattr(unet, "time_embed_act", None) is not None:
+        emb = unet.time_embed_act(emb)
+    return emb
+
+
+def _attend(attn: nn.Module, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    return attn(hidden, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def _temporal(modules, index: int, hidden: torch.Tensor, num_views: Optional[int]) -> torch.Tensor:
+    if modules is None:
+        return hidden
+    return modules[index](hidden, num_views=num_views)
+
+
+def walk_unet(
+    unet: nn.Module,
+    sample: torch.Tensor,
+    timestep,
+    context: torch.Tensor,
+    *,
+    temporal_down: Optional[nn.ModuleList] = None,
+    temporal_up: Optional[nn.ModuleList] = None,
+    num_views: Optional[int] = None,
+    control: Optional[ControlResiduals] = None,
+    output_head: bool = True,
+) -> Optional[torch.Tensor]:
+    """Run ``unet`` on ``sample`` [B, 4, h, w] with DiffPortrait360's insertions.
+
+    ``temporal_down[i]`` runs after encoder layer i (LDM ``input_blocks`` 1, 2, 4, 5,
+    7, 8, 10, 11 for SD1.5), before the skip is stored, so skips carry its output.
+    ``temporal_up[j]`` runs after decoder layer j (LDM ``output_blocks`` j), after
+    the upsampler when that layer ends a block that has one. ``control`` residuals
+    are added to the skips and the middle output (scale 1). With
+    ``output_head=False`` (the reference UNet) nothing past the last decoder layer
+    runs and ``None`` is returned: only the attention banks written on the way
+    matter.
+    """
+    if context.shape[0] == 1 and sample.shape[0] > 1:
+        context = context.expand(sample.shape[0], -1, -1)
+    emb = time_embedding(unet, sample, timestep)
+    hidden = unet.conv_in(sample)
+    skips = [hidden]
+    layer = 0
+    for block in unet.down_blocks:
+        attentions = getattr(block, "attentions", None)
+        for j, resnet in enumerate(block.resnets):
+            hidden = resnet(hidden, emb)
+            if attentions is not None:
+                hidden = _attend(attentions[j], hidden, context)
+            hidden = _temporal(temporal_down, layer, hidden, num_views)
+            layer += 1
+            skips.append(hidden)
+        if block.downsamplers is not None:
+            for down in block.downsamplers:
+                hidden = down(hidden)
+            skips.append(hidden)
+
+    if control is not None:
+        if len(control.down) != len(skips):
+            raise ValueError(
+                f"pose control gave {len(control.down)} skip residuals, the UNet has {len(skips)} skips"
+            )
+        skips = [s + r for s, r in zip(skips, control.down)]
+
+    hidden = unet.mid_block(hidden, emb, encoder_hidden_states=context)
+    if control is not None:
+        hidden = hidden + control.mid
+
+    layer = 0
+    last_block = len(unet.up_blocks) - 1
+    for b, block in enumerate(unet.up_blocks):
+        attentions = getattr(block, "attentions", None)
+        n = len(block.resnets)
+        upsample_size = None
+        if b != last_block and skips[-n - 1].shape[2:] != tuple(s * 2 for s in hidden.shape[2:]):
+            upsample_size = skips[-n - 1].shape[2:]
+        for j, resnet in enumerate(block.resnets):
+            hidden = torch.cat([hidden, skips.pop()], dim=1)
+            hidden = resnet(hidden, emb)
+            if attentions is not None:
+                hidden = _attend(attentions[j], hidden, context)
+            if j == n - 1 and block.upsamplers is not None:
+                for up in block.upsamplers:
+                    hidden = up(hidden, upsample_size)
+            hidden = _temporal(temporal_up, layer, hidden, num_views)
+            layer += 1
+
+    if not output_head:
+        return None
+    if unet.conv_norm_out is not None:
+        hidden = unet.conv_act(unet.conv_norm_out(hidden))
+    return unet.conv_out(hidden)
