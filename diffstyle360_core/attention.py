@@ -28,8 +28,10 @@ Bank = Dict[str, torch.Tensor]
 
 
 def self_attention_names(unet: nn.Module) -> List[str]:
-    """Names of the self-attention layers (``...attn1``) in forward order."""
-    return [name for name, module in unet.named_modules() if name.endswith("attn1")]
+    """Names of the self-attention layers (``...attn1``) in forward order (down, mid, up)."""
+    names = [name for name, _ in unet.named_modules() if name.endswith("attn1")]
+    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(names, key=lambda n: stage.get(n.split(".")[0], 3))
 
 
 def _project(attn: nn.Module, hidden: torch.Tensor):
@@ -185,7 +187,7 @@ def mask_to_tokens(mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
     per_view = num_tokens // views
     scale = math.sqrt(height * width / per_view)
     h, w = round(height / scale), round(width / scale)
-    if h * w != per_view:
+    if h * w != per_view or abs(h / w - height / width) > 0.02 * height / width:
         raise ValueError(
             f"style mask {height}x{width} does not match a {per_view}-token layer; masks must have the "
             "reference image's aspect ratio"

@@ -10,6 +10,7 @@ what to do.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -53,6 +54,18 @@ class TurntableResult:
     yaws_deg: List[float]
     content_back: torch.Tensor
     style_backs: List[List[torch.Tensor]] = field(default_factory=list)
+
+
+def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """VAE latents with the posterior sampled as the official code does, seeded by (seed, image).
+
+    Seeding by the image's own bytes keeps a reference's latent fixed wherever it
+    sits in the argument list, and keeps the diffusion noise independent of how
+    many references there are (so α = 0/1 reproduces a single style exactly).
+    """
+    digest = zlib.crc32(images.detach().float().cpu().numpy().tobytes())
+    generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + digest) % (2**63))
+    return model.encode(images, generator)
 
 
 def _check_range(name: str, value: float, low: float, high: float, hint: str) -> float:
@@ -160,11 +173,19 @@ class DiffStyle360Pipeline:
         Pose condition: the back view of the camera set (yaw closest to 180°,
         frame 16 of sphere32) unless ``camera`` [1,3,H,W] is given.
         """
-        model = self.back_view_model
-        if model is None:
-            raise ValueError("no back-view model loaded (weights/back_view); supply the back view yourself")
+        model = self._back_model()
         _check_common(steps, cfg, eta)
-        x_front = self._image(front, "front", model)
+        return self._generate_back(self._image(front, "front", model), seed, steps, cfg, eta, camera, callback)
+
+    def _back_model(self) -> DiffStyle360Model:
+        if self.back_view_model is None:
+            raise ValueError("no back-view model loaded (weights/back_view); supply the back view yourself")
+        return self.back_view_model
+
+    def _generate_back(self, x_front, seed, steps, cfg, eta, camera=None, callback=None) -> torch.Tensor:
+        """Back view for a front image already in model layout [1,3,H,W] in [-1,1]."""
+        model = self._back_model()
+        x_front = x_front.to(model.vae.device, model.vae.dtype)
         if camera is None:
             cams = self._cameras(None)
             camera = cams.images[back_view_index(cams)][None]
@@ -243,6 +264,9 @@ class DiffStyle360Pipeline:
         if cameras is None and views is not None:
             cams = select_views(cams, views=views)
         styles = self._styles(style)
+        masks = [self._mask(spec, model, k) for k, spec in enumerate(styles)]
+        if len(styles) > 1:
+            self._check_disjoint(masks)
 
         device, dtype = model.vae.device, model.vae.dtype
         generator = torch.Generator().manual_seed(int(seed))
@@ -250,9 +274,9 @@ class DiffStyle360Pipeline:
         back_content = (
             self._image(content_back, "content_back", model)
             if content_back is not None
-            else self.back_view(x_content, seed=seed, steps=steps, cfg=cfg, eta=eta)
+            else self._generate_back(x_content, seed, steps, cfg, eta)
         )
-        z_content = model.encode(torch.cat([x_content, back_content]), generator)
+        z_content = _encode_reference(model, torch.cat([x_content, back_content]), seed)
 
         style_latents: List[torch.Tensor] = []
         entries: List[Tuple[Style, slice]] = []
@@ -263,18 +287,14 @@ class DiffStyle360Pipeline:
             backs = [
                 self._image(b, f"style {k + 1} back {j + 1}", model)
                 if b is not None
-                else self.back_view(f, seed=seed, steps=steps, cfg=cfg, eta=eta)
+                else self._generate_back(f, seed, steps, cfg, eta)
                 for j, (f, b) in enumerate(zip(fronts, backs_given))
             ]
             style_backs.append(backs)
             start = len(style_latents)
             for f, b in zip(fronts, backs):
-                style_latents.append(model.encode(torch.cat([f, b]), generator))
+                style_latents.append(_encode_reference(model, torch.cat([f, b]), seed))
             entries.append((spec, slice(start, len(style_latents))))
-        masks = [self._mask(spec, model, k) for k, spec in enumerate(styles)]
-        if len(styles) > 1:
-            self._check_disjoint(masks)
-
         n = len(cams)
         hints = cams.images.to(device, dtype)
         shape = (n, 4, model.config.latent_size, model.config.latent_size)
@@ -283,7 +303,7 @@ class DiffStyle360Pipeline:
             guide = to_model_tensor(guide_frames, model.config.image_size, name="guide_frames")
             if guide.shape[0] != n:
                 raise ValueError(f"guide_frames: got {guide.shape[0]} frames for {n} views; give one per view")
-            z_guide = model.encode(guide.to(device, dtype), generator)
+            z_guide = _encode_reference(model, guide.to(device, dtype), seed)
             noise = guide_frame_noise(z_guide, noise, model.config.schedule)
 
         model.fusion.tau = tau

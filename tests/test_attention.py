@@ -1,0 +1,179 @@
+"""The bank-writer / Style Fusion reader processors on a tiny diffusers UNet."""
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from diffstyle360_core.attention import (
+    FusionState,
+    ReferenceBank,
+    StyleEntry,
+    install_bank_writers,
+    install_fusion_readers,
+    mask_to_tokens,
+    self_attention_names,
+)
+from diffstyle360_core.config import tiny_config
+from diffstyle360_core.fusion import blend_styles, style_fusion_attention
+
+
+def tiny_unet(seed=0):
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**tiny_config().unet).eval()
+
+
+def _run(unet, x, ctx):
+    with torch.no_grad():
+        return unet(x, 7, encoder_hidden_states=ctx).sample
+
+
+def test_reader_without_references_is_the_stock_processor_exactly():
+    unet = tiny_unet()
+    x, ctx = torch.randn(3, 4, 8, 8), torch.randn(3, 77, 32)
+    unet.set_attn_processor(AttnProcessor2_0())
+    stock = _run(unet, x, ctx)
+    state = FusionState()
+    names = install_fusion_readers(unet, state)
+    assert len(names) == 16
+    assert torch.equal(_run(unet, x, ctx), stock)
+    # disabled state (CFG unconditional branch) with references installed is also the stock UNet
+    state.set_references({n: torch.randn(1, 10, 1) for n in names})
+    state.enabled = False
+    assert torch.equal(_run(unet, x, ctx), stock)
+
+
+def test_writer_records_post_norm1_states_of_all_16_layers_and_keeps_output():
+    unet = tiny_unet()
+    x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    unet.set_attn_processor(AttnProcessor2_0())
+    stock = _run(unet, x, ctx)
+    bank = ReferenceBank()
+    names = install_bank_writers(unet, bank)
+    seen = {}
+    hooks = [
+        dict(unet.named_modules())[n.rsplit(".", 1)[0]].norm1.register_forward_hook(
+            lambda m, i, o, n=n: seen.__setitem__(n, o)
+        )
+        for n in names
+    ]
+    bank.recording = True
+    out = _run(unet, x, ctx)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(out, stock)
+    assert list(bank.features) == names  # forward order, paired by name
+    for n in names:
+        assert torch.equal(bank.features[n], seen[n])
+    tokens = [bank.features[n].shape[1] for n in names]
+    assert tokens == [64, 64, 16, 16, 4, 4, 1, 4, 4, 4, 16, 16, 16, 64, 64, 64]
+
+
+def _reference_banks(names, unet, batch=1, tokens_scale=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mods = dict(unet.named_modules())
+    out = {}
+    for n in names:  # front+back tokens at the layer's resolution
+        ch = mods[n].to_k.in_features
+        out[n] = torch.randn(batch, tokens_scale * _tokens(n), ch, generator=g)
+    return out
+
+
+def _tokens(name):
+    table = {
+        "down_blocks.0": 64, "down_blocks.1": 16, "down_blocks.2": 4, "mid_block": 1,
+        "up_blocks.1": 4, "up_blocks.2": 16, "up_blocks.3": 64,
+    }
+    return next(v for k, v in table.items() if name.startswith(k))
+
+
+def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend(monkeypatch):
+    unet = tiny_unet()
+    state = FusionState()
+    names = install_fusion_readers(unet, state)
+    content = _reference_banks(names, unet, seed=1)
+    style1 = _reference_banks(names, unet, seed=2)
+    style2 = _reference_banks(names, unet, seed=3)
+    mask = torch.zeros(2, 64, 64)
+    mask[0, 16:48, 8:40] = 1.0
+    state.set_references(content, [StyleEntry(banks=[style1, style2], weights=[0.7, 0.3], mask=mask)])
+    state.tau = {n: 1.0 + 0.01 * i for i, n in enumerate(names)}  # a different τ per layer
+    state.pairing = "aligned"
+
+    import diffstyle360_core.attention as attention_module
+
+    calls = []
+    real = attention_module.style_fusion_attention
+
+    def spy(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw):
+        calls.append((q, k_l, v_l, k_c, v_c, k_s, v_s, kw))
+        return real(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw)
+
+    monkeypatch.setattr(attention_module, "style_fusion_attention", spy)
+    x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    _run(unet, x, ctx)
+    assert len(calls) == 16
+    mods = dict(unet.named_modules())
+    for name, (q, k_l, v_l, k_c, v_c, k_s, v_s, kw) in zip(names, calls):
+        attn = mods[name]
+        assert kw["tau"] == pytest.approx(state.tau[name])
+        assert kw["pairing"] == "aligned"
+        assert torch.allclose(k_c, attn.to_k(content[name]))
+        expect_ks = blend_styles([attn.to_k(style1[name]), attn.to_k(style2[name])], [0.7, 0.3])
+        expect_vs = blend_styles([attn.to_v(style1[name]), attn.to_v(style2[name])], [0.7, 0.3])
+        assert torch.allclose(k_s, expect_ks) and torch.allclose(v_s, expect_vs)
+        m = kw["style_mask"]
+        assert m.shape == (1, k_s.shape[1])
+        assert torch.allclose(m, mask_to_tokens(mask, k_s.shape[1]))
+        assert float(m.max()) > 0.2 and float(m[0, k_s.shape[1] // 2 :].max()) == 0.0  # back plane empty
+
+
+def test_reader_output_equals_functional_call():
+    unet = tiny_unet()
+    state = FusionState()
+    names = install_fusion_readers(unet, state)
+    content = _reference_banks(names, unet, seed=1)
+    style = _reference_banks(names, unet, seed=2)
+    state.set_references(content, [StyleEntry(banks=[style])])
+    state.tau = 1.05
+    name = names[3]
+    attn = dict(unet.named_modules())[name]
+    h = torch.randn(2, _tokens(name), attn.to_q.in_features)
+    with torch.no_grad():
+        got = attn(h)
+        q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+        ref = style_fusion_attention(
+            q, k, v, attn.to_k(content[name]), attn.to_v(content[name]), attn.to_k(style[name]),
+            attn.to_v(style[name]), heads=attn.heads, tau=1.05,
+        )
+        ref = attn.to_out[0](ref)
+    assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_projection_cache_is_per_step():
+    unet = tiny_unet()
+    state = FusionState()
+    names = install_fusion_readers(unet, state)
+    attn = dict(unet.named_modules())[names[0]]
+    state.set_references(_reference_banks(names, unet, seed=1))
+    first = state.projected(names[0], attn)
+    assert state.projected(names[0], attn) is first
+    state.set_references(_reference_banks(names, unet, seed=2))
+    assert state.projected(names[0], attn) is not first
+
+
+def test_mask_to_tokens_area_resizes_each_view_plane():
+    mask = torch.zeros(2, 8, 8)
+    mask[0, :4, :4] = 1.0
+    mask[1, :, :] = 0.5
+    tokens = mask_to_tokens(mask, 2 * 4)  # 2x2 grid per view
+    assert torch.allclose(tokens, torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5]]))
+    with pytest.raises(ValueError, match="aspect"):
+        mask_to_tokens(torch.ones(2, 8, 6), 2 * 4)
+
+
+def test_names_are_layer_paths():
+    names = self_attention_names(tiny_unet())
+    assert names[0] == "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    assert names[6] == "mid_block.attentions.0.transformer_blocks.0.attn1"
+    assert names[-1] == "up_blocks.3.attentions.2.transformer_blocks.0.attn1"

@@ -1,0 +1,171 @@
+"""Pipelines end to end on tiny random models: determinism, controls, windows, input errors."""
+
+import copy
+
+import pytest
+import torch
+
+from diffstyle360_core.cameras import load_condition_set, write_tiny_condition_set
+from diffstyle360_core.config import BACK_VIEW, MAIN, tiny_config
+from diffstyle360_core.fusion import alpha_weights
+from diffstyle360_core.model import DiffStyle360Model
+from diffstyle360_core.pipeline import DiffStyle360Pipeline, Style
+
+FAST = dict(steps=2, cfg=3.0, eta=0.5)
+
+
+def _random(kind, seed):
+    torch.manual_seed(seed)
+    model = DiffStyle360Model(tiny_config(kind)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cams") / "sphere32"
+    write_tiny_condition_set(folder, size=64, n=32)
+    return DiffStyle360Pipeline(_random(MAIN, 0), _random(BACK_VIEW, 1), load_condition_set(folder, 64))
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(7)
+    content = torch.rand(1, 64, 64, 3, generator=g)  # ComfyUI IMAGE layout
+    style = torch.rand(1, 64, 64, 3, generator=g)
+    style2 = torch.rand(1, 64, 64, 3, generator=g)
+    back = torch.rand(1, 64, 64, 3, generator=g)
+    return content, style, style2, back
+
+
+def test_back_view_is_deterministic(pipe, images):
+    content = images[0]
+    a = pipe.back_view(content, seed=3, **FAST)
+    b = pipe.back_view(content, seed=3, **FAST)
+    c = pipe.back_view(content, seed=4, **FAST)
+    assert a.shape == (1, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_same_seed_same_views(pipe, images):
+    content, style, _, back = images
+    kw = dict(content_back=back, views=4, seed=11, **FAST)
+    first = pipe.stylize(content, style, **kw)
+    again = pipe.stylize(content, style, **kw)
+    assert first.views.shape == (4, 3, 64, 64)
+    assert first.yaws_deg == [0.0, 90.0, 180.0, 270.0]
+    assert torch.equal(first.views, again.views)
+    other = pipe.stylize(content, style, **{**kw, "seed": 12})
+    assert not torch.equal(first.views, other.views)
+
+
+def test_controls_change_the_result(pipe, images):
+    content, style, style2, back = images
+    kw = dict(content_back=back, views=2, seed=5, **FAST)
+    base = pipe.stylize(content, style, tau=1.0, **kw).views
+    scaled = pipe.stylize(content, style, tau=1.5, **kw).views
+    plain = pipe.stylize(content, None, **kw).views
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 20:40, 16:48] = 1.0
+    masked = pipe.stylize(content, Style(images=[style], mask=mask), tau=1.0, **kw).views
+    aligned = pipe.stylize(content, style, tau=1.0, pairing="aligned", **kw).views
+    for other in (scaled, plain, masked, aligned):
+        assert not torch.allclose(base, other, atol=1e-5)
+
+
+def test_alpha_endpoints_reproduce_single_styles(pipe, images):
+    """float64, so batching content and 1 or 2 style images through one pass cannot differ by rounding."""
+    pipe = DiffStyle360Pipeline(copy.deepcopy(pipe.main).double(), pipe.back_view_model, pipe.cameras)
+    content, style, style2, back = images
+    kw = dict(content_back=back, views=2, seed=5, **FAST)
+    backs = [back, back]  # fixed style backs so only the blend differs
+    single1 = pipe.stylize(content, Style(images=[style], backs=[back]), **kw).views
+    single2 = pipe.stylize(content, Style(images=[style2], backs=[back]), **kw).views
+    at0 = pipe.stylize(content, Style(images=[style, style2], weights=alpha_weights(0.0), backs=backs), **kw).views
+    at1 = pipe.stylize(content, Style(images=[style, style2], weights=alpha_weights(1.0), backs=backs), **kw).views
+    mid = pipe.stylize(content, Style(images=[style, style2], weights=alpha_weights(0.5), backs=backs), **kw).views
+    assert torch.allclose(at0, single1, atol=1e-9)
+    assert torch.allclose(at1, single2, atol=1e-9)
+    assert not torch.allclose(mid, single1, atol=1e-4)
+
+
+def test_two_masked_styles(pipe, images):
+    content, style, style2, back = images
+    mouth = torch.zeros(1, 64, 64)
+    mouth[:, 40:52, 20:44] = 1
+    eyes = torch.zeros(1, 64, 64)
+    eyes[:, 20:30, 12:52] = 1
+    styles = [Style(images=[style], mask=mouth, backs=[back]), Style(images=[style2], mask=eyes, backs=[back])]
+    out = pipe.stylize(content, styles, content_back=back, views=2, seed=1, **FAST)
+    assert out.views.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="overlap"):
+        pipe.stylize(content, [Style(images=[style], mask=mouth), Style(images=[style2], mask=mouth)],
+                     content_back=back, views=2, **FAST)
+    with pytest.raises(ValueError, match="needs a mask"):
+        pipe.stylize(content, [Style(images=[style], mask=mouth), Style(images=[style2])],
+                     content_back=back, views=2, **FAST)
+
+
+def test_window_batching_and_modes(pipe, images):
+    content, style, _, back = images
+    kw = dict(content_back=back, views=8, window=4, seed=2, **FAST)
+    one = pipe.stylize(content, style, windows_per_batch=1, **kw).views
+    all_at_once = pipe.stylize(content, style, windows_per_batch=8, **kw).views
+    assert torch.allclose(one, all_at_once, atol=1e-5)
+    circular = pipe.stylize(content, style, window_mode="circular", overlap=2, **kw).views
+    assert not torch.allclose(circular, one, atol=1e-4)
+    circ_batched = pipe.stylize(content, style, window_mode="circular", overlap=2, windows_per_batch=1, **kw).views
+    assert torch.allclose(circular, circ_batched, atol=1e-5)
+
+
+def test_generated_backs_are_used_when_missing(pipe, images):
+    content, style, _, _ = images
+    out = pipe.stylize(content, style, views=2, seed=9, **FAST)
+    assert torch.equal(out.content_back, pipe.back_view(content, seed=9, **FAST))
+    assert len(out.style_backs) == 1 and out.style_backs[0][0].shape == (1, 3, 64, 64)
+
+
+def test_guide_frames_change_initial_noise(pipe, images):
+    content, style, _, back = images
+    guides = torch.rand(2, 64, 64, 3)
+    kw = dict(content_back=back, views=2, seed=2, **FAST)
+    plain = pipe.stylize(content, style, **kw).views
+    guided = pipe.stylize(content, style, guide_frames=guides, **kw).views
+    assert not torch.allclose(plain, guided, atol=1e-5)
+    with pytest.raises(ValueError, match="guide_frames"):
+        pipe.stylize(content, style, guide_frames=guides[:1], **kw)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tau=0.0), "tau must be in"),
+        (dict(tau=float("nan")), "tau must be in"),
+        (dict(views=33), "views"),
+        (dict(window=30), "window must be in"),
+        (dict(pairing="swap"), "pairing"),
+        (dict(steps=0), "steps"),
+        (dict(cfg=-1.0), "cfg"),
+        (dict(window_mode="sliding"), "window_mode"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(pipe, images, kwargs, message):
+    content, style, _, back = images
+    with pytest.raises(ValueError, match=message):
+        pipe.stylize(content, style, content_back=back, **{"views": 2, **FAST, **kwargs})
+
+
+def test_bad_images_raise_clear_errors(pipe, images):
+    content, style, _, back = images
+    with pytest.raises(ValueError, match="content"):
+        pipe.stylize(torch.rand(1, 64, 64, 2), style, content_back=back, views=2, **FAST)
+    with pytest.raises(ValueError, match="content"):
+        pipe.stylize(torch.rand(2, 64, 64, 3), style, content_back=back, views=2, **FAST)
+    with pytest.raises(ValueError, match="mask"):
+        pipe.stylize(content, Style(images=[style], mask=torch.zeros(1, 64, 64)), content_back=back, views=2, **FAST)
+    with pytest.raises(ValueError, match="blend weights"):
+        pipe.stylize(content, Style(images=[style, style]), content_back=back, views=2, **FAST)
+    with pytest.raises(ValueError, match="sum"):
+        pipe.stylize(content, Style(images=[style, style], weights=[0.5, 0.6]), content_back=back, views=2, **FAST)
