@@ -32,7 +32,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Union
 
 import torch
 from torch import nn

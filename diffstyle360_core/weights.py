@@ -5,17 +5,15 @@ for the main model, ``back_head-230000.th`` for the back-view model) is one
 flat ``torch.save(state_dict)`` of the whole LDM module, with original LDM key
 names (``reference/dp360-keys-notes.md``):
 
-====================================  ===================================  ==========================
-official prefix                       what                                 our component
-====================================  ===================================  ==========================
-``model.diffusion_model.*``           main UNet                            ``unet`` (diffusers keys)
-``model.diffusion_model.*_motion_module*``  view-consistency modules       ``temporal``
-``control_model.*``                   reference UNet (no ``out.*``)        ``appearance`` (``unet.*``)
-``pose_control_model.*``              pose ControlNet                      ``pose_controlnet`` (``net.*``)
-``first_stage_model.*``               KL-f8 VAE                            ``vae``
-``cond_stage_model.transformer.*``    CLIP ViT-L/14 text tower             ``text_encoder`` (used once)
-``betas`` … ``logvar``                schedule buffers                     ignored (``IGNORED_KEYS``)
-====================================  ===================================  ==========================
+official prefix → our component:
+
+* ``model.diffusion_model.*`` (main UNet) → ``unet`` (diffusers names);
+* ``model.diffusion_model.*_motion_module*`` (view-consistency modules) → ``temporal``;
+* ``control_model.*`` (reference UNet, no ``out.*``) → ``appearance`` (``unet.*``);
+* ``pose_control_model.*`` (pose ControlNet) → ``pose_controlnet`` (``net.*``);
+* ``first_stage_model.*`` (KL-f8 VAE) → ``vae``;
+* ``cond_stage_model.transformer.*`` (CLIP ViT-L/14 text tower) → ``text_encoder``, used once;
+* ``betas`` … ``logvar`` (schedule buffers) → ignored (:data:`IGNORED_KEYS`).
 
 UNet, ControlNet and VAE keys go through diffusers' own single-file converters
 (``diffusers.loaders.single_file_utils``). They run on lightweight *key tags*
@@ -36,7 +34,6 @@ grouped by component, in one :class:`WeightMismatchError`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -45,13 +42,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .config import (
     BACK_VIEW,
+    CONFIG_NAME,
     MAIN,
     BackboneConfig,
     TemporalConfig,
@@ -78,6 +76,7 @@ __all__ = [
     "infer_config",
     "sidecar_config_path",
     "expected_shapes",
+    "KeyMap",
     "map_official_keys",
     "convert_official",
     "to_official",
@@ -437,6 +436,21 @@ class _Tag:
             raise TypeError(f"unexpected indexing {index!r} of {self.key} during conversion")
         return _Tag(self.key, tuple(self.shape[:2]) + tuple(self.shape[len(index):]), self.source_shape)
 
+    # Other diffusers versions squeeze or reshape instead of indexing; same meaning.
+    def squeeze(self, *dims) -> "_Tag":
+        if not dims:
+            dims = tuple(i for i, n in enumerate(self.shape) if n == 1)
+        dims = {d % len(self.shape) for d in dims}
+        return _Tag(self.key, [n for i, n in enumerate(self.shape) if i not in dims or n != 1], self.source_shape)
+
+    def reshape(self, *shape) -> "_Tag":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+        if math.prod(shape) != math.prod(self.shape) or -1 in shape:
+            raise TypeError(f"unexpected reshape {shape} of {self.key} during conversion")
+        return _Tag(self.key, shape, self.source_shape)
+
+    view = reshape
+
 
 @dataclass
 class KeyMap:
@@ -591,12 +605,13 @@ def _hints(problems, keymap: KeyMap, config: BackboneConfig, has_motion: bool, e
     if config.temporal is not None and not has_motion and keymap.mapping.get("unet"):
         hints.append(
             "the file has no view-consistency (motion) modules: this looks like a back_head checkpoint "
-            f"({OFFICIAL_FILES[BACK_VIEW]}) but a main model was requested; convert it with kind='back_view'"
+            f"({OFFICIAL_FILES[BACK_VIEW]}) but a main model was requested; convert it with kind='back_view' "
+            "(CLI: --kind back_view)"
         )
     if config.temporal is None and has_motion:
         hints.append(
             "the file has view-consistency (motion) modules: this looks like a model_state checkpoint "
-            f"({OFFICIAL_FILES[MAIN]}) given as the back-view model; convert it with kind='main'"
+            f"({OFFICIAL_FILES[MAIN]}) given as the back-view model; convert it with kind='main' (CLI: --kind main)"
         )
     n_shape = sum(len(p.shape) for p in problems.values())
     if n_shape and n_shape >= 0.2 * sum(len(v) for v in keymap.mapping.values()):
@@ -626,7 +641,9 @@ def convert_official(
     """Official DiffPortrait360 state dict → ``{component: {our key: tensor}}``.
 
     Components: ``unet``, ``temporal`` (main only), ``appearance``,
-    ``pose_controlnet``, ``vae``, ``text_encoder`` (``CLIPTextModel`` keys).
+    ``pose_controlnet``, ``vae``, ``text_encoder`` (keys of the installed
+    transformers' ``CLIPTextModel``: ``text_model.*`` before transformers 5,
+    bare ``embeddings.*`` / ``encoder.*`` / ``final_layer_norm.*`` from 5 on).
     Strict: unknown, missing or mis-shaped keys raise one
     :class:`WeightMismatchError` grouped by component. Tensors are not copied
     (the VAE's 1×1-conv attention weights become views).
@@ -885,11 +902,9 @@ def _write_safetensors(tensors: Dict[str, torch.Tensor], path: Path, component: 
 
 
 def _chmod_like_umask(path: Path) -> None:
-    """safetensors creates files 0600; give them the usual umask-based mode like any other file."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """safetensors creates files 0600; make weights readable like other model files (0644)."""
     try:
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, 0o644)
     except OSError:
         pass
 
@@ -956,7 +971,9 @@ def save_converted(
     embedding is computed from ``text_encoder``). Writes ``config.json`` and
     ``<component>.safetensors``; floating tensors keep their dtype unless
     ``dtype`` (e.g. ``torch.float16`` to halve the size) is given. Keys and
-    shapes are checked before anything is written.
+    shapes are checked before anything is written. An existing
+    ``style_appearance.safetensors`` in ``folder`` is kept unless ``source``
+    has its own style module.
     """
     comps, config = _component_dicts(source, config)
     problems = _compare(comps, _expected_folder(config, "style_appearance" in comps))
@@ -964,6 +981,7 @@ def save_converted(
         raise WeightMismatchError(f"cannot save: weights do not match the {config.kind!r} config:", problems)
     folder = Path(os.fspath(folder)).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
     for comp, tensors in comps.items():
         _write_safetensors(_prepare(tensors, dtype), folder / f"{comp}.safetensors", comp)
     if config.temporal is None:
@@ -1164,7 +1182,10 @@ def convert_checkpoint(
         if sidecar.is_file():
             config = BackboneConfig.from_dict(json.loads(sidecar.read_text()))
         else:
-            config = infer_config(state, kind)
+            try:
+                config = infer_config(state, kind)
+            except ValueError:  # not even the UNet's first layer: let the grouped check say what is wrong
+                config = official_config(kind)
     if config.kind != kind:
         temporal = None
         if kind == MAIN:

@@ -13,12 +13,14 @@ import torch
 from diffstyle360_core.config import BACK_VIEW, MAIN, official_config, tiny_config
 from diffstyle360_core.tiny import TINY_FILES, build_tiny_model, make_tiny
 from diffstyle360_core.weights import (
+    EMPTY_PROMPT_IDS,
     IGNORED_KEYS,
     CheckpointFileError,
     WeightMismatchError,
     convert_checkpoint,
     convert_official,
     detect_kind,
+    empty_prompt_embedding,
     expected_shapes,
     infer_config,
     load_model,
@@ -199,7 +201,7 @@ def test_make_tiny_layout(tiny):
         # Nothing is zero: every module acts (incl. temporal proj_out and the zero-convs).
         weights = [v for k, v in sd.items() if v.is_floating_point() and k not in IGNORED_KEYS
                    and not k.endswith("pos_encoder.pe")]
-        assert all(bool(v.abs().min() > 0) for v in weights)
+        assert all(bool((v != 0).float().mean() > 0.999) for v in weights)
 
 
 @pytest.mark.parametrize("kind", [MAIN, BACK_VIEW])
@@ -254,11 +256,48 @@ def test_tiny_forward_identical_after_round_trip(tiny, reference_models, kind):
         assert torch.equal(a, b)
 
 
-def test_low_memory_and_fallback_build_agree(tiny):
+def test_low_memory_and_fallback_build_agree(tiny, monkeypatch):
+    from diffstyle360_core import weights
+
     _, paths = tiny
+    builds = []
+    original = weights._build_model
+
+    def spy(config, with_style, meta):
+        builds.append(meta)
+        return original(config, with_style, meta)
+
+    monkeypatch.setattr(weights, "_build_model", spy)
     fast = load_model(paths[MAIN])
+    assert builds == [True]  # built on the meta device, weights assigned: no fallback needed
     slow = load_model(paths[MAIN], low_memory=False)
+    assert builds == [True, False]
     _assert_same_state(fast.state_dict(), slow.state_dict())
+
+
+def test_empty_prompt_embedding(reference_models):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    model, text = reference_models[MAIN]
+    config = model.config
+    assert len(EMPTY_PROMPT_IDS) == 77 and EMPTY_PROMPT_IDS[:2] == (49406, 49407)
+    assert set(EMPTY_PROMPT_IDS[2:]) == {49407}  # SD1.5's tokenizer pads with EOS
+    emb = empty_prompt_embedding(text, config)
+    assert emb.shape == (1, 77, config.context_dim) and emb.dtype == torch.float32
+    assert torch.equal(emb, model.text_embedding)
+
+    # Official-style names (transformers 4.30: text_model.* plus position_ids) give the same result.
+    named = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text.items()}
+    named["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    assert torch.equal(empty_prompt_embedding(named, config), emb)
+
+    # It is the last hidden state *after* the final layer norm (FrozenCLIPEmbedder's output).
+    clip = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
+    clip.load_state_dict(text)
+    with torch.no_grad():
+        out = clip(input_ids=torch.tensor([EMPTY_PROMPT_IDS]), output_hidden_states=True)
+        final_norm = clip.final_layer_norm if hasattr(clip, "final_layer_norm") else clip.text_model.final_layer_norm
+        torch.testing.assert_close(final_norm(out.hidden_states[-1]), emb)
 
 
 def test_fp16_storage_and_dtype_on_load(tiny, tmp_path, reference_models):
@@ -406,3 +445,16 @@ def test_bad_style_module(tiny, tmp_path):
     assert model.training_free
     with pytest.raises(FileNotFoundError):
         load_style_module(model, tmp_path / "nope.safetensors")
+
+
+def test_convert_without_sidecar_and_foreign_file(tiny, tmp_path):
+    _, paths = tiny
+    bare = tmp_path / "back.th"
+    shutil.copy(paths["original_back_view"], bare)  # no back.config.json: config inferred from shapes
+    folder = convert_checkpoint(bare, tmp_path / "back_view")
+    assert load_model(folder).config.to_dict() == tiny_config(BACK_VIEW).to_dict()
+
+    foreign = tmp_path / "foreign.th"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(WeightMismatchError, match="not a complete DiffPortrait360 checkpoint"):
+        convert_checkpoint(foreign, tmp_path / "foreign")
