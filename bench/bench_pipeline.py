@@ -6,6 +6,9 @@ inputs) and prints a table with times and ratios to our default. Variants:
 - ours: reference banks once per step for all windows; uncond branch skips the ControlNet.
 - refs_per_window: reference banks recomputed for every window batch (what a
   chunk-by-chunk loop does when it re-runs the appearance module per chunk).
+- refs_per_view (official): per window, every reference repeated once per view
+  through the appearance module (the official code repeats the reference latent
+  to the chunk's batch of 8).
 - uncond_runs_controlnet: the unconditional branch also runs the pose ControlNet
   and discards it (the official code does this).
 
@@ -74,6 +77,30 @@ def patch_refs_per_window(model):
     model.predict_noise, model.reference_banks = predict, remember
 
 
+def patch_refs_per_view(model):
+    """The official loop: per window, the appearance module runs on every reference repeated once per view.
+
+    The repeated pass is only timed (its rows are identical copies); the banks used
+    are the per-window ones, so outputs stay comparable.
+    """
+    patch_refs_per_window(model)
+    inner = model.predict_noise
+    remember = model.reference_banks
+    state = {}
+
+    def remember_refs(content, styles, t):
+        state["refs"] = torch.cat([content] + list(styles))
+        return remember(content, styles, t)
+
+    def predict(x, t, hints, *, num_views=None, with_references=True):
+        if with_references and "refs" in state:
+            repeated = state["refs"].repeat_interleave(x.shape[0], dim=0)
+            model.appearance(repeated, t, model.text_embedding)
+        return inner(x, t, hints, num_views=num_views, with_references=with_references)
+
+    model.predict_noise, model.reference_banks = predict, remember_refs
+
+
 def patch_uncond_controlnet(model):
     """Run the ControlNet in the unconditional branch too (on the cond call's hints) and discard it."""
     original = model.predict_noise
@@ -102,7 +129,12 @@ def main():
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    variants = {"ours": None, "refs_per_window": patch_refs_per_window, "uncond_runs_controlnet": patch_uncond_controlnet}
+    variants = {
+        "ours": None,
+        "refs_per_window": patch_refs_per_window,
+        "refs_per_view (official)": patch_refs_per_view,
+        "uncond_runs_controlnet": patch_uncond_controlnet,
+    }
     size = CONFIGS[args.size](MAIN).image_size
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, size, size, 3, generator=g)

@@ -62,9 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-back", default=None, help="back of the head (generated if omitted)")
     p.add_argument("--style", action="append", default=[], help="style image; repeat with --alpha to blend two")
     p.add_argument("--alpha", type=float, default=None, help="interpolation α between two --style images (§4)")
+    p.add_argument("--style-back", action="append", default=None, help="back view of each --style (generated if omitted)")
     p.add_argument("--style-mask", default=None, help="mask image on the style image: where to stylize (white)")
+    p.add_argument("--style-back-mask", default=None, help="mask on the style's back view (default: none)")
     p.add_argument("--style-module", default=None, help="DiffStyle360 style module .safetensors (else training-free)")
     p.add_argument("--views", type=int, default=32, help="number of evenly spaced views of the condition set")
+    p.add_argument("--yaw-range", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="only views with yaw in [START, END] degrees (wraps past 360); --views subsamples it")
+    p.add_argument("--conditions", default=None, help="your own folder of condition images (default: from --weights)")
+    p.add_argument("--guide-frames", default=None,
+                   help="folder with one guide frame per view, or per view of the full set (3D-aware noise)")
     p.add_argument("--tau", type=float, default=1.05, help="key scale τ (§3.5); paper range 1.00–1.10")
     p.add_argument("--pairing", choices=["paper", "aligned"], default="paper")
     p.add_argument("--window", type=int, default=None, help="views per view-consistency window (trained: 8)")
@@ -90,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stylize(args) -> None:
+    from .cameras import load_condition_set, select_views
     from .images import save_views
     from .pipeline import DiffStyle360Pipeline, Style, alpha_weights
 
@@ -99,13 +107,25 @@ def _stylize(args) -> None:
     if len(args.style) > 2 or (len(args.style) == 2) != (args.alpha is not None):
         raise ValueError("blend two styles with exactly two --style images and --alpha α in [0, 1]")
     weights = list(alpha_weights(args.alpha)) if args.alpha is not None else None
-    style = Style(images=list(args.style), weights=weights, mask=args.style_mask)
+    style = Style(images=list(args.style), weights=weights, backs=args.style_back, mask=args.style_mask,
+                  back_mask=args.style_back_mask)
     pipe = DiffStyle360Pipeline.from_pretrained(args.weights, device=device, dtype=dtype, style_module=args.style_module)
+    cameras = load_condition_set(args.conditions, pipe.image_size) if args.conditions else pipe.cameras
+    if args.yaw_range is not None:
+        cameras = select_views(cameras, yaw_range=tuple(args.yaw_range), views=args.views)
+    elif args.views is not None:
+        cameras = select_views(cameras, views=args.views)
+    guides = None
+    if args.guide_frames:
+        frames = load_condition_set(args.guide_frames, pipe.image_size)
+        if len(frames) == len(pipe.cameras) and len(frames) != len(cameras):
+            frames = frames.select(cameras.indices)  # a full-turntable guide video: keep the chosen views
+        guides = (frames.images + 1) / 2
     result = pipe.stylize(
-        args.content, style, content_back=args.content_back, views=args.views, tau=args.tau, pairing=args.pairing,
+        args.content, style, content_back=args.content_back, cameras=cameras, tau=args.tau, pairing=args.pairing,
         seed=args.seed, steps=args.steps, cfg=args.cfg, eta=args.eta, window=args.window,
         window_mode=args.window_mode, overlap=args.overlap, windows_per_batch=args.windows_per_batch,
-        callback=Progress("stylize"),
+        guide_frames=guides, callback=Progress("denoising"),
     )
     paths = save_views(result.views, args.out, fps=args.fps)
     save_views(result.content_back, Path(args.out) / "back_views", prefix="content_back", formats=("png",))

@@ -241,8 +241,9 @@ class DiffStyle360Pipeline:
         them explicitly. ``tau`` is the key scale τ (§3.5). ``window`` views go
         through the view-consistency modules together (default: as trained, 8);
         ``window_mode`` "independent" (official chunks) or "circular" (overlapping
-        windows that close the loop). ``guide_frames`` [N,3,H,W] in [-1,1] give
-        the 3D-aware initial noise (facts §3).
+        windows that close the loop). ``guide_frames``: one image per view (e.g. a
+        ComfyUI IMAGE batch [N,H,W,3] in 0..1; renders of the head at the same
+        cameras) for the 3D-aware initial noise (facts §3).
         """
         model = self.main
         if model is None:
@@ -274,7 +275,7 @@ class DiffStyle360Pipeline:
         back_content = (
             self._image(content_back, "content_back", model)
             if content_back is not None
-            else self._generate_back(x_content, seed, steps, cfg, eta)
+            else self._generate_back(x_content, seed, steps, cfg, eta, callback=callback)
         )
         z_content = _encode_reference(model, torch.cat([x_content, back_content]), seed)
 
@@ -287,7 +288,7 @@ class DiffStyle360Pipeline:
             backs = [
                 self._image(b, f"style {k + 1} back {j + 1}", model)
                 if b is not None
-                else self._generate_back(f, seed, steps, cfg, eta)
+                else self._generate_back(f, seed, steps, cfg, eta, callback=callback)
                 for j, (f, b) in enumerate(zip(fronts, backs_given))
             ]
             style_backs.append(backs)

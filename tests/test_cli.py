@@ -56,6 +56,16 @@ def test_stylize_with_blend_mask_style_module_and_circular_windows(tiny, tmp_pat
     assert len(_pngs(out)) == 6
 
 
+def test_stylize_with_yaw_range_guide_frames_and_given_backs(tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["stylize", "--weights", str(tiny), "--content", str(CONTENT), "--content-back", str(STYLE),
+            "--style", str(STYLE), "--style-back", str(CONTENT), "--yaw-range", "300", "60", "--views", "3",
+            "--guide-frames", str(tiny / "cam_condition" / "sphere32"), "--steps", "2", "--cfg", "1",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert len(_pngs(out)) == 3
+
+
 def test_back_view_end_to_end(tiny, tmp_path):
     out = tmp_path / "back"
     assert main(["back-view", "--weights", str(tiny), "--content", str(CONTENT), "--steps", "2",
