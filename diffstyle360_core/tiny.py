@@ -14,7 +14,7 @@ The ``.th`` files hold every key group of the real checkpoints (UNet with
 motion modules and their ``pe`` buffers, reference UNet, pose ControlNet, VAE,
 CLIP incl. ``position_ids``, fp16 schedule buffers and fp32 ``logvar``), so the
 whole conversion path runs on them. Our weights are written in LDM names with
-:func:`diffstyle360_core.weights.to_official`, a rule-based inverse of
+:func:`diffstyle360_core.official_keys.to_official`, a rule-based inverse of
 diffusers' converters that checks itself against them (converting its output
 back must give exactly the input keys); the tests also compare the values.
 
@@ -38,14 +38,8 @@ import torch
 from torch import nn
 
 from .config import BACK_VIEW, MAIN, BackboneConfig, tiny_config
-from .weights import (
-    POSITION_IDS,
-    SCHEDULE_KEYS,
-    convert_checkpoint,
-    empty_prompt_embedding,
-    sidecar_config_path,
-    to_official,
-)
+from .official_keys import POSITION_IDS, SCHEDULE_KEYS, to_official
+from .weights import convert_checkpoint, empty_prompt_embedding, sidecar_config_path
 
 __all__ = ["build_tiny_model", "tiny_official_state_dict", "schedule_buffers", "make_tiny", "TINY_FILES"]
 

@@ -12,23 +12,25 @@ import torch
 
 from diffstyle360_core.config import BACK_VIEW, MAIN, official_config, tiny_config
 from diffstyle360_core.tiny import TINY_FILES, build_tiny_model, make_tiny
-from diffstyle360_core.weights import (
+from diffstyle360_core.official_keys import (
     EMPTY_PROMPT_IDS,
     IGNORED_KEYS,
-    CheckpointFileError,
     WeightMismatchError,
-    convert_checkpoint,
-    convert_official,
     detect_kind,
-    empty_prompt_embedding,
     expected_shapes,
     infer_config,
+    map_official_keys,
+    to_official,
+)
+from diffstyle360_core.weights import (
+    CheckpointFileError,
+    convert_checkpoint,
+    convert_official,
+    empty_prompt_embedding,
     load_model,
     load_official_state_dict,
     load_style_module,
-    map_official_keys,
     save_converted,
-    to_official,
 )
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
