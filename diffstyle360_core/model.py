@@ -10,7 +10,7 @@ once, at conversion).
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -99,30 +99,26 @@ class DiffStyle360Model(nn.Module):
         When the style module is the content module (training-free) all images
         share one batched pass.
         """
-        context = self.text_embedding
-        groups: List[List[int]] = []
-        batches: List[torch.Tensor] = []
-        row = 0
-        for lat in ([content] if content is not None else []) + list(styles):
-            groups.append(list(range(row, row + lat.shape[0])))
-            batches.append(lat)
-            row += lat.shape[0]
-        if not batches:
+        images = ([content] if content is not None else []) + list(styles)
+        if not images:
             return None, []
-        n_content = 1 if content is not None else 0
-        if self.training_free or not styles:
-            bank = self.appearance(torch.cat(batches), timestep, context)
-            banks = split_references(bank, groups)
+        groups, row = [], 0
+        for lat in images:
+            groups.append(list(range(row, row + lat.shape[0])))
+            row += lat.shape[0]
+        context = self.text_embedding
+        if self.training_free or not styles or content is None:
+            # one pass: a single module sees every image (content module unless only styles)
+            module = self.appearance if content is not None else self.style_module
+            banks = split_references(module(torch.cat(images), timestep, context), groups)
         else:
-            banks = []
-            if content is not None:
-                banks += split_references(self.appearance(content, timestep, context), [groups[0]])
-            style_lat = torch.cat(batches[n_content:])
-            offset = content.shape[0] if content is not None else 0
-            style_groups = [[r - offset for r in g] for g in groups[n_content:]]
-            banks += split_references(self.style_module(style_lat, timestep, context), style_groups)
-        content_bank = banks[0] if content is not None else None
-        return content_bank, banks[n_content:]
+            first = len(groups[0])
+            banks = split_references(self.appearance(content, timestep, context), groups[:1])
+            style_groups = [[r - first for r in g] for g in groups[1:]]
+            banks += split_references(self.style_module(torch.cat(images[1:]), timestep, context), style_groups)
+        if content is None:
+            return None, banks
+        return banks[0], banks[1:]
 
     # ----- one denoiser call --------------------------------------------------------------
     def predict_noise(

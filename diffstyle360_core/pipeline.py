@@ -261,7 +261,7 @@ class DiffStyle360Pipeline:
                 f"window must be in [1, {temporal.max_views}] (the view-consistency modules encode at most "
                 f"{temporal.max_views} positions; trained with {temporal.window}), got {window}"
             )
-        cams = self._cameras(cameras) if cameras is not None else self._cameras(None)
+        cams = self._cameras(cameras)
         if cameras is None and views is not None:
             cams = select_views(cams, views=views)
         styles = self._styles(style)

@@ -167,3 +167,22 @@ def test_vae_round_trip_shapes(main_model):
         out = main_model.decode(z, chunk=1)
     assert z.shape == (2, 4, 8, 8) and torch.equal(z, again)
     assert out.shape == img.shape and float(out.abs().max()) <= 1.0
+
+
+def test_each_reference_goes_through_its_own_module(main_model):
+    model = copy.deepcopy(main_model)
+    model.add_style_module()
+    _perturb(model.style_appearance, seed=9, scale=0.05)
+    content, style = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        both_c, both_s = model.reference_banks(content, [style], 101)
+        only_c, none = model.reference_banks(content, [], 101)
+        no_c, only_s = model.reference_banks(None, [style], 101)
+        direct_c = model.appearance(content, 101, model.text_embedding)
+        direct_s = model.style_appearance(style, 101, model.text_embedding)
+    assert none == [] and no_c is None
+    for name in both_c:
+        flat_c = torch.cat([direct_c[name][0:1], direct_c[name][1:2]], 1)
+        flat_s = torch.cat([direct_s[name][0:1], direct_s[name][1:2]], 1)
+        assert torch.allclose(both_c[name], flat_c, atol=1e-5) and torch.allclose(only_c[name], flat_c, atol=1e-5)
+        assert torch.allclose(both_s[0][name], flat_s, atol=1e-5) and torch.allclose(only_s[0][name], flat_s, atol=1e-5)
