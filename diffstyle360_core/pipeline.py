@@ -119,6 +119,12 @@ class DiffStyle360Pipeline:
                 "`python -m diffstyle360_core convert` (README, Weights) or make a demo set with `make-tiny`."
             )
 
+        if (root / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{root} is a single converted model folder; pass its parent, the folder that holds "
+                "main/, back_view/ and cam_condition/ (README, Weights)"
+            )
+
         def _load(kind: str) -> DiffStyle360Model:
             folder = root / kind
             if not (folder / "config.json").is_file():

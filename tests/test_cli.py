@@ -115,6 +115,9 @@ def test_missing_files_exit_2(tiny, tmp_path, capsys):
     assert main(["stylize", "--weights", str(tiny), "--content", str(tmp_path / "missing.png"), "--style",
                  str(STYLE), "--steps", "1", "--out", str(tmp_path / "o")]) == 2
     assert "missing.png" in capsys.readouterr().err
+    assert main(["stylize", "--weights", str(tiny / "main"), "--content", str(CONTENT), "--style", str(STYLE),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "pass its parent" in capsys.readouterr().err
     bad = tmp_path / "broken.th"
     bad.write_bytes(b"not a checkpoint")
     assert main(["convert", "--checkpoint", str(bad), "--out", str(tmp_path / "c")]) == 2
