@@ -1,0 +1,60 @@
+"""Find weight sets on disk: what a model picker (CLI or the ComfyUI loader) offers.
+
+A *weight set* is a folder laid out as README "Weights" describes: ``main/`` and/or
+``back_view/`` (converted models, each with ``config.json``), a camera-condition set
+(``cam_condition/sphere32``), optional style modules (``*.safetensors`` next to
+them). ``make-tiny OUTDIR`` writes one; so does converting the official files.
+ComfyUI users drop such folders under ``models/diffstyle360/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Union
+
+from .config import BACK_VIEW, CONFIG_NAME, MAIN
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class WeightSet:
+    name: str
+    path: Path
+    kinds: List[str]
+    style_modules: List[str] = field(default_factory=list)
+    has_cameras: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Both models and a condition set: everything `stylize` needs."""
+        return set(self.kinds) == {MAIN, BACK_VIEW} and self.has_cameras
+
+
+def describe(folder: PathLike, name: Optional[str] = None) -> Optional[WeightSet]:
+    """The weight set in ``folder``, or None when it holds no converted model."""
+    root = Path(folder)
+    kinds = [k for k in (MAIN, BACK_VIEW) if (root / k / CONFIG_NAME).is_file()]
+    if not kinds:
+        return None
+    styles = sorted(p.name for p in root.glob("*.safetensors"))
+    styles += sorted(f"{MAIN}/{p.name}" for p in (root / MAIN).glob("style_appearance*.safetensors"))
+    cams = any((root / sub).is_dir() for sub in ("cam_condition/sphere32", "cam_condition", "sphere32"))
+    return WeightSet(name or root.name, root, kinds, styles, cams)
+
+
+def list_weight_sets(roots: Iterable[PathLike]) -> Dict[str, WeightSet]:
+    """Weight sets found directly in, or one level below, each root (first root wins a name clash)."""
+    found: Dict[str, WeightSet] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+        for folder in candidates:
+            ws = describe(folder)
+            if ws is not None and ws.name not in found:
+                found[ws.name] = ws
+    return found
