@@ -18,16 +18,20 @@ DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": to
 
 
 class Progress:
-    """A one-line text progress bar (no extra dependency)."""
+    """A one-line text progress bar (no extra dependency); one bar per denoising run (back views, turntable)."""
 
     def __init__(self, label: str, stream=sys.stderr):
         self.label, self.stream, self.start = label, stream, time.time()
+        self.run = 0
 
     def __call__(self, step: int, total: int) -> None:
+        if step == 1:
+            self.run += 1
+            self.start = time.time()
         width = 30
         done = int(width * step / total)
         elapsed = time.time() - self.start
-        self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{total} {elapsed:5.1f}s")
+        self.stream.write(f"\r{self.label} run {self.run} [{'#' * done}{'.' * (width - done)}] {step}/{total} {elapsed:5.1f}s")
         if step == total:
             self.stream.write("\n")
         self.stream.flush()
@@ -35,10 +39,27 @@ class Progress:
 
 def _device_dtype(args) -> tuple:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device name; use cuda, cuda:N, mps or cpu") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        raise ValueError(f"--device {device}: this PyTorch build cannot use it here; use --device cpu"
+                         " (or install a PyTorch build with GPU support)")
     dtype = DTYPES[args.dtype]
     if dtype is None:
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
     return device, dtype
+
+
+def _prepare_out(folder: str) -> None:
+    """Create the output folder now, so a bad --out fails before minutes of sampling."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide-frames", default=None,
                    help="folder with one guide frame per view, or per view of the full set (3D-aware noise)")
     p.add_argument("--tau", type=float, default=1.05, help="key scale τ (§3.5); paper range 1.00–1.10")
-    p.add_argument("--pairing", choices=["paper", "aligned"], default="paper")
+    p.add_argument("--pairing", choices=["paper", "aligned"], default="paper",
+                   help="values paired with the fused keys: the paper's literal order or each key with its own")
+    p.add_argument("--mask-mode", choices=["paper", "confined"], default="paper",
+                   help="paper: mask the keys as the paper does (style may leak); confined: keep style inside the mask")
     p.add_argument("--window", type=int, default=None, help="views per view-consistency window (trained: 8)")
     p.add_argument("--window-mode", choices=["independent", "circular"], default="independent")
     p.add_argument("--overlap", type=int, default=4, help="window overlap in circular mode")
@@ -109,8 +133,14 @@ def _stylize(args) -> None:
     weights = list(alpha_weights(args.alpha)) if args.alpha is not None else None
     style = Style(images=list(args.style), weights=weights, backs=args.style_back, mask=args.style_mask,
                   back_mask=args.style_back_mask)
-    pipe = DiffStyle360Pipeline.from_pretrained(args.weights, device=device, dtype=dtype, style_module=args.style_module)
-    cameras = load_condition_set(args.conditions, pipe.image_size) if args.conditions else pipe.cameras
+    if args.fps < 1:
+        raise ValueError(f"--fps must be >= 1, got {args.fps}")
+    if args.guide_frames and not Path(args.guide_frames).is_dir():
+        raise FileNotFoundError(f"--guide-frames folder {args.guide_frames} not found")
+    _prepare_out(args.out)
+    pipe = DiffStyle360Pipeline.from_pretrained(args.weights, device=device, dtype=dtype, style_module=args.style_module,
+                                                conditions=args.conditions)
+    cameras = pipe.cameras
     if args.yaw_range is not None:
         cameras = select_views(cameras, yaw_range=tuple(args.yaw_range), views=args.views)
     elif args.views is not None:
@@ -123,6 +153,7 @@ def _stylize(args) -> None:
         guides = (frames.images + 1) / 2
     result = pipe.stylize(
         args.content, style, content_back=args.content_back, cameras=cameras, tau=args.tau, pairing=args.pairing,
+        mask_mode=args.mask_mode,
         seed=args.seed, steps=args.steps, cfg=args.cfg, eta=args.eta, window=args.window,
         window_mode=args.window_mode, overlap=args.overlap, windows_per_batch=args.windows_per_batch,
         guide_frames=guides, callback=Progress("denoising"),
@@ -137,6 +168,7 @@ def _back_view(args) -> None:
     from .pipeline import DiffStyle360Pipeline
 
     device, dtype = _device_dtype(args)
+    _prepare_out(args.out)
     pipe = DiffStyle360Pipeline.from_pretrained(args.weights, device=device, dtype=dtype, load_main=False)
     back = pipe.back_view(args.content, seed=args.seed, steps=args.steps, cfg=args.cfg, eta=args.eta,
                           callback=Progress("back view"))
@@ -167,8 +199,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, MemoryError) as err:
+    except (ValueError, OSError, MemoryError) as err:  # OSError: missing/unwritable files and folders
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - GPU only
+        print(f"error: out of GPU memory ({str(err).splitlines()[0]}); lower --windows-per-batch or --views, "
+              "or use --dtype fp16", file=sys.stderr)
         return 2
     return 0
 

@@ -119,13 +119,15 @@ class FusionState:
     unconditional branch, which drops references, facts §1). ``content`` and no
     styles: DiffPortrait360 reference attention ``[K_l, K_c]``. With styles:
     Style Fusion Attention with key scale ``tau`` (a float, a ``{layer: τ}``
-    dict with missing layers at 1.0, or a function of the layer name).
+    dict with missing layers at 1.0, or a function of the layer name);
+    ``pairing`` and ``mask_mode`` as in :func:`~.fusion.style_fusion_attention`.
     """
 
     content: Optional[Bank] = None
     styles: List[StyleEntry] = field(default_factory=list)
     tau: TauSpec = 1.0
     pairing: str = "paper"
+    mask_mode: str = "paper"
     enabled: bool = True
     _cache: Dict[str, tuple] = field(default_factory=dict, repr=False)
 
@@ -218,11 +220,13 @@ class StyleFusionProcessor:
         elif len(styles) == 1:
             k_s, v_s, mask = styles[0]
             out = style_fusion_attention(
-                q, k_l, v_l, k_c, v_c, k_s, v_s, heads=attn.heads, tau=tau, style_mask=mask, pairing=state.pairing
+                q, k_l, v_l, k_c, v_c, k_s, v_s, heads=attn.heads, tau=tau, style_mask=mask,
+                pairing=state.pairing, mask_mode=state.mask_mode,
             )
         else:
             out = multi_style_fusion_attention(
-                q, k_l, v_l, k_c, v_c, styles, heads=attn.heads, tau=tau, pairing=state.pairing
+                q, k_l, v_l, k_c, v_c, styles, heads=attn.heads, tau=tau, pairing=state.pairing,
+                mask_mode=state.mask_mode,
             )
         return _finish(attn, out, hidden_states)
 

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 __all__ = [
     "PAIRINGS",
     "adain",
+    "MASK_MODES",
     "fusion_keys_values",
+    "fusion_attention_inputs",
     "style_fusion_attention",
     "multi_style_fusion_attention",
     "blend_styles",
@@ -39,6 +41,9 @@ __all__ = [
 
 #: Accepted values of ``pairing`` (see :func:`style_fusion_attention`).
 PAIRINGS = ("paper", "aligned")
+
+#: Accepted values of ``mask_mode`` (see :func:`style_fusion_attention`).
+MASK_MODES = ("paper", "confined")
 
 #: Tolerance on ``Σ m_i <= 1`` for multi-style masks (masks resized by
 #: interpolation may overshoot by rounding).
@@ -98,6 +103,11 @@ def _check_tau(tau) -> float:
 def _check_pairing(pairing) -> None:
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing: expected one of {PAIRINGS}, got {pairing!r}")
+
+
+def _check_mask_mode(mask_mode) -> None:
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {mask_mode!r}")
 
 
 def _check_heads(heads, channels: int) -> int:
@@ -259,17 +269,23 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool):
     return tau, masks
 
 
-def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, eps=1e-5):
-    """Assemble (K, V) of §3.3/§3.5 (with §4 masks); inputs already validated."""
+def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper", eps=1e-5):
+    """Assemble (K, V, bias) of §3.3/§3.5 (with §4 masks); inputs already validated.
+
+    ``bias`` is None except for ``mask_mode="confined"`` with masks: an additive
+    logit bias ``[B or 1, T]`` that is log(M) on the style slot (0 elsewhere).
+    """
     B = k_l.shape[0]
     dt = k_l.dtype
     if k_c is None:  # no references: plain self-attention
-        return k_l, v_l
+        return k_l, v_l, None
     if not styles:  # content only: DiffPortrait360 / back-view model
         return (
             torch.cat([k_l, _expand(k_c.to(dt), B)], dim=1),
             torch.cat([v_l, _expand(v_c.to(dt), B)], dim=1),
+            None,
         )
+    bias = None
 
     wd = _work_dtype(k_l.dtype, k_c.dtype, *(s[0].dtype for s in styles))
     if len(styles) == 1 and masks[0] is None:
@@ -295,6 +311,24 @@ def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, eps=1e-5):
             mask_sum = mw if mask_sum is None else mask_sum + mw
         slot_a = acc_a + (1.0 - mask_sum) * k_c.to(wd)
         slot_s = acc_s * tau if tau != 1.0 else acc_s
+        if mask_mode == "confined":
+            # Keys as in the paper; values and logits keep the style inside the mask:
+            # masked-out style-slot tokens get logit bias log(0) = -inf, and the style
+            # values are mixed with the *content* values where no style claims a token.
+            acc_v = None
+            for (_, v, _), m in zip(styles, masks):
+                mw = (torch.ones((1, n_ref, 1), dtype=wd, device=k_l.device) if m is None
+                      else m.to(wd).unsqueeze(-1))
+                acc_v = mw * v.to(wd) if acc_v is None else acc_v + mw * v.to(wd)
+            v_hat = acc_v + (1.0 - mask_sum) * v_c.to(wd)
+            zeros = torch.zeros((mask_sum.shape[0], k_l.shape[1] + n_ref), dtype=wd, device=k_l.device)
+            bias = torch.cat([zeros, torch.log(mask_sum.squeeze(-1))], dim=1)
+            if pairing == "paper":  # AdaIN slot ↔ style values, style slot ↔ content values
+                V = torch.cat([v_l, _expand(v_hat.to(dt), B), _expand(v_c.to(dt), B)], dim=1)
+            else:  # AdaIN slot ↔ content values, style slot ↔ style values
+                V = torch.cat([v_l, _expand(v_c.to(dt), B), _expand(v_hat.to(dt), B)], dim=1)
+            K = torch.cat([k_l, _expand(slot_a.to(dt), B), _expand(slot_s.to(dt), B)], dim=1)
+            return K, V, bias
         if len(styles) == 1:
             v_hat = styles[0][1]  # m·V_s + (1 − m)·V_s == V_s: values unchanged
         else:
@@ -313,7 +347,7 @@ def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, eps=1e-5):
         V = torch.cat([v_l, v_hat_, v_c_], dim=1)
     else:
         V = torch.cat([v_l, v_c_, v_hat_], dim=1)
-    return K, V
+    return K, V, bias
 
 
 def fusion_keys_values(
@@ -343,8 +377,27 @@ def fusion_keys_values(
     ``styles`` is a sequence of ``(k_s, v_s, mask)`` (mask ``[B or 1, N_ref]`` or
     None = all ones); the masks must not overlap (``Σ m_i <= 1``).
     """
+    K, V, _ = fusion_attention_inputs(k_l, v_l, k_c, v_c, styles, tau=tau, pairing=pairing)
+    return K, V
+
+
+def fusion_attention_inputs(
+    k_l: torch.Tensor,
+    v_l: torch.Tensor,
+    k_c: Optional[torch.Tensor] = None,
+    v_c: Optional[torch.Tensor] = None,
+    styles: Optional[Sequence[StyleTriple]] = None,
+    *,
+    tau: float = 1.0,
+    pairing: str = "paper",
+    mask_mode: str = "paper",
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(K, V, bias)`` for SFA: :func:`fusion_keys_values` plus the logit bias of
+    ``mask_mode="confined"`` (``[B or 1, T]``, log M on the style slot, else 0;
+    None when no bias applies)."""
+    _check_mask_mode(mask_mode)
     tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=False)
-    return _build_kv(k_l, v_l, k_c, v_c, list(styles or ()), tau, pairing, masks)
+    return _build_kv(k_l, v_l, k_c, v_c, list(styles or ()), tau, pairing, masks, mask_mode)
 
 
 # --------------------------------------------------------------------------- #
@@ -361,8 +414,8 @@ def _check_query(q, k_l, heads) -> int:
     return _check_heads(heads, q.shape[-1])
 
 
-def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(Q Kᵀ/√d) V per head, d = C/heads (eq. 2), via SDPA."""
+def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, bias=None) -> torch.Tensor:
+    """softmax(Q Kᵀ/√d + bias) V per head, d = C/heads (eq. 2), via SDPA."""
     B, N, C = q.shape
     d = C // heads
     K = K.to(q.dtype)
@@ -371,7 +424,8 @@ def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int) -> to
     qh = q.reshape(B, N, heads, d).transpose(1, 2)
     kh = K.reshape(B, T, heads, d).transpose(1, 2)
     vh = V.reshape(B, T, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qh, kh, vh)  # default scale 1/√d
+    mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # default scale 1/√d
     return out.transpose(1, 2).reshape(B, N, C)
 
 
@@ -388,6 +442,7 @@ def style_fusion_attention(
     tau: float = 1.0,
     style_mask: Optional[torch.Tensor] = None,
     pairing: str = "paper",
+    mask_mode: str = "paper",
 ) -> torch.Tensor:
     """Style Fusion Attention (§3.3 eq. 1–2, key scaling §3.5, style mask §4).
 
@@ -429,7 +484,14 @@ def style_fusion_attention(
     style slot becomes ``τ·(m ⊙ K_s)`` and the AdaIN slot ``m·K̂ + (1−m)·K_c``;
     values are unchanged. Note that masked-out style keys are zero, not removed:
     their logits are 0, so they still receive ``exp(0)`` softmax weight (the
-    paper's literal formulation).
+    paper's literal formulation). The paper masks *keys* only, so with
+    ``pairing="paper"`` the AdaIN slot still carries the style values V_s where
+    m = 0 and style can leak outside the mask. ``mask_mode="confined"`` keeps the
+    same keys but gives masked-out style-slot tokens a logit bias of log m (−∞ at
+    m = 0) and pairs the unmasked part with content values (AdaIN-slot values
+    ``m·V_s + (1−m)·V_c`` for "paper", style-slot values the same for "aligned"):
+    where m = 0 the layer is exactly DiffPortrait360's content attention, and
+    with m ≡ 1 both modes are identical.
 
     ``k_s = v_s = None``: ``K = [K_l, K_c]``, ``V = [V_l, V_c]`` (plain
     DiffPortrait360 / back-view model); additionally ``k_c = v_c = None``:
@@ -447,9 +509,10 @@ def style_fusion_attention(
         styles = []
     else:
         styles = [(k_s, v_s, style_mask)]
+    _check_mask_mode(mask_mode)
     tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=True)
-    K, V = _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks)
-    return _attend(q, K, V, heads)
+    K, V, bias = _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode)
+    return _attend(q, K, V, heads, bias)
 
 
 def multi_style_fusion_attention(
@@ -463,6 +526,7 @@ def multi_style_fusion_attention(
     heads: int,
     tau: float = 1.0,
     pairing: str = "paper",
+    mask_mode: str = "paper",
 ) -> torch.Tensor:
     """SFA with several (style, mask) pairs at once (§4, Fig. 7b: Joker mouth +
     Pixar eyes).
@@ -479,7 +543,9 @@ def multi_style_fusion_attention(
         V = [V_l, V̂_s, V_c] (paper) or [V_l, V_c, V̂_s] (aligned)
 
     This generalizes the single-mask rule of §4; the mean fills unmasked style
-    values (no style claims them). With one style it is exactly
+    values (no style claims them). ``mask_mode="confined"`` (see
+    :func:`style_fusion_attention`) fills them with V_c instead and adds the
+    logit bias log M on the style slot. With one style it is exactly
     :func:`style_fusion_attention` with that mask (same code path).
     Returns ``[B, N, C]`` in ``q.dtype``.
     """
@@ -491,9 +557,10 @@ def multi_style_fusion_attention(
         )
     if k_c is None or v_c is None:
         raise ValueError("k_c: content references k_c and v_c are required for style fusion")
+    _check_mask_mode(mask_mode)
     tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=False)
-    K, V = _build_kv(k_l, v_l, k_c, v_c, list(styles), tau, pairing, masks)
-    return _attend(q, K, V, heads)
+    K, V, bias = _build_kv(k_l, v_l, k_c, v_c, list(styles), tau, pairing, masks, mask_mode)
+    return _attend(q, K, V, heads, bias)
 
 
 # --------------------------------------------------------------------------- #

@@ -23,9 +23,10 @@ from .config import BACK_VIEW, MAIN
 from .fusion import alpha_weights
 from .images import load_mask, to_model_tensor
 from .model import DiffStyle360Model
-from .sampling import WINDOW_MODES, DDIMSchedule, denoise_views, guide_frame_noise, view_windows
+from .sampling import WINDOW_MODES, DDIMSchedule, batch_windows, denoise_views, guide_frame_noise, view_windows
 
 PAIRINGS = ("paper", "aligned")
+MASK_MODES = ("paper", "confined")
 TAU_RANGE = (0.5, 2.0)
 DEFAULT_TAU = 1.05  # supplementary §7.1: the paper's default key scale
 
@@ -106,10 +107,15 @@ class DiffStyle360Pipeline:
         device: Union[str, torch.device] = "cpu",
         dtype: Optional[torch.dtype] = None,
         style_module: Optional[Union[str, Path]] = None,
+        conditions: Optional[Union[str, Path]] = None,
         load_main: bool = True,
         load_back_view: bool = True,
     ) -> "DiffStyle360Pipeline":
-        """Load ``weights/main``, ``weights/back_view`` and ``weights/cam_condition`` (see README)."""
+        """Load ``weights/main``, ``weights/back_view`` and ``weights/cam_condition`` (see README).
+
+        ``conditions``: a folder of camera-condition images to use instead of the
+        one inside ``weights``.
+        """
         from .weights import load_model, load_style_module
 
         root = Path(weights)
@@ -142,7 +148,7 @@ class DiffStyle360Pipeline:
             main.to(device=device, dtype=dtype)
         back = _load(BACK_VIEW) if load_back_view else None
         size = (main or back).config.image_size
-        cameras = load_condition_set(find_condition_folder(root), size)
+        cameras = load_condition_set(Path(conditions) if conditions else find_condition_folder(root), size)
         return cls(main, back, cameras)
 
     @property
@@ -227,6 +233,7 @@ class DiffStyle360Pipeline:
         cameras: Optional[CameraSet] = None,
         tau: float = DEFAULT_TAU,
         pairing: str = "paper",
+        mask_mode: str = "paper",
         seed: int = 42,
         steps: int = 50,
         cfg: float = 3.0,
@@ -244,7 +251,9 @@ class DiffStyle360Pipeline:
         or a list of :class:`Style` (several regions, several styles; masks must
         not overlap), or None for plain DiffPortrait360 novel views. ``views``
         picks N evenly spaced cameras of the condition set; ``cameras`` gives
-        them explicitly. ``tau`` is the key scale τ (§3.5). ``window`` views go
+        them explicitly. ``tau`` is the key scale τ (§3.5). ``mask_mode``:
+        "paper" masks keys only, as the paper writes it (style can leak outside
+        the mask), "confined" also keeps style values and attention inside it. ``window`` views go
         through the view-consistency modules together (default: as trained, 8);
         ``window_mode`` "independent" (official chunks) or "circular" (overlapping
         windows that close the loop). ``guide_frames``: one image per view (e.g. a
@@ -258,6 +267,8 @@ class DiffStyle360Pipeline:
         tau = _check_range("tau", tau, *TAU_RANGE, f"The paper uses 1.00–1.10 (default {DEFAULT_TAU}).")
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         if window_mode not in WINDOW_MODES:
             raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
         temporal = model.config.temporal
@@ -270,17 +281,36 @@ class DiffStyle360Pipeline:
         cams = self._cameras(cameras)
         if cameras is None and views is not None:
             cams = select_views(cams, views=views)
+        n = len(cams)
+        windows = view_windows(n, window, window_mode, overlap)
+        batch_windows(windows, windows_per_batch)  # validates windows_per_batch
         styles = self._styles(style)
         masks = [self._mask(spec, model, k) for k, spec in enumerate(styles)]
         if len(styles) > 1:
             self._check_disjoint(masks)
 
+        # Read and check every image before the first (long) back-view run.
+        x_content = self._image(content, "content", model)
+        x_content_back = self._image(content_back, "content_back", model) if content_back is not None else None
+        style_images = []
+        for k, spec in enumerate(styles):
+            fronts = [self._image(img, f"style {k + 1} image {j + 1}", model) for j, img in enumerate(spec.images)]
+            backs = [
+                self._image(b, f"style {k + 1} back {j + 1}", model) if b is not None else None
+                for j, b in enumerate(spec.backs or [None] * len(fronts))
+            ]
+            style_images.append((fronts, backs))
+        guide = None
+        if guide_frames is not None:
+            guide = to_model_tensor(guide_frames, model.config.image_size, name="guide_frames")
+            if guide.shape[0] != n:
+                raise ValueError(f"guide_frames: got {guide.shape[0]} frames for {n} views; give one per view")
+
         device, dtype = model.vae.device, model.vae.dtype
         generator = torch.Generator().manual_seed(int(seed))
-        x_content = self._image(content, "content", model)
         back_content = (
-            self._image(content_back, "content_back", model)
-            if content_back is not None
+            x_content_back
+            if x_content_back is not None
             else self._generate_back(x_content, seed, steps, cfg, eta, callback=callback)
         )
         z_content = _encode_reference(model, torch.cat([x_content, back_content]), seed)
@@ -288,33 +318,26 @@ class DiffStyle360Pipeline:
         style_latents: List[torch.Tensor] = []
         entries: List[Tuple[Style, slice]] = []
         style_backs: List[List[torch.Tensor]] = []
-        for k, spec in enumerate(styles):
-            fronts = [self._image(img, f"style {k + 1} image {j + 1}", model) for j, img in enumerate(spec.images)]
-            backs_given = spec.backs or [None] * len(fronts)
+        for spec, (fronts, backs) in zip(styles, style_images):
             backs = [
-                self._image(b, f"style {k + 1} back {j + 1}", model)
-                if b is not None
-                else self._generate_back(f, seed, steps, cfg, eta, callback=callback)
-                for j, (f, b) in enumerate(zip(fronts, backs_given))
+                b if b is not None else self._generate_back(f, seed, steps, cfg, eta, callback=callback)
+                for f, b in zip(fronts, backs)
             ]
             style_backs.append(backs)
             start = len(style_latents)
             for f, b in zip(fronts, backs):
                 style_latents.append(_encode_reference(model, torch.cat([f, b]), seed))
             entries.append((spec, slice(start, len(style_latents))))
-        n = len(cams)
         hints = cams.images.to(device, dtype)
         shape = (n, 4, model.config.latent_size, model.config.latent_size)
         noise = torch.randn(shape, generator=generator).to(device, dtype)
-        if guide_frames is not None:
-            guide = to_model_tensor(guide_frames, model.config.image_size, name="guide_frames")
-            if guide.shape[0] != n:
-                raise ValueError(f"guide_frames: got {guide.shape[0]} frames for {n} views; give one per view")
+        if guide is not None:
             z_guide = _encode_reference(model, guide.to(device, dtype), seed)
             noise = guide_frame_noise(z_guide, noise, model.config.schedule)
 
         model.fusion.tau = tau
         model.fusion.pairing = pairing
+        model.fusion.mask_mode = mask_mode
 
         def set_refs(t: int) -> None:
             content_bank, style_banks = model.reference_banks(z_content, style_latents, t)
@@ -327,7 +350,6 @@ class DiffStyle360Pipeline:
             )
 
         schedule = DDIMSchedule.make(model.config.schedule, steps, eta)
-        windows = view_windows(n, window, window_mode, overlap)
         try:
             z = denoise_views(
                 model, noise, hints, schedule, set_references=set_refs, generator=generator, guidance=cfg,
@@ -360,6 +382,12 @@ class DiffStyle360Pipeline:
                 if len(spec.weights) != len(spec.images):
                     raise ValueError(
                         f"style {k + 1}: {len(spec.weights)} blend weights for {len(spec.images)} images"
+                    )
+                weights = [float(w) for w in spec.weights]
+                if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1) > 1e-4:
+                    raise ValueError(
+                        f"style {k + 1}: blend weights must each be in [0, 1] and sum to 1, got {weights} "
+                        "(for two styles use alpha_weights(α))"
                     )
             elif len(spec.images) > 1:
                 raise ValueError(f"style {k + 1}: several images need blend weights (e.g. alpha_weights(0.5))")

@@ -122,3 +122,44 @@ def test_missing_files_exit_2(tiny, tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["convert", "--checkpoint", str(bad), "--out", str(tmp_path / "c")]) == 2
     assert "broken.th" in capsys.readouterr().err
+
+
+def test_own_condition_folder_replaces_a_missing_one(tiny, tmp_path):
+    weights = tmp_path / "w"
+    shutil.copytree(tiny / "main", weights / "main")
+    shutil.copytree(tiny / "back_view", weights / "back_view")
+    out = tmp_path / "o"
+    args = ["stylize", "--weights", str(weights), "--content", str(CONTENT), "--style", str(STYLE), "--views", "2",
+            "--steps", "1", "--mask-mode", "confined", "--style-mask", str(CONTENT), "--out", str(out)]
+    assert main(args) == 2  # no condition set anywhere
+    assert main(args + ["--conditions", str(tiny / "cam_condition" / "sphere32")]) == 0
+    assert len(_pngs(out)) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "nonsense"],
+         "--device"),
+        (["--fps", "0"], "--fps"),
+        (["--guide-frames", "/nonexistent/frames"], "--guide-frames"),
+    ],
+)
+def test_bad_options_fail_before_sampling(tiny, tmp_path, capsys, extra, message):
+    args = ["stylize", "--weights", str(tiny), "--content", str(CONTENT), "--style", str(STYLE),
+            "--steps", "1", "--out", str(tmp_path / "o")] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_output_paths_that_are_files_are_reported(tiny, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["back-view", "--weights", str(tiny), "--content", str(CONTENT), "--steps", "1",
+                 "--out", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["stylize", "--weights", str(tiny), "--content", str(CONTENT), "--style", str(STYLE), "--steps", "1",
+                 "--out", str(blocker / "sub")]) == 2
+    assert main(["make-tiny", str(blocker / "sub")]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -473,3 +473,100 @@ def test_adain_validation():
         adain(torch.randn(5, 8), x)
     with pytest.raises(ValueError, match=r"^eps: "):
         adain(x, x, eps=0.0)
+
+
+# --------------------------------------------------------------------------- #
+# mask_mode="confined": same keys, style kept inside the mask (README, fusion docstring)
+# --------------------------------------------------------------------------- #
+def ref_confined(q, k_l, v_l, k_c, v_c, styles, heads, tau, pairing):
+    """Explicit reference: weights exp(logit)·g / Σ, g = M on style-slot tokens, 1 elsewhere;
+    the unclaimed part (1 − M) of the style values is filled with V_c."""
+    B = q.shape[0]
+    K, _ = ref_kv(k_l, v_l, k_c, v_c, [(k, v, m if m is not None else torch.ones(1, k_c.shape[1]))
+                                       for k, v, m in styles], tau, pairing)
+    n_ref = k_c.shape[1]
+    ms = [m.to(D64).expand(B, -1).unsqueeze(-1) for _, _, m in styles]
+    M = sum(ms)
+    v_c64 = bcast(v_c, B)
+    v_hat = sum(m * bcast(v, B) for m, (_, v, _) in zip(ms, styles)) + (1 - M) * v_c64
+    V = torch.cat([v_l.to(D64), v_hat, v_c64] if pairing == "paper" else [v_l.to(D64), v_c64, v_hat], 1)
+    gate = torch.cat([torch.ones(B, q.shape[1] + n_ref, dtype=D64), M.squeeze(-1)], 1)  # [B, T]
+    d = q.shape[-1] // heads
+    out = torch.empty(q.shape, dtype=D64)
+    for b in range(B):
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            s = q[b, :, sl].to(D64) @ K[b, :, sl].T / math.sqrt(d)
+            e = torch.exp(s - s.max(dim=-1, keepdim=True).values) * gate[b]
+            out[b, :, sl] = (e / e.sum(dim=-1, keepdim=True)) @ V[b, :, sl]
+    return out
+
+
+def _masks(n_ref, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(1, n_ref, generator=g, dtype=D64)
+    a[:, : n_ref // 3] = 0.0  # some tokens fully outside every mask
+    b = (1 - a) * torch.rand(1, n_ref, generator=g, dtype=D64)
+    return a, b
+
+
+@pytest.mark.parametrize("pairing", ["paper", "aligned"])
+@pytest.mark.parametrize("n_styles", [1, 2])
+def test_confined_mask_matches_reference(pairing, n_styles):
+    B, N, n_ref, C, heads = 2, 5, 6, 8, 2
+    q, k_l, v_l = (torch.randn(B, N, C, dtype=D64) for _ in range(3))
+    k_c, v_c = torch.randn(1, n_ref, C, dtype=D64), torch.randn(1, n_ref, C, dtype=D64)
+    m1, m2 = _masks(n_ref, 3)
+    styles = [(torch.randn(1, n_ref, C, dtype=D64), torch.randn(1, n_ref, C, dtype=D64), m)
+              for m in ([m1] if n_styles == 1 else [m1, m2])]
+    if n_styles == 1:
+        k_s, v_s, m = styles[0]
+        got = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, tau=1.05, style_mask=m,
+                                     pairing=pairing, mask_mode="confined")
+    else:
+        got = multi_style_fusion_attention(q, k_l, v_l, k_c, v_c, styles, heads=heads, tau=1.05, pairing=pairing,
+                                           mask_mode="confined")
+    want = ref_confined(q, k_l, v_l, k_c, v_c, styles, heads, 1.05, pairing)
+    assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("pairing", ["paper", "aligned"])
+def test_confined_zero_mask_is_exactly_content_attention(pairing):
+    """Nothing of the style reaches a layer whose mask is empty (the paper's key-only mask leaks)."""
+    B, N, n_ref, C, heads = 2, 4, 6, 8, 2
+    q, k_l, v_l = (torch.randn(B, N, C, dtype=D64) for _ in range(3))
+    k_c, v_c, k_s = (torch.randn(1, n_ref, C, dtype=D64) for _ in range(3))
+    v_s = torch.randn(1, n_ref, C, dtype=D64) + 3.0
+    zero = torch.zeros(1, n_ref, dtype=D64)
+    content_only = style_fusion_attention(q, k_l, v_l, k_c, v_c, heads=heads)
+    confined = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, tau=1.05, style_mask=zero,
+                                      pairing=pairing, mask_mode="confined")
+    literal = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, tau=1.05, style_mask=zero,
+                                     pairing=pairing)
+    assert rel_err(confined, content_only) < 1e-12
+    if pairing == "paper":
+        assert rel_err(literal, content_only) > 0.1  # the literal rule lets V_s through
+
+
+def test_confined_equals_paper_when_the_mask_covers_everything():
+    B, N, n_ref, C, heads = 2, 4, 6, 8, 2
+    q, k_l, v_l = (torch.randn(B, N, C, dtype=D64) for _ in range(3))
+    k_c, v_c, k_s, v_s = (torch.randn(1, n_ref, C, dtype=D64) for _ in range(4))
+    ones = torch.ones(1, n_ref, dtype=D64)
+    for pairing in ("paper", "aligned"):
+        a = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, tau=1.1, style_mask=ones,
+                                   pairing=pairing, mask_mode="confined")
+        b = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, tau=1.1, pairing=pairing)
+        assert rel_err(a, b) < 1e-12
+    with pytest.raises(ValueError, match="^mask_mode"):
+        style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, mask_mode="strict")
+
+
+def test_confined_fp16_keeps_dtype_and_handles_minus_infinity():
+    B, N, n_ref, C, heads = 1, 4, 6, 8, 2
+    q, k_l, v_l = (torch.randn(B, N, C, dtype=torch.float16) for _ in range(3))
+    k_c, v_c, k_s, v_s = (torch.randn(1, n_ref, C, dtype=torch.float16) for _ in range(4))
+    m = torch.zeros(1, n_ref, dtype=torch.float16)
+    m[:, :2] = 1
+    out = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, style_mask=m, mask_mode="confined")
+    assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())

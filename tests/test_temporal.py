@@ -20,7 +20,7 @@ from diffstyle360_core.temporal import (
     our_motion_key_to_official,
 )
 
-KEYS_JSON = Path(__file__).resolve().parents[2] / "shared/reference/dp360-keys-model_state.json"
+KEYS_JSON = Path(__file__).resolve().parent / "data" / "dp360-keys-model_state.json"
 UNET = "model.diffusion_model."
 
 
@@ -244,8 +244,7 @@ def test_official_layout_loads_by_renaming():
 
 @pytest.fixture(scope="module")
 def official_motion_shapes():
-    if not KEYS_JSON.exists():
-        pytest.skip(f"{KEYS_JSON} not available")
+    assert KEYS_JSON.exists(), f"{KEYS_JSON} missing from the repo"
     data = json.loads(KEYS_JSON.read_text())
     return {k: tuple(v) for k, v in data.items() if "_motion_module" in k}
 
