@@ -234,6 +234,20 @@ def _to_bhwc(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     )
 
 
+def image_hw(image: Any, *, name: str = "image") -> tuple[int, int]:
+    """(height, width) of a user image in any layout :func:`to_model_tensor` accepts.
+
+    Used to check that a mask drawn for an image has that image's aspect ratio.
+    """
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, (str, os.PathLike)):
+        im = load_image(image, name=name)
+        return im.height, im.width
+    bhwc, _ = _to_bhwc(_as_numpy(image, name), name)
+    return int(bhwc.shape[1]), int(bhwc.shape[2])
+
+
 def _resize_float(img: np.ndarray, size: int, resample: int) -> np.ndarray:
     """HxWxC float32 -> size x size x C float32, per channel with PIL mode 'F'."""
     chans = [

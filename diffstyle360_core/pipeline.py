@@ -21,7 +21,7 @@ from .attention import StyleEntry
 from .cameras import CameraSet, back_view_index, find_condition_folder, load_condition_set, select_views
 from .config import BACK_VIEW, MAIN
 from .fusion import alpha_weights
-from .images import load_mask, to_model_tensor
+from .images import image_hw, load_mask, to_model_tensor
 from .model import DiffStyle360Model
 from .sampling import WINDOW_MODES, DDIMSchedule, batch_windows, denoise_views, guide_frame_noise, view_windows
 
@@ -402,7 +402,8 @@ class DiffStyle360Pipeline:
                 raise ValueError(f"style {k + 1}: back_mask given without a front mask")
             return None
         size = model.config.image_size
-        front = load_mask(spec.mask, size, name=f"style {k + 1} mask")[0, 0]
+        hw = image_hw(spec.images[0], name=f"style {k + 1} image 1")
+        front = load_mask(spec.mask, size, name=f"style {k + 1} mask", match_hw=hw)[0, 0]
         back = (
             load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask")[0, 0]
             if spec.back_mask is not None

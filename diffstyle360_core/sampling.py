@@ -45,6 +45,12 @@ class DDIMSchedule:
 
     @classmethod
     def make(cls, schedule: ScheduleConfig, steps: int, eta: float) -> "DDIMSchedule":
+        """Uniform timesteps ``range(0, T, T // steps) + 1``, cut to exactly ``steps``.
+
+        Equal to LDM's "uniform" discretisation whenever ``steps`` divides T (the
+        official 50 does); otherwise LDM would run one extra step and we keep the
+        requested count (diffusers' "leading" spacing).
+        """
         total = schedule.num_train_timesteps
         if not 1 <= steps <= total:
             raise ValueError(f"steps must be in [1, {total}], got {steps}")

@@ -169,3 +169,11 @@ def test_bad_images_raise_clear_errors(pipe, images):
         pipe.stylize(content, Style(images=[style, style]), content_back=back, views=2, **FAST)
     with pytest.raises(ValueError, match="sum"):
         pipe.stylize(content, Style(images=[style, style], weights=[0.5, 0.6]), content_back=back, views=2, **FAST)
+
+
+def test_mask_with_another_aspect_ratio_than_its_style_image_is_refused(pipe, images):
+    content, style, _, back = images
+    wide_style = torch.rand(1, 64, 96, 3)
+    with pytest.raises(ValueError, match="aspect"):
+        pipe.stylize(content, Style(images=[wide_style], mask=torch.ones(1, 64, 64)), content_back=back, views=2,
+                     **FAST)
