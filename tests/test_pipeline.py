@@ -177,3 +177,34 @@ def test_mask_with_another_aspect_ratio_than_its_style_image_is_refused(pipe, im
     with pytest.raises(ValueError, match="aspect"):
         pipe.stylize(content, Style(images=[wide_style], mask=torch.ones(1, 64, 64)), content_back=back, views=2,
                      **FAST)
+
+
+def test_stylize_settings_reach_every_fusion_layer(pipe, images, monkeypatch):
+    """τ, pairing, mask mode and the resized mask arrive at all 16 SFA layers on every step."""
+    import diffstyle360_core.attention as attention_module
+
+    content, style, _, back = images
+    calls = []
+    real = attention_module.style_fusion_attention
+
+    def spy(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw):
+        calls.append((k_c is not None, k_s is not None, kw))
+        return real(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw)
+
+    monkeypatch.setattr(attention_module, "style_fusion_attention", spy)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    steps = 2
+    pipe.stylize(content, Style(images=[style], backs=[back], mask=mask), content_back=back, views=2, tau=1.3,
+                 pairing="aligned", mask_mode="confined", steps=steps, cfg=3.0, eta=0.5, seed=1)
+    cond = [kw for has_c, has_s, kw in calls if has_c and has_s]
+    uncond = [kw for has_c, has_s, kw in calls if not has_c]
+    assert len(cond) == 16 * steps  # one conditional pass per step (both views in one window)
+    # reference-free calls: the appearance module's own attn1 (one batched pass per step, training-free)
+    # plus the unconditional pass of the main UNet
+    assert len(uncond) == 2 * 16 * steps
+    for kw in cond:
+        assert kw["tau"] == pytest.approx(1.3) and kw["pairing"] == "aligned" and kw["mask_mode"] == "confined"
+        m = kw["style_mask"]
+        assert m is not None and 0 < float(m.sum()) < m.shape[1]
+    assert pipe.main.fusion.content is None  # references dropped after the run
