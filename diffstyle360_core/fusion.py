@@ -295,51 +295,32 @@ def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper"
         slot_s = k_s.to(wd) * tau if tau != 1.0 else k_s
         v_hat = v_s
     else:
-        # Masked / multi-style (§4, Fig. 7):
+        # Masked / multi-style (§4, Fig. 7), with M = Σ m_i:
         #   AdaIN slot  Σ m_i·AdaIN(K_c, K_s_i) + (1 − M)·K_c
         #   style slot  τ·Σ m_i·K_s_i
         #   style value Σ m_i·V_s_i + (1 − M)·mean_i V_s_i   (== V_s for one style)
-        acc_a = acc_s = mask_sum = None
+        # mask_mode="confined": same keys; the unclaimed (1 − M) part of the style
+        # values is V_c and style-slot logits get log M (−∞ where no style claims a
+        # token), so nothing of a style reaches outside its mask.
         n_ref = k_c.shape[1]
-        for (k_s, _, _), m in zip(styles, masks):
-            mw = (torch.ones((1, n_ref, 1), dtype=wd, device=k_l.device) if m is None
-                  else m.to(wd).unsqueeze(-1))
-            ta = mw * _adain(k_c, k_s, eps)
-            ts = mw * k_s.to(wd)
-            acc_a = ta if acc_a is None else acc_a + ta
-            acc_s = ts if acc_s is None else acc_s + ts
-            mask_sum = mw if mask_sum is None else mask_sum + mw
-        slot_a = acc_a + (1.0 - mask_sum) * k_c.to(wd)
-        slot_s = acc_s * tau if tau != 1.0 else acc_s
+        ones = torch.ones((1, n_ref, 1), dtype=wd, device=k_l.device)
+        weights = [ones if m is None else m.to(wd).unsqueeze(-1) for m in masks]
+        mask_sum = sum(weights)
+        slot_a = sum(w * _adain(k_c, k_s, eps) for w, (k_s, _, _) in zip(weights, styles))
+        slot_a = slot_a + (1.0 - mask_sum) * k_c.to(wd)
+        slot_s = sum(w * k_s.to(wd) for w, (k_s, _, _) in zip(weights, styles))
+        slot_s = slot_s * tau if tau != 1.0 else slot_s
         if mask_mode == "confined":
-            # Keys as in the paper; values and logits keep the style inside the mask:
-            # masked-out style-slot tokens get logit bias log(0) = -inf, and the style
-            # values are mixed with the *content* values where no style claims a token.
-            acc_v = None
-            for (_, v, _), m in zip(styles, masks):
-                mw = (torch.ones((1, n_ref, 1), dtype=wd, device=k_l.device) if m is None
-                      else m.to(wd).unsqueeze(-1))
-                acc_v = mw * v.to(wd) if acc_v is None else acc_v + mw * v.to(wd)
-            v_hat = acc_v + (1.0 - mask_sum) * v_c.to(wd)
+            claimed = sum(w * v_s.to(wd) for w, (_, v_s, _) in zip(weights, styles))
+            v_hat = claimed + (1.0 - mask_sum) * v_c.to(wd)
             zeros = torch.zeros((mask_sum.shape[0], k_l.shape[1] + n_ref), dtype=wd, device=k_l.device)
             bias = torch.cat([zeros, torch.log(mask_sum.squeeze(-1))], dim=1)
-            if pairing == "paper":  # AdaIN slot ↔ style values, style slot ↔ content values
-                V = torch.cat([v_l, _expand(v_hat.to(dt), B), _expand(v_c.to(dt), B)], dim=1)
-            else:  # AdaIN slot ↔ content values, style slot ↔ style values
-                V = torch.cat([v_l, _expand(v_c.to(dt), B), _expand(v_hat.to(dt), B)], dim=1)
-            K = torch.cat([k_l, _expand(slot_a.to(dt), B), _expand(slot_s.to(dt), B)], dim=1)
-            return K, V, bias
-        if len(styles) == 1:
+        elif len(styles) == 1:
             v_hat = styles[0][1]  # m·V_s + (1 − m)·V_s == V_s: values unchanged
         else:
-            vs = [s[1].to(wd) for s in styles]
-            v_mean = sum(vs) / len(vs)
-            acc_v = None
-            for v, m in zip(vs, masks):
-                mw = (torch.ones((1, n_ref, 1), dtype=wd, device=k_l.device) if m is None
-                      else m.to(wd).unsqueeze(-1))
-                acc_v = mw * v if acc_v is None else acc_v + mw * v
-            v_hat = acc_v + (1.0 - mask_sum) * v_mean
+            vs = [st[1].to(wd) for st in styles]
+            claimed = sum(w * v for w, v in zip(weights, vs))
+            v_hat = claimed + (1.0 - mask_sum) * (sum(vs) / len(vs))
 
     K = torch.cat([k_l, _expand(slot_a.to(dt), B), _expand(slot_s.to(dt), B)], dim=1)
     v_c_, v_hat_ = _expand(v_c.to(dt), B), _expand(v_hat.to(dt), B)
