@@ -163,3 +163,14 @@ def test_output_paths_that_are_files_are_reported(tiny, tmp_path, capsys):
                  "--out", str(blocker / "sub")]) == 2
     assert main(["make-tiny", str(blocker / "sub")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_pipeline_keeps_dtype(tiny, dtype):
+    import torch
+
+    from diffstyle360_core.pipeline import DiffStyle360Pipeline
+
+    pipe = DiffStyle360Pipeline.from_pretrained(tiny, dtype=getattr(torch, dtype))
+    out = pipe.stylize(str(CONTENT), str(STYLE), views=2, steps=1, cfg=3.0, eta=0.5)
+    assert out.views.dtype == getattr(torch, dtype) and bool(torch.isfinite(out.views).all())
