@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-mask", default=None, help="mask image on the style image: where to stylize (white)")
     p.add_argument("--style-back-mask", default=None, help="mask on the style's back view (default: none)")
     p.add_argument("--style-module", default=None, help="DiffStyle360 style module .safetensors (else training-free)")
-    p.add_argument("--views", type=int, default=32, help="number of evenly spaced views of the condition set")
+    p.add_argument("--views", type=int, default=None,
+                   help="number of evenly spaced views (default: every view of the set or of --yaw-range)")
     p.add_argument("--yaw-range", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="only views with yaw in [START, END] degrees (wraps past 360); --views subsamples it")
     p.add_argument("--conditions", default=None, help="your own folder of condition images (default: from --weights)")
@@ -133,6 +134,8 @@ def _stylize(args) -> None:
     weights = list(alpha_weights(args.alpha)) if args.alpha is not None else None
     style = Style(images=list(args.style), weights=weights, backs=args.style_back, mask=args.style_mask,
                   back_mask=args.style_back_mask)
+    if args.style_back_mask and not args.style_mask:
+        raise ValueError("--style-back-mask needs --style-mask (the mask on the style's front image)")
     if args.fps < 1:
         raise ValueError(f"--fps must be >= 1, got {args.fps}")
     if args.guide_frames and not Path(args.guide_frames).is_dir():
@@ -187,6 +190,8 @@ def _convert(args) -> None:
 def _make_tiny(args) -> None:
     from .tiny import make_tiny
 
+    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+        raise ValueError(f"{args.outdir} is a file; give a folder for the tiny model set")
     start = time.time()
     make_tiny(args.outdir, seed=args.seed)
     print(f"wrote tiny model set to {args.outdir} in {time.time() - start:.1f}s (use as --weights {args.outdir})")

@@ -168,7 +168,7 @@ class FusionState:
                 k_s, v_s = blend_styles(list(keys), weights), blend_styles(list(values), weights)
             mask = None
             if entry.mask is not None:
-                mask = mask_to_tokens(entry.mask, k_s.shape[1]).to(k_s.dtype)
+                mask = mask_to_tokens(entry.mask, k_s.shape[1])  # float32: half precision breaks Σm ≤ 1
             styles.append((k_s, v_s, mask))
         self._cache[name] = (k_c, v_c, styles)
         return self._cache[name]

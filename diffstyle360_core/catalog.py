@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-from .config import BACK_VIEW, CONFIG_NAME, MAIN
+from .config import BACK_VIEW, CONFIG_NAME, MAIN, BackboneConfig
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,13 +36,23 @@ class WeightSet:
 def describe(folder: PathLike, name: Optional[str] = None) -> Optional[WeightSet]:
     """The weight set in ``folder``, or None when it holds no converted model."""
     root = Path(folder)
-    kinds = [k for k in (MAIN, BACK_VIEW) if (root / k / CONFIG_NAME).is_file()]
+    kinds = [k for k in (MAIN, BACK_VIEW) if _is_model(root / k, k)]
     if not kinds:
         return None
     styles = sorted(p.name for p in root.glob("*.safetensors"))
     styles += sorted(f"{MAIN}/{p.name}" for p in (root / MAIN).glob("style_appearance*.safetensors"))
     cams = any((root / sub).is_dir() for sub in ("cam_condition/sphere32", "cam_condition", "sphere32"))
     return WeightSet(name or root.name, root, kinds, styles, cams)
+
+
+def _is_model(folder: Path, kind: str) -> bool:
+    """A converted model of ``kind``: its config.json parses as ours (a diffusers folder does not)."""
+    if not (folder / CONFIG_NAME).is_file():
+        return False
+    try:
+        return BackboneConfig.load(folder).kind == kind
+    except (ValueError, OSError):
+        return False
 
 
 def list_weight_sets(roots: Iterable[PathLike]) -> Dict[str, WeightSet]:

@@ -121,17 +121,25 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BackboneConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
+        if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ValueError(f"config format {version} is newer than this DiffStyle360 ({FORMAT_VERSION}); update the pack")
         temporal = data.pop("temporal", None)
         schedule = data.pop("schedule", None) or {}
-        return cls(
-            temporal=TemporalConfig(**temporal) if temporal else None,
-            schedule=ScheduleConfig(**schedule),
-            **data,
-        )
+        try:
+            config = cls(
+                temporal=TemporalConfig(**temporal) if temporal else None,
+                schedule=ScheduleConfig(**schedule),
+                **data,
+            )
+        except TypeError as err:  # unknown or missing fields: not a DiffStyle360 config
+            raise ValueError(f"not a DiffStyle360 model config ({err})") from None
+        if config.kind not in (MAIN, BACK_VIEW):
+            raise ValueError(f"not a DiffStyle360 model config (kind {config.kind!r})")
+        return config
 
     def save(self, folder: Path) -> None:
         Path(folder, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2))
@@ -141,7 +149,13 @@ class BackboneConfig:
         path = Path(folder, CONFIG_NAME)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {folder} is not a converted DiffStyle360 model folder")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"{path}: {err}. This folder does not hold a model written by `python -m diffstyle360_core "
+                "convert`; re-run convert into it"
+            ) from None
 
 
 def official_config(kind: str = MAIN) -> BackboneConfig:

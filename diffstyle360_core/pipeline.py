@@ -20,7 +20,7 @@ import torch
 from .attention import StyleEntry
 from .cameras import CameraSet, back_view_index, find_condition_folder, load_condition_set, select_views
 from .config import BACK_VIEW, MAIN
-from .fusion import alpha_weights
+from .fusion import MASK_SUM_TOL, alpha_weights
 from .images import image_hw, load_mask, to_model_tensor
 from .model import DiffStyle360Model
 from .sampling import WINDOW_MODES, DDIMSchedule, batch_windows, denoise_views, guide_frame_noise, view_windows
@@ -76,6 +76,12 @@ def _check_range(name: str, value: float, low: float, high: float, hint: str) ->
     return value
 
 
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
 def _check_common(steps: int, guidance: float, eta: float) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= 1000:
         raise ValueError(f"steps must be an integer in [1, 1000], got {steps!r} (official: 50)")
@@ -119,6 +125,11 @@ class DiffStyle360Pipeline:
         from .weights import load_model, load_style_module
 
         root = Path(weights)
+        if root.is_file():
+            raise ValueError(
+                f"--weights/weights {root} is a file; give the folder that holds main/, back_view/ and "
+                "cam_condition/ (convert .th files into it first, README, Weights)"
+            )
         if not root.is_dir():
             raise FileNotFoundError(
                 f"weights folder {root} does not exist. Convert the official checkpoints with "
@@ -187,6 +198,7 @@ class DiffStyle360Pipeline:
         """
         model = self._back_model()
         _check_common(steps, cfg, eta)
+        _check_seed(seed)
         return self._generate_back(self._image(front, "front", model), seed, steps, cfg, eta, camera, callback)
 
     def _back_model(self) -> DiffStyle360Model:
@@ -264,6 +276,7 @@ class DiffStyle360Pipeline:
         if model is None:
             raise ValueError("no main model loaded (weights/main)")
         _check_common(steps, cfg, eta)
+        _check_seed(seed)
         tau = _check_range("tau", tau, *TAU_RANGE, f"The paper uses 1.00–1.10 (default {DEFAULT_TAU}).")
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
@@ -272,6 +285,8 @@ class DiffStyle360Pipeline:
         if window_mode not in WINDOW_MODES:
             raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
         temporal = model.config.temporal
+        if window is not None and (isinstance(window, bool) or int(window) != window):
+            raise ValueError(f"window must be a whole number of views, got {window!r}")
         window = temporal.window if window is None else int(window)
         if not 1 <= window <= temporal.max_views:
             raise ValueError(
@@ -281,6 +296,11 @@ class DiffStyle360Pipeline:
         cams = self._cameras(cameras)
         if cameras is None and views is not None:
             cams = select_views(cams, views=views)
+        if cams.size != model.config.image_size:
+            raise ValueError(
+                f"camera conditions are {cams.size}px but the model works at {model.config.image_size}px; "
+                f"load them with load_condition_set(folder, {model.config.image_size})"
+            )
         n = len(cams)
         windows = view_windows(n, window, window_mode, overlap)
         batch_windows(windows, windows_per_batch)  # validates windows_per_batch
@@ -404,8 +424,9 @@ class DiffStyle360Pipeline:
         size = model.config.image_size
         hw = image_hw(spec.images[0], name=f"style {k + 1} image 1")
         front = load_mask(spec.mask, size, name=f"style {k + 1} mask", match_hw=hw)[0, 0]
+        back_hw = image_hw(spec.backs[0], name=f"style {k + 1} back 1") if spec.backs and spec.backs[0] is not None else None
         back = (
-            load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask")[0, 0]
+            load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask", match_hw=back_hw)[0, 0]
             if spec.back_mask is not None
             else torch.zeros_like(front)
         )
@@ -416,7 +437,7 @@ class DiffStyle360Pipeline:
         if any(m is None for m in masks):
             raise ValueError("with several styles every style needs a mask (which region gets which style)")
         total = torch.stack(masks).sum(0)
-        if float(total.max()) > 1.0 + 1e-3:
+        if float(total.max()) > 1.0 + MASK_SUM_TOL:  # the same tolerance the fusion layers apply
             raise ValueError(
                 "style masks overlap: each pixel may belong to one style at most (sum of masks <= 1); "
                 "erase the shared region from one of the masks"

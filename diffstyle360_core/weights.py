@@ -88,6 +88,8 @@ def load_official_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.T
     prefix (DDP / torch.compile) when every key has it.
     """
     path = Path(os.fspath(path)).expanduser()
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder; give the .th file itself")
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} not found. Download the official DiffPortrait360 weights from "
@@ -326,6 +328,8 @@ def save_converted(
     if any(problems.values()):
         raise WeightMismatchError(f"cannot save: weights do not match the {config.kind!r} config:", problems)
     folder = Path(os.fspath(folder)).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output {folder} is a file; give a folder to write the converted model into")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
     for comp, tensors in comps.items():
@@ -338,7 +342,9 @@ def save_converted(
     return folder
 
 
-def _read_safetensors(path: Path, device: Union[str, torch.device] = "cpu") -> Dict[str, torch.Tensor]:
+def _read_safetensors(
+    path: Path, device: Union[str, torch.device] = "cpu", hint: str = _CONVERT_HINT
+) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
@@ -346,7 +352,7 @@ def _read_safetensors(path: Path, device: Union[str, torch.device] = "cpu") -> D
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise CheckpointFileError(
             f"cannot read {path} ({type(exc).__name__}: {str(exc).strip()[:200]}); the file is corrupt or "
-            f"incomplete: {_CONVERT_HINT}"
+            f"incomplete: {hint}"
         ) from exc
 
 
@@ -459,13 +465,16 @@ def _style_to_ours(sd: Mapping[str, torch.Tensor], config: BackboneConfig, sourc
 
 def _read_style_file(path: Path, config: BackboneConfig, device="cpu") -> Dict[str, torch.Tensor]:
     path = Path(os.fspath(path)).expanduser()
+    what = ("a DiffStyle360 style module .safetensors with the reference UNet's keys, or an official-layout "
+            ".th/.safetensors file with control_model.* keys")
+    if path.is_dir():
+        raise ValueError(f"style module {path} is a folder; give the style module file ({what})")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"style module {path} not found (a DiffStyle360 style module .safetensors with the reference "
-            "UNet's keys, or an official-layout file with control_model.* keys)"
-        )
+        raise FileNotFoundError(f"style module {path} not found ({what})")
+    if path.suffix.lower() not in (".safetensors", ".th", ".pt", ".pth", ".ckpt"):
+        raise ValueError(f"style module {path}: unsupported file type {path.suffix!r}; expected {what}")
     if path.suffix == ".safetensors":
-        sd = _read_safetensors(path, device)
+        sd = _read_safetensors(path, device, hint="get a complete copy of the style module file")
     else:
         sd = load_official_state_dict(path)
     sd = _style_to_ours(sd, config, str(path))
@@ -521,7 +530,10 @@ def convert_checkpoint(
     if config is None:
         sidecar = sidecar_config_path(th_path)
         if sidecar.is_file():
-            config = BackboneConfig.from_dict(json.loads(sidecar.read_text()))
+            try:
+                config = BackboneConfig.from_dict(json.loads(sidecar.read_text()))
+            except ValueError as err:
+                raise ValueError(f"{sidecar}: {err}; delete or fix this sidecar (real checkpoints need none)") from None
         else:
             try:
                 config = infer_config(state, kind)

@@ -19,3 +19,8 @@ def test_make_tiny_folder_is_a_complete_selectable_weight_set(tmp_path):
     shutil.rmtree(models / "tiny-demo" / "cam_condition")
     assert not describe(models / "tiny-demo").complete
     assert describe(tmp_path) is None
+    # a foreign config.json (e.g. a diffusers UNet folder) is not taken for a model
+    foreign = tmp_path / "foreign" / "main"
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    assert describe(tmp_path / "foreign") is None

@@ -174,3 +174,30 @@ def test_half_precision_pipeline_keeps_dtype(tiny, dtype):
     pipe = DiffStyle360Pipeline.from_pretrained(tiny, dtype=getattr(torch, dtype))
     out = pipe.stylize(str(CONTENT), str(STYLE), views=2, steps=1, cfg=3.0, eta=0.5)
     assert out.views.dtype == getattr(torch, dtype) and bool(torch.isfinite(out.views).all())
+
+
+def test_foreign_or_broken_model_folders_are_reported(tiny, tmp_path, capsys):
+    weights = tmp_path / "w"
+    shutil.copytree(tiny, weights)
+    (weights / "main" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    args = ["stylize", "--weights", str(weights), "--content", str(CONTENT), "--style", str(STYLE), "--steps", "1",
+            "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "not a DiffStyle360 model config" in err and "config.json" in err
+    (weights / "main" / "config.json").write_text("{broken")
+    assert main(args) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert main(args[:2] + [str(tiny / "original" / "model_state-tiny.th")] + args[3:]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(args[:1] + ["--weights", str(tiny)] + args[3:] + ["--seed", str(2**70)]) == 2
+    assert "seed" in capsys.readouterr().err
+    assert main(args[:1] + ["--weights", str(tiny)] + args[3:] + ["--style-module", str(CONTENT)]) == 2
+    assert "unsupported file type" in capsys.readouterr().err
+
+
+def test_yaw_range_alone_takes_every_view_in_it(tiny, tmp_path):
+    out = tmp_path / "o"
+    assert main(["stylize", "--weights", str(tiny), "--content", str(CONTENT), "--style", str(STYLE),
+                 "--yaw-range", "0", "45", "--steps", "1", "--cfg", "1", "--out", str(out)]) == 0
+    assert len(_pngs(out)) == 5  # 0, 11.25, 22.5, 33.75, 45 degrees of the 32-view set

@@ -208,3 +208,22 @@ def test_stylize_settings_reach_every_fusion_layer(pipe, images, monkeypatch):
         m = kw["style_mask"]
         assert m is not None and 0 < float(m.sum()) < m.shape[1]
     assert pipe.main.fusion.content is None  # references dropped after the run
+
+
+def test_complementary_masks_work_in_half_precision(pipe, images):
+    """Masks stay float32 inside the layers: 0.3 + 0.7 must not round above 1 in fp16."""
+    content, style, style2, back = images
+    half = DiffStyle360Pipeline(copy.deepcopy(pipe.main).half(), pipe.back_view_model, pipe.cameras)
+    a = torch.full((1, 64, 64), 0.3)
+    styles = [Style(images=[style], mask=a, backs=[back]), Style(images=[style2], mask=1 - a, backs=[back])]
+    out = half.stylize(content, styles, content_back=back, views=2, steps=1, cfg=3.0, eta=0.5)
+    assert out.views.dtype == torch.float16 and bool(torch.isfinite(out.views).all())
+
+
+def test_wrong_size_cameras_are_refused_before_any_back_view(pipe, images):
+    from diffstyle360_core.cameras import CameraSet
+
+    content, style, _, _ = images
+    big = CameraSet(images=torch.zeros(2, 3, 128, 128), yaws_deg=[0.0, 180.0])
+    with pytest.raises(ValueError, match="camera conditions are 128px"):
+        pipe.stylize(content, style, cameras=big, **FAST)  # no content_back: would need a back-view run
