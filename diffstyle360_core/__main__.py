@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import torch
 
+from .fusion import MASK_MODES, PAIRINGS
+
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -95,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide-frames", default=None,
                    help="folder with one guide frame per view, or per view of the full set (3D-aware noise)")
     p.add_argument("--tau", type=float, default=1.05, help="key scale τ (§3.5); paper range 1.00–1.10")
-    p.add_argument("--pairing", choices=["paper", "aligned"], default="paper",
+    p.add_argument("--pairing", choices=list(PAIRINGS), default="paper",
                    help="values paired with the fused keys: the paper's literal order or each key with its own")
-    p.add_argument("--mask-mode", choices=["paper", "confined"], default="paper",
+    p.add_argument("--mask-mode", choices=list(MASK_MODES), default="paper",
                    help="paper: mask the keys as the paper does (style may leak); confined: keep style inside the mask")
     p.add_argument("--window", type=int, default=None, help="views per view-consistency window (trained: 8)")
     p.add_argument("--window-mode", choices=["independent", "circular"], default="independent")

@@ -20,13 +20,11 @@ import torch
 from .attention import StyleEntry
 from .cameras import CameraSet, back_view_index, find_condition_folder, load_condition_set, select_views
 from .config import BACK_VIEW, MAIN
-from .fusion import MASK_SUM_TOL, alpha_weights
+from .fusion import MASK_MODES, MASK_SUM_TOL, PAIRINGS, alpha_weights
 from .images import image_hw, load_mask, to_model_tensor
 from .model import DiffStyle360Model
 from .sampling import WINDOW_MODES, DDIMSchedule, batch_windows, denoise_views, guide_frame_noise, view_windows
 
-PAIRINGS = ("paper", "aligned")
-MASK_MODES = ("paper", "confined")
 TAU_RANGE = (0.5, 2.0)
 DEFAULT_TAU = 1.05  # supplementary §7.1: the paper's default key scale
 
@@ -156,7 +154,6 @@ class DiffStyle360Pipeline:
         main = _load(MAIN) if load_main else None
         if main is not None and style_module is not None:
             load_style_module(main, style_module)
-            main.to(device=device, dtype=dtype)
         back = _load(BACK_VIEW) if load_back_view else None
         size = (main or back).config.image_size
         cameras = load_condition_set(Path(conditions) if conditions else find_condition_folder(root), size)
