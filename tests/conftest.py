@@ -15,3 +15,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """One `make-tiny` weight set for the whole run (official-format checkpoints converted by the user path)."""
+    from diffstyle360_core.tiny import make_tiny
+
+    out = tmp_path_factory.mktemp("tiny_weights")
+    make_tiny(out)
+    return out
