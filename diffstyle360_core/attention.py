@@ -7,22 +7,24 @@ own W_K / W_V. DiffStyle360 (§3.3) extends the read side to Style Fusion
 Attention. Layers are paired by diffusers layer name (e.g.
 ``down_blocks.1.attentions.0.transformer_blocks.0.attn1``), never by list order.
 
-What a read processor does on each call comes from a :class:`FusionState`
-(references, τ, masks, blend weights), not from globals, so two pipelines never
-share settings.
+What a read processor does comes from the :class:`FusionCall` of the forward in
+flight (references, τ, masks, blend weights), handed over for that one call and
+removed afterwards: no setting outlives a call, and two pipelines never share one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from .fusion import blend_styles, multi_style_fusion_attention, style_fusion_attention
+from .fusion import ASPECT_TOL, blend_styles, multi_style_fusion_attention, style_fusion_attention
+from .options import FusionSettings
 
 Bank = Dict[str, torch.Tensor]
 
@@ -39,8 +41,8 @@ def _project(attn: nn.Module, hidden: torch.Tensor):
 
 
 def _finish(attn: nn.Module, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    out = attn.to_out[0](out)
-    out = attn.to_out[1](out)
+    """Output projection of a fused attention, as diffusers' ``AttnProcessor2_0`` ends."""
+    out = attn.to_out[1](attn.to_out[0](out))
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
@@ -55,23 +57,6 @@ def _check_self_attention(attn: nn.Module, hidden: torch.Tensor, encoder_hidden_
         raise ValueError("this attention layer uses norms the SD1.5 layout does not have")
 
 
-class BankWriterProcessor:
-    """Reference-UNet ``attn1``: records the post-norm1 input, then attends as usual."""
-
-    def __init__(self, bank: "ReferenceBank", name: str):
-        self.bank = bank
-        self.name = name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        _check_self_attention(attn, hidden_states, encoder_hidden_states)
-        if self.bank.recording:
-            self.bank.features[self.name] = hidden_states
-        q = attn.to_q(hidden_states)
-        k, v = _project(attn, hidden_states)
-        out = style_fusion_attention(q, k, v, None, None, None, None, heads=attn.heads)
-        return _finish(attn, out, hidden_states)
-
-
 class ReferenceBank:
     """Per-layer hidden states written by one appearance-module forward."""
 
@@ -80,16 +65,19 @@ class ReferenceBank:
         self.recording = False
 
 
-def concat_banks(banks: Sequence[Bank]) -> Bank:
-    """Front and back references of one image → one bank with tokens concatenated.
+class BankWriterProcessor:
+    """Reference-UNet ``attn1``: records the post-norm1 input, then attends as usual (diffusers' processor)."""
 
-    Facts §2: extra references append tokens (``cat(dim=1)``) in every layer.
-    """
-    names = banks[0].keys()
-    for bank in banks[1:]:
-        if bank.keys() != names:
-            raise ValueError("reference banks come from different UNets (layer names differ)")
-    return {n: torch.cat([b[n] for b in banks], dim=1) for n in names}
+    def __init__(self, bank: ReferenceBank, name: str):
+        self.bank = bank
+        self.name = name
+        self.plain = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        _check_self_attention(attn, hidden_states, encoder_hidden_states)
+        if self.bank.recording:
+            self.bank.features[self.name] = hidden_states
+        return self.plain(attn, hidden_states, None, attention_mask, temb)
 
 
 @dataclass
@@ -100,7 +88,7 @@ class StyleEntry:
     ``weights`` are the interpolation weights of §4 (α for two styles:
     ``(1-α, α)``). ``mask`` is the local-stylization mask in image space,
     ``[R, H, W]`` with one plane per reference view (front, back), values in
-    [0, 1]; None means stylize everywhere.
+    [0, 1], already validated by the caller; None means stylize everywhere.
     """
 
     banks: List[Bank]
@@ -108,51 +96,27 @@ class StyleEntry:
     mask: Optional[torch.Tensor] = None
 
 
-TauSpec = Union[float, Dict[str, float], Callable[[str], float]]
-
-
 @dataclass
-class FusionState:
-    """What the main UNet's ``attn1`` layers attend to on the next forward.
+class FusionCall:
+    """What the main UNet's ``attn1`` layers attend to during one forward (per call, never stored on the model).
 
-    ``content`` None and no styles: stock self-attention (and the CFG
-    unconditional branch, which drops references, facts §1). ``content`` and no
-    styles: DiffPortrait360 reference attention ``[K_l, K_c]``. With styles:
-    Style Fusion Attention with key scale ``tau`` (a float, a ``{layer: τ}``
-    dict with missing layers at 1.0, or a function of the layer name);
-    ``pairing`` and ``mask_mode`` as in :func:`~.fusion.style_fusion_attention`.
+    ``content`` None: stock self-attention. ``content`` and no styles:
+    DiffPortrait360 reference attention ``[K_l, K_c]``. With styles: Style
+    Fusion Attention with ``settings`` (τ, pairing, mask mode). Reference
+    projections are cached on the call, so every window of a step reuses them:
+    build one call per denoising step.
     """
 
     content: Optional[Bank] = None
     styles: List[StyleEntry] = field(default_factory=list)
-    tau: TauSpec = 1.0
-    pairing: str = "paper"
-    mask_mode: str = "paper"
-    enabled: bool = True
+    settings: FusionSettings = field(default_factory=FusionSettings)
     _cache: Dict[str, tuple] = field(default_factory=dict, repr=False)
 
-    def set_references(self, content: Optional[Bank], styles: Sequence[StyleEntry] = ()) -> None:
-        """Install new reference features (once per denoising step) and drop cached projections."""
-        self.content = content
-        self.styles = list(styles)
-        self._cache.clear()
-
-    def clear(self) -> None:
-        self.set_references(None, ())
-
-    def tau_for(self, name: str) -> float:
-        if callable(self.tau):
-            return float(self.tau(name))
-        if isinstance(self.tau, dict):
-            return float(self.tau.get(name, 1.0))
-        return float(self.tau)
+    def __post_init__(self):
+        self.settings = self.settings.checked()
 
     def projected(self, name: str, attn: nn.Module):
-        """K/V of the references through this layer's W_K/W_V, cached for the step.
-
-        Reference features do not depend on the view, so every window of views
-        in a step reuses one projection.
-        """
+        """K/V of the references through this layer's W_K/W_V (cached for this call)."""
         if name in self._cache:
             return self._cache[name]
         k_c = v_c = None
@@ -161,10 +125,10 @@ class FusionState:
         styles = []
         for entry in self.styles:
             keys, values = zip(*(_project(attn, bank[name]) for bank in entry.banks))
-            weights = entry.weights if entry.weights is not None else [1.0 / len(keys)] * len(keys)
             if len(keys) == 1 and entry.weights is None:
                 k_s, v_s = keys[0], values[0]
             else:
+                weights = entry.weights if entry.weights is not None else [1.0 / len(keys)] * len(keys)
                 k_s, v_s = blend_styles(list(keys), weights), blend_styles(list(values), weights)
             mask = None
             if entry.mask is not None:
@@ -172,6 +136,13 @@ class FusionState:
             styles.append((k_s, v_s, mask))
         self._cache[name] = (k_c, v_c, styles)
         return self._cache[name]
+
+
+class FusionSlot:
+    """The call in flight: set by ``DiffStyle360Model.predict_noise`` for one forward, then emptied."""
+
+    def __init__(self):
+        self.call: Optional[FusionCall] = None
 
 
 def mask_to_tokens(mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -189,7 +160,7 @@ def mask_to_tokens(mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
     per_view = num_tokens // views
     scale = math.sqrt(height * width / per_view)
     h, w = round(height / scale), round(width / scale)
-    if h * w != per_view or abs(h / w - height / width) > 0.02 * height / width:
+    if h * w != per_view or abs(h / w - height / width) > ASPECT_TOL * height / width:
         raise ValueError(
             f"style mask {height}x{width} does not match a {per_view}-token layer; masks must have the "
             "reference image's aspect ratio"
@@ -201,32 +172,32 @@ def mask_to_tokens(mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
 class StyleFusionProcessor:
     """Main-UNet ``attn1``: latent queries over latent, content and style keys (§3.3, §3.5)."""
 
-    def __init__(self, state: FusionState, name: str):
-        self.state = state
+    def __init__(self, slot: FusionSlot, name: str):
+        self.slot = slot
         self.name = name
+        self.plain = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         _check_self_attention(attn, hidden_states, encoder_hidden_states)
-        state = self.state
+        call = self.slot.call
+        if call is None or (call.content is None and not call.styles):
+            return self.plain(attn, hidden_states, None, attention_mask, temb)
         q = attn.to_q(hidden_states)
         k_l, v_l = _project(attn, hidden_states)
-        k_c = v_c = None
-        styles = []
-        if state.enabled and (state.content is not None or state.styles):
-            k_c, v_c, styles = state.projected(self.name, attn)
-        tau = state.tau_for(self.name)
+        k_c, v_c, styles = call.projected(self.name, attn)
+        settings = call.settings
         if not styles:
             out = style_fusion_attention(q, k_l, v_l, k_c, v_c, None, None, heads=attn.heads)
         elif len(styles) == 1:
             k_s, v_s, mask = styles[0]
             out = style_fusion_attention(
-                q, k_l, v_l, k_c, v_c, k_s, v_s, heads=attn.heads, tau=tau, style_mask=mask,
-                pairing=state.pairing, mask_mode=state.mask_mode,
+                q, k_l, v_l, k_c, v_c, k_s, v_s, heads=attn.heads, tau=settings.tau_for(self.name),
+                style_mask=mask, pairing=settings.pairing, mask_mode=settings.mask_mode, trusted_masks=True,
             )
         else:
             out = multi_style_fusion_attention(
-                q, k_l, v_l, k_c, v_c, styles, heads=attn.heads, tau=tau, pairing=state.pairing,
-                mask_mode=state.mask_mode,
+                q, k_l, v_l, k_c, v_c, styles, heads=attn.heads, tau=settings.tau_for(self.name),
+                pairing=settings.pairing, mask_mode=settings.mask_mode, trusted_masks=True,
             )
         return _finish(attn, out, hidden_states)
 
@@ -238,10 +209,10 @@ def install_bank_writers(unet: nn.Module, bank: ReferenceBank) -> List[str]:
     return names
 
 
-def install_fusion_readers(unet: nn.Module, state: FusionState) -> List[str]:
+def install_fusion_readers(unet: nn.Module, slot: FusionSlot) -> List[str]:
     """Give every ``attn1`` of the main UNet a Style Fusion reader; returns the layer names."""
     names = self_attention_names(unet)
-    _set_processors(unet, {n: StyleFusionProcessor(state, n) for n in names})
+    _set_processors(unet, {n: StyleFusionProcessor(slot, n) for n in names})
     return names
 
 

@@ -26,6 +26,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+
+from .options import ALPHA, MASK_MODES, PAIRINGS
 
 __all__ = [
     "PAIRINGS",
@@ -39,18 +42,15 @@ __all__ = [
     "alpha_weights",
 ]
 
-#: Accepted values of ``pairing`` (see :func:`style_fusion_attention`).
-PAIRINGS = ("paper", "aligned")
-
-#: Accepted values of ``mask_mode`` (see :func:`style_fusion_attention`).
-MASK_MODES = ("paper", "confined")
-
 #: Tolerance on ``Σ m_i <= 1`` for multi-style masks (masks resized by
 #: interpolation may overshoot by rounding).
 MASK_SUM_TOL = 1e-4
 
 #: Tolerance on ``Σ w_i == 1`` for style blending weights.
 WEIGHT_SUM_TOL = 1e-4
+
+#: Relative tolerance on a mask's aspect ratio versus its style image / token grid.
+ASPECT_TOL = 0.02
 
 StyleTriple = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 
@@ -176,7 +176,7 @@ def adain(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # shared key/value builder (the single code path for every SFA variant)
 # --------------------------------------------------------------------------- #
-def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool):
+def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool, trusted_masks: bool = False):
     """Validate everything the builder consumes; return (tau, masks)."""
     _check_pairing(pairing)
     tau = _check_tau(tau)
@@ -243,6 +243,9 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool):
                     f"reference token), got {got}"
                 )
             mf = m.to(_work_dtype(k_l.dtype, m.dtype) if m.is_floating_point() else torch.float32)
+            if trusted_masks:  # validated once per run by the caller: no GPU sync per layer call
+                masks.append(mf)
+                continue
             if not bool(torch.isfinite(mf).all()):
                 raise ValueError(f"{nm}: values must be finite")
             if bool((mf < 0).any()) or bool((mf > 1).any()):
@@ -254,7 +257,7 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool):
         else:
             masks.append(None)
 
-    if len(styles) > 1:
+    if len(styles) > 1 and not trusted_masks:
         # Σ m_i <= 1: each token's AdaIN slot is a convex mix of styles and content.
         ones = torch.ones((1, n_ref), dtype=torch.float32, device=k_l.device)
         for m in masks:
@@ -397,17 +400,10 @@ def _check_query(q, k_l, heads) -> int:
 
 def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, bias=None) -> torch.Tensor:
     """softmax(Q Kᵀ/√d + bias) V per head, d = C/heads (eq. 2), via SDPA."""
-    B, N, C = q.shape
-    d = C // heads
-    K = K.to(q.dtype)
-    V = V.to(q.dtype)
-    T = K.shape[1]
-    qh = q.reshape(B, N, heads, d).transpose(1, 2)
-    kh = K.reshape(B, T, heads, d).transpose(1, 2)
-    vh = V.reshape(B, T, heads, d).transpose(1, 2)
+    qh, kh, vh = (rearrange(t.to(q.dtype), "b n (h d) -> b h n d", h=heads) for t in (q, K, V))
     mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # default scale 1/√d
-    return out.transpose(1, 2).reshape(B, N, C)
+    return rearrange(out, "b h n d -> b n (h d)")
 
 
 def style_fusion_attention(
@@ -424,6 +420,7 @@ def style_fusion_attention(
     style_mask: Optional[torch.Tensor] = None,
     pairing: str = "paper",
     mask_mode: str = "paper",
+    trusted_masks: bool = False,
 ) -> torch.Tensor:
     """Style Fusion Attention (§3.3 eq. 1–2, key scaling §3.5, style mask §4).
 
@@ -478,6 +475,9 @@ def style_fusion_attention(
     DiffPortrait360 / back-view model); additionally ``k_c = v_c = None``:
     plain self-attention.
 
+    ``trusted_masks=True`` skips the value checks of the masks (range, overlap),
+    which force a GPU sync; callers that validated the masks once per run use it.
+
     Returns ``[B, N, C]`` in ``q.dtype`` (references are cast to it).
     """
     heads = _check_query(q, k_l, heads)
@@ -491,7 +491,7 @@ def style_fusion_attention(
     else:
         styles = [(k_s, v_s, style_mask)]
     _check_mask_mode(mask_mode)
-    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=True)
+    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=True, trusted_masks=trusted_masks)
     K, V, bias = _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode)
     return _attend(q, K, V, heads, bias)
 
@@ -508,6 +508,7 @@ def multi_style_fusion_attention(
     tau: float = 1.0,
     pairing: str = "paper",
     mask_mode: str = "paper",
+    trusted_masks: bool = False,
 ) -> torch.Tensor:
     """SFA with several (style, mask) pairs at once (§4, Fig. 7b: Joker mouth +
     Pixar eyes).
@@ -539,7 +540,8 @@ def multi_style_fusion_attention(
     if k_c is None or v_c is None:
         raise ValueError("k_c: content references k_c and v_c are required for style fusion")
     _check_mask_mode(mask_mode)
-    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=False)
+    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=False,
+                              trusted_masks=trusted_masks)
     K, V, bias = _build_kv(k_l, v_l, k_c, v_c, list(styles), tau, pairing, masks, mask_mode)
     return _attend(q, K, V, heads, bias)
 
@@ -550,9 +552,7 @@ def multi_style_fusion_attention(
 def alpha_weights(alpha: float) -> Tuple[float, float]:
     """``(1 − α, α)`` for two-style interpolation (§4, Fig. 8): α=0 is style 1,
     α=1 is style 2."""
-    a = _as_float("alpha", alpha)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"alpha: must lie in [0, 1] (0 = style 1, 1 = style 2), got {alpha!r}")
+    a = ALPHA.check(alpha)
     return (1.0 - a, a)
 
 

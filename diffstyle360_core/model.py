@@ -17,22 +17,18 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from .appearance import AppearanceModule, split_references
-from .attention import FusionState, install_fusion_readers
+from .attention import FusionCall, FusionSlot, install_fusion_readers
 from .config import BackboneConfig
 from .pose_control import PoseControlNet
 from .temporal import build_view_consistency_modules
 from .unet_walk import walk_unet
-
-# Component name -> attribute; also the safetensors file stem in a converted folder.
-COMPONENTS = ("unet", "temporal", "appearance", "style_appearance", "pose_controlnet", "vae", "text_embedding")
-
 
 class DiffStyle360Model(nn.Module):
     def __init__(self, config: BackboneConfig):
         super().__init__()
         self.config = config
         self.unet = UNet2DConditionModel(**config.unet)
-        self.fusion = FusionState()
+        self.fusion = FusionSlot()  # holds a FusionCall only while predict_noise runs
         self.attention_layers = install_fusion_readers(self.unet, self.fusion)
         self.temporal: Optional[nn.ModuleDict] = None
         if config.temporal is not None:
@@ -70,12 +66,10 @@ class DiffStyle360Model(nn.Module):
     def scale_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
-    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True):
+    def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None):
         """Images [B,3,H,W] in [-1,1] → latents × 0.18215; posterior *sampled* as the official code does."""
         images = images.to(self.vae.device, self.vae.dtype)
         dist = self.vae.encode(images).latent_dist
-        if not sample:
-            return dist.mean * self.scale_factor
         noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
         return (dist.mean + dist.std * noise) * self.scale_factor
 
@@ -128,19 +122,21 @@ class DiffStyle360Model(nn.Module):
         hints: Optional[torch.Tensor],
         *,
         num_views: Optional[int] = None,
-        with_references: bool = True,
+        references: Optional[FusionCall] = None,
     ) -> torch.Tensor:
         """ε for noisy latents [B,4,h,w] (B = windows × views per window).
 
-        ``with_references=False`` is the CFG unconditional branch of
-        ``controlnet_important``: no reference attention *and* no pose residuals,
-        so the ControlNet is not run at all (its output would be discarded, facts §1).
-        The references themselves come from ``self.fusion`` (set once per step).
+        ``references`` (content/style banks and the fusion settings) apply to
+        this call only. ``references=None`` is the CFG unconditional branch of
+        ``controlnet_important``: no reference attention *and* no pose
+        residuals, so the ControlNet is not run at all (its output would be
+        discarded, facts §1).
         """
+        noisy = noisy.to(self.vae.dtype)
         control = None
-        if with_references and hints is not None:
-            control = self.pose_controlnet(noisy, timestep, self.text_embedding, hints)
-        self.fusion.enabled = with_references
+        if references is not None and hints is not None:
+            control = self.pose_controlnet(noisy, timestep, self.text_embedding, hints.to(noisy))
+        self.fusion.call = references
         try:
             return walk_unet(
                 self.unet,
@@ -153,9 +149,4 @@ class DiffStyle360Model(nn.Module):
                 control=control,
             )
         finally:
-            self.fusion.enabled = True
-
-    def component(self, name: str) -> nn.Module:
-        if name not in COMPONENTS:
-            raise KeyError(name)
-        return getattr(self, name)
+            self.fusion.call = None

@@ -1,10 +1,13 @@
-"""Public API: ``back_view()`` and ``stylize()`` (Fig. 2a end to end).
+"""Public API: back views and stylized turntables (Fig. 2a end to end).
 
-A :class:`DiffStyle360Pipeline` holds the main model (content + style
-appearance modules, pose ControlNet, view-consistency modules), the back-view
-model and a camera-condition set. Every argument a user can get wrong is
-checked here, before any tensor reaches the model, with a message that says
-what to do.
+A :class:`DiffStyle360Pipeline` holds the main model (content + style appearance
+modules, pose ControlNet, view-consistency modules), the back-view model and a
+camera-condition set. :meth:`~DiffStyle360Pipeline.stylize` is made of steps a
+host can also call one by one: :meth:`~DiffStyle360Pipeline.prepare_references`
+(back views + encoding), :meth:`~DiffStyle360Pipeline.denoise` and
+:meth:`~DiffStyle360Pipeline.decode`. Every argument is checked through
+:mod:`.options` and :mod:`.images` before the first model runs; per-call settings
+are passed per call, so the models are left exactly as they were.
 """
 
 from __future__ import annotations
@@ -12,23 +15,46 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
-from .attention import StyleEntry
-from .cameras import CameraSet, back_view_index, find_condition_folder, load_condition_set, select_views
+from .attention import FusionCall, StyleEntry
+from .cameras import CameraSet, back_view_index, select_views
 from .config import BACK_VIEW, MAIN
-from .fusion import MASK_MODES, MASK_SUM_TOL, PAIRINGS, alpha_weights
+from .devices import empty_cache
+from .fusion import MASK_SUM_TOL, WEIGHT_SUM_TOL, alpha_weights
 from .images import image_hw, load_mask, to_model_tensor
+from . import loading
+from .loading import model_device_dtype
 from .model import DiffStyle360Model
-from .sampling import WINDOW_MODES, DDIMSchedule, batch_windows, denoise_views, guide_frame_noise, view_windows
+from .options import (
+    CROP_MODES,
+    DECODE_CHUNK,
+    VIEWS,
+    FusionSettings,
+    InputError,
+    InputTypeError,
+    SamplerOptions,
+    WindowOptions,
+    check_choice,
+)
+from .sampling import denoise_views, guide_frame_noise, make_scheduler, randn_rows, view_windows
 
-TAU_RANGE = (0.5, 2.0)
-DEFAULT_TAU = 1.05  # supplementary §7.1: the paper's default key scale
+try:  # one seed-mixing rule for the whole package (config/seeding own it once it exists)
+    from .config import mix_seed
+except ImportError:  # pragma: no cover - older layout
+    def mix_seed(seed: int, *parts: int) -> int:
+        value = int(seed)
+        for part in parts:
+            value = value * 1_000_003 + int(part)
+        return value % (2**63)
 
 
+# --------------------------------------------------------------------------- #
+# inputs and results
+# --------------------------------------------------------------------------- #
 @dataclass
 class Style:
     """One style region for :meth:`DiffStyle360Pipeline.stylize`.
@@ -51,8 +77,89 @@ class Style:
 class TurntableResult:
     views: torch.Tensor  # [N,3,H,W] in [-1,1], ordered as the cameras
     yaws_deg: List[float]
-    content_back: torch.Tensor
+    content_back: torch.Tensor  # [1,3,H,W] in [-1,1]
     style_backs: List[List[torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class ProgressEvent:
+    """One finished step: ``phase`` is "back views", "turntable" or "decode".
+
+    ``step``/``total`` count within the phase, ``overall_step``/``overall_total``
+    across the whole call (what a single progress bar shows). ``latents`` is a
+    CPU copy of the phase's current x_t ``[B,4,h,w]`` (for previews; keeping it
+    holds no GPU memory), None while decoding.
+    """
+
+    phase: str
+    step: int
+    total: int
+    overall_step: int
+    overall_total: int
+    latents: Optional[torch.Tensor] = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class ModelPlacement:
+    """Decides where a model is when it runs; the default leaves every model where it is.
+
+    A host overrides :meth:`activate` to move the model about to run onto the GPU
+    (and others off it): sequential offload, or ComfyUI's memory manager.
+    """
+
+    def activate(self, model: nn.Module) -> None:
+        return None
+
+
+@dataclass
+class _StyleInput:
+    fronts: List[torch.Tensor]
+    backs: List[Optional[torch.Tensor]]
+    weights: Optional[List[float]]
+    mask: Optional[torch.Tensor]  # [2,H,W] float32 (front, back plane) or None
+
+
+@dataclass
+class References:
+    """Encoded references of one turntable: content front+back and every style image front+back.
+
+    Latents are ``[2,4,h,w]`` (front, back); ``styles`` keeps, per style region,
+    the latents of its images, its blend weights and its mask. Built by
+    :meth:`DiffStyle360Pipeline.prepare_references`; :meth:`release` drops the tensors.
+    """
+
+    content: Optional[torch.Tensor]
+    styles: List[Tuple[List[torch.Tensor], Optional[List[float]], Optional[torch.Tensor]]]
+    content_back: Optional[torch.Tensor]
+    style_backs: List[List[torch.Tensor]]
+    seed: int
+
+    def release(self) -> None:
+        self.content = self.content_back = None
+        self.styles, self.style_backs = [], []
+
+
+class _Progress:
+    """Turns per-phase step hooks into :class:`ProgressEvent` calls with an overall count."""
+
+    def __init__(self, callback: Optional[ProgressCallback], total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def phase(self, name: str, steps: int):
+        base = self.done
+        self.done += steps
+
+        def hook(step: int, total: int, latents: Optional[torch.Tensor]) -> None:
+            if self.callback is not None:
+                self.callback(ProgressEvent(name, step, total, base + step, self.total, latents))
+
+        return hook
+
+
+def _digest(image: torch.Tensor) -> int:
+    return zlib.crc32(image.detach().float().cpu().numpy().tobytes())
 
 
 def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -62,383 +169,464 @@ def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int)
     sits in the argument list, and keeps the diffusion noise independent of how
     many references there are (so α = 0/1 reproduces a single style exactly).
     """
-    digest = zlib.crc32(images.detach().float().cpu().numpy().tobytes())
-    generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + digest) % (2**63))
+    generator = torch.Generator().manual_seed(mix_seed(seed, _digest(images)))
     return model.encode(images, generator)
 
 
-def _check_range(name: str, value: float, low: float, high: float, hint: str) -> float:
-    value = float(value)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}. {hint}")
-    return value
+def _as_style_list(style) -> List[Style]:
+    if style is None:
+        return []
+    if isinstance(style, Style):
+        return [style]
+    if isinstance(style, (list, tuple)) and style and all(isinstance(s, Style) for s in style):
+        return list(style)
+    if isinstance(style, (list, tuple)) and any(isinstance(s, Style) for s in style):
+        raise InputTypeError("style: a list of styles must hold only Style objects")
+    return [Style(images=[style])]
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    return seed
+def _blend_weights(k: int, spec: Style) -> Optional[List[float]]:
+    if not isinstance(spec.images, (list, tuple)) or not spec.images:
+        raise InputError(f"style {k + 1}: no style image given (Style.images must be a non-empty list)")
+    if spec.weights is None:
+        if len(spec.images) > 1:
+            raise InputError(f"style {k + 1}: several images need blend weights (e.g. alpha_weights(0.5))")
+        return None
+    if isinstance(spec.weights, (str, bytes)) or not isinstance(spec.weights, Sequence):
+        raise InputTypeError(f"style {k + 1}: blend weights must be a list of numbers, got {spec.weights!r:.60}")
+    if len(spec.weights) != len(spec.images):
+        raise InputError(f"style {k + 1}: {len(spec.weights)} blend weights for {len(spec.images)} images")
+    from .options import ALPHA
+
+    weights = [ALPHA.check(w, f"style {k + 1} blend weight {j + 1}") for j, w in enumerate(spec.weights)]
+    if abs(sum(weights) - 1.0) > WEIGHT_SUM_TOL:
+        raise InputError(
+            f"style {k + 1}: blend weights must sum to 1, got {weights} (for two styles use alpha_weights(α))"
+        )
+    return weights
 
 
-def _check_common(steps: int, guidance: float, eta: float) -> None:
-    if not isinstance(steps, int) or not 1 <= steps <= 1000:
-        raise ValueError(f"steps must be an integer in [1, 1000], got {steps!r} (official: 50)")
-    _check_range("cfg", guidance, 0.0, 30.0, "The official sampler uses 3.")
-    _check_range("eta", eta, 0.0, 1.0, "The official sampler uses 0.5.")
-
-
+# --------------------------------------------------------------------------- #
+# the pipeline
+# --------------------------------------------------------------------------- #
 class DiffStyle360Pipeline:
     def __init__(
         self,
-        main: Optional[DiffStyle360Model],
+        main: Optional[DiffStyle360Model] = None,
         back_view_model: Optional[DiffStyle360Model] = None,
         cameras: Optional[CameraSet] = None,
+        *,
+        placement: Optional[ModelPlacement] = None,
     ):
-        if main is not None and main.config.kind != MAIN:
-            raise ValueError("the main model slot got a back-view model; pass the model_state (main) weights")
-        if back_view_model is not None and back_view_model.config.kind != BACK_VIEW:
-            raise ValueError("the back-view slot got a main model; pass the back_head weights")
+        for slot, model, kind in (("main", main, MAIN), ("back_view_model", back_view_model, BACK_VIEW)):
+            if model is not None and not isinstance(model, DiffStyle360Model):
+                raise InputTypeError(f"{slot} must be a DiffStyle360Model, got {type(model).__name__}")
+            if model is not None and model.config.kind != kind:
+                raise InputError(f"{slot} got a {model.config.kind} model; pass the {kind} weights")
+        if cameras is not None and not isinstance(cameras, CameraSet):
+            raise InputTypeError(f"cameras must be a CameraSet, got {type(cameras).__name__}")
         self.main = main
         self.back_view_model = back_view_model
         self.cameras = cameras
+        self.placement = placement or ModelPlacement()
 
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(
         cls,
-        weights: Union[str, Path],
+        weights,
         *,
-        device: Union[str, torch.device] = "cpu",
-        dtype: Optional[torch.dtype] = None,
-        style_module: Optional[Union[str, Path]] = None,
-        conditions: Optional[Union[str, Path]] = None,
+        device=None,
+        dtype=None,
+        style_module=None,
+        conditions=None,
         load_main: bool = True,
         load_back_view: bool = True,
+        placement: Optional[ModelPlacement] = None,
     ) -> "DiffStyle360Pipeline":
-        """Load ``weights/main``, ``weights/back_view`` and ``weights/cam_condition`` (see README).
+        """Load ``weights/main``, ``weights/back_view`` and ``weights/cam_condition`` (README, Weights).
 
-        ``conditions``: a folder of camera-condition images to use instead of the
-        one inside ``weights``.
+        ``device``/``dtype``: None or "auto" = CUDA in float16 when present, else
+        the CPU in float32 (:mod:`.devices`). ``conditions``: a folder of
+        camera-condition images to use instead of the one inside ``weights``.
         """
-        from .weights import load_model, load_style_module
-
-        root = Path(weights)
-        if root.is_file():
-            raise ValueError(
-                f"--weights/weights {root} is a file; give the folder that holds main/, back_view/ and "
-                "cam_condition/ (convert .th files into it first, README, Weights)"
-            )
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"weights folder {root} does not exist. Convert the official checkpoints with "
-                "`python -m diffstyle360_core convert` (README, Weights) or make a demo set with `make-tiny`."
-            )
-
-        if (root / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{root} is a single converted model folder; pass its parent, the folder that holds "
-                "main/, back_view/ and cam_condition/ (README, Weights)"
-            )
-
-        def _load(kind: str) -> DiffStyle360Model:
-            folder = root / kind
-            if not (folder / "config.json").is_file():
-                originals = sorted(p.name for p in root.glob("*.th"))
-                hint = (
-                    f" Found {originals}: convert them first with `python -m diffstyle360_core convert "
-                    f"--checkpoint FILE --out {folder}`." if originals else ""
-                )
-                raise FileNotFoundError(f"no converted {kind} model at {folder} (config.json missing).{hint}")
-            return load_model(folder, device=device, dtype=dtype)
-
-        main = _load(MAIN) if load_main else None
-        if main is not None and style_module is not None:
-            load_style_module(main, style_module)
-        back = _load(BACK_VIEW) if load_back_view else None
+        loading.weight_set_root(weights)
+        if not (load_main or load_back_view):
+            raise InputError("load_main and load_back_view are both False: nothing to load")
+        main = loading.load_main(weights, device=device, dtype=dtype, style_module=style_module) if load_main else None
+        back = loading.load_back_view(weights, device=device, dtype=dtype) if load_back_view else None
         size = (main or back).config.image_size
-        cameras = load_condition_set(Path(conditions) if conditions else find_condition_folder(root), size)
-        return cls(main, back, cameras)
+        return cls(main, back, loading.load_cameras(weights, size, conditions=conditions), placement=placement)
 
     @property
     def image_size(self) -> int:
         return (self.main or self.back_view_model).config.image_size
 
-    def _image(self, image, name: str, model: DiffStyle360Model) -> torch.Tensor:
-        x = to_model_tensor(image, model.config.image_size, name=name)
-        if x.shape[0] != 1:
-            raise ValueError(f"{name}: expected one image, got a batch of {x.shape[0]}; pick one image")
-        return x.to(model.vae.device, model.vae.dtype)
-
-    def _cameras(self, cameras: Optional[CameraSet]) -> CameraSet:
-        cams = cameras if cameras is not None else self.cameras
-        if cams is None:
-            raise ValueError("no camera conditions: load a condition set (cam_condition/sphere32) or pass cameras")
-        return cams
-
-    # --------------------------------------------------------------- back view
-    @torch.no_grad()
-    def back_view(
-        self,
-        front: Any,
-        *,
-        seed: int = 42,
-        steps: int = 50,
-        cfg: float = 3.0,
-        eta: float = 0.5,
-        camera: Optional[torch.Tensor] = None,
-        callback: Optional[Callable[[int, int], None]] = None,
-    ) -> torch.Tensor:
-        """Front portrait → back-of-head image [1,3,H,W] in [-1,1] (facts §1, Step 2).
-
-        Pose condition: the back view of the camera set (yaw closest to 180°,
-        frame 16 of sphere32) unless ``camera`` [1,3,H,W] is given.
-        """
-        model = self._back_model()
-        _check_common(steps, cfg, eta)
-        _check_seed(seed)
-        return self._generate_back(self._image(front, "front", model), seed, steps, cfg, eta, camera, callback)
+    def _main_model(self) -> DiffStyle360Model:
+        if self.main is None:
+            raise InputError("no main model loaded (weights/main); load the weight set's main model")
+        return self.main
 
     def _back_model(self) -> DiffStyle360Model:
         if self.back_view_model is None:
-            raise ValueError("no back-view model loaded (weights/back_view); supply the back view yourself")
+            raise InputError("no back-view model loaded (weights/back_view); load it or supply the back views")
         return self.back_view_model
 
-    def _generate_back(self, x_front, seed, steps, cfg, eta, camera=None, callback=None) -> torch.Tensor:
-        """Back view for a front image already in model layout [1,3,H,W] in [-1,1]."""
-        model = self._back_model()
-        x_front = x_front.to(model.vae.device, model.vae.dtype)
-        if camera is None:
-            cams = self._cameras(None)
-            camera = cams.images[back_view_index(cams)][None]
-        hint = camera.to(model.vae.device, model.vae.dtype)
-        generator = torch.Generator().manual_seed(int(seed))
-        z_front = model.encode(x_front, generator)
-        schedule = DDIMSchedule.make(model.config.schedule, steps, eta)
-        shape = (1, 4, model.config.latent_size, model.config.latent_size)
-        x_t = torch.randn(shape, generator=generator).to(z_front)
+    @staticmethod
+    def _image(image, name: str, size: int, crop: str) -> torch.Tensor:
+        if image is None:
+            raise InputTypeError(f"{name}: no image given")
+        x = to_model_tensor(image, size, name=name, crop=crop)
+        if x.shape[0] != 1:
+            raise InputError(f"{name}: expected one image, got a batch of {x.shape[0]}; pick one image")
+        return x
 
-        def set_refs(t: int) -> None:
-            content, _ = model.reference_banks(z_front, [], t)
-            model.fusion.set_references(content)
+    def _cameras(self, cameras, views, size: int) -> CameraSet:
+        if cameras is not None and not isinstance(cameras, CameraSet):
+            raise InputTypeError(
+                f"cameras must be a CameraSet (see cameras.load_condition_set / user_conditions), "
+                f"got {type(cameras).__name__}"
+            )
+        cams = cameras if cameras is not None else self.cameras
+        if cams is None:
+            raise InputError("no camera conditions: load a condition set (cam_condition/sphere32) or pass cameras")
+        if cameras is None and views is not None:
+            cams = select_views(cams, views=VIEWS.check(views))
+        if cams.size != size:
+            raise InputError(
+                f"camera conditions are {cams.size}px but the model works at {size}px; "
+                f"load them with load_condition_set(folder, {size})"
+            )
+        if not bool(torch.isfinite(cams.images).all()):
+            raise InputError("cameras: the condition images contain NaN or infinite values")
+        return cams
+
+    def _back_camera(self, camera, size: int) -> torch.Tensor:
+        if camera is None:
+            cams = self._cameras(None, None, size)
+            return cams.images[back_view_index(cams)][None]
+        if not torch.is_tensor(camera):
+            raise InputTypeError(f"camera must be a [1,3,{size},{size}] tensor in [-1,1], got {type(camera).__name__}")
+        if tuple(camera.shape) not in ((1, 3, size, size), (3, size, size)):
+            raise InputError(f"camera must be [1,3,{size},{size}] in [-1,1], got {tuple(camera.shape)}")
+        if not bool(torch.isfinite(camera).all()):
+            raise InputError("camera: the condition image contains NaN or infinite values")
+        return camera.reshape(1, 3, size, size).float()
+
+    # --------------------------------------------------------------- back views
+    @torch.no_grad()
+    def back_views(
+        self,
+        fronts: Sequence[Any],
+        *,
+        sampler: SamplerOptions = SamplerOptions(),
+        camera: Optional[torch.Tensor] = None,
+        crop: str = "center",
+        progress: Optional[ProgressCallback] = None,
+    ) -> torch.Tensor:
+        """Front portraits → backs of the heads ``[B,3,H,W]`` in [-1,1], in ONE batched run.
+
+        Each image's noise comes from (seed, image), so a back view is the same
+        whether generated alone or with others. Pose condition: the camera set's
+        view nearest 180° unless ``camera`` [1,3,H,W] is given.
+        """
+        model = self._back_model()
+        sampler = sampler.checked()
+        crop = check_choice("crop", crop, CROP_MODES)
+        if isinstance(fronts, (str, bytes)) or not isinstance(fronts, Sequence) or not fronts:
+            raise InputTypeError("fronts must be a non-empty list of images")
+        size = model.config.image_size
+        x = torch.cat([self._image(f, f"front {i + 1}", size, crop) for i, f in enumerate(fronts)])
+        hint = self._back_camera(camera, size)
+        tracker = _Progress(progress, sampler.steps)
+        return self._generate_backs(x, hint, sampler, tracker.phase("back views", sampler.steps))
+
+    def back_view(self, front, *, seed=42, steps=50, cfg=3.0, eta=0.5, scheduler="ddim", camera=None,
+                  crop="center", progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+        """One front portrait → its back view ``[1,3,H,W]`` in [-1,1] (facts §1, Step 2)."""
+        sampler = SamplerOptions(seed, steps, cfg, eta, scheduler)
+        return self.back_views([front], sampler=sampler, camera=camera, crop=crop, progress=progress)
+
+    def _generate_backs(self, x_fronts: torch.Tensor, hint: torch.Tensor, sampler: SamplerOptions, hook):
+        model = self._back_model()
+        self.placement.activate(model)
+        device, dtype = model_device_dtype(model)
+        batch = x_fronts.shape[0]
+        generators = [torch.Generator().manual_seed(mix_seed(sampler.seed, _digest(x))) for x in x_fronts]
+        z_front = torch.cat([model.encode(x[None].to(device, dtype), g) for x, g in zip(x_fronts, generators)])
+        latent = model.config.latent_size
+        x_t = randn_rows((batch, 4, latent, latent), generators).to(device)
+        hints = hint.to(device, dtype).expand(batch, -1, -1, -1)
+        scheduler = make_scheduler(sampler.scheduler, model.config.schedule, sampler.steps)
+
+        def references_at(t: int) -> FusionCall:
+            # one bank row per image: each back view attends to its own front only
+            return FusionCall(content=model.appearance(z_front, t, model.text_embedding))
 
         try:
-            z = denoise_views(
-                model, x_t, hint, schedule, set_references=set_refs, generator=generator, guidance=cfg,
-                callback=callback,
-            )
-        finally:
-            model.fusion.clear()
-        return model.decode(z)
+            z = denoise_views(model, x_t, hints, scheduler, references_at=references_at, generators=generators,
+                              guidance=sampler.cfg, eta=sampler.eta, windows=[list(range(batch))],
+                              windows_per_batch=1, num_views_per_window=1, on_step=hook)
+            return model.decode(z.to(dtype))
+        except BaseException:
+            z_front = x_t = hints = z = None
+            empty_cache(device)
+            raise
+
+    # --------------------------------------------------------------- references
+    def _read_inputs(self, content, content_back, styles: List[Style], size: int, crop: str):
+        """Every image and mask read and checked before the first model runs."""
+        x_content = self._image(content, "content", size, crop)
+        x_back = self._image(content_back, "content_back", size, crop) if content_back is not None else None
+        inputs = []
+        for k, spec in enumerate(styles):
+            weights = _blend_weights(k, spec)
+            fronts = [self._image(img, f"style {k + 1} image {j + 1}", size, crop) for j, img in enumerate(spec.images)]
+            if spec.backs is not None and (not isinstance(spec.backs, (list, tuple)) or len(spec.backs) != len(fronts)):
+                n = len(spec.backs) if isinstance(spec.backs, (list, tuple)) else type(spec.backs).__name__
+                raise InputError(f"style {k + 1}: {n} back views for {len(fronts)} images; give one per image")
+            backs = [
+                self._image(b, f"style {k + 1} back {j + 1}", size, crop) if b is not None else None
+                for j, b in enumerate(spec.backs or [None] * len(fronts))
+            ]
+            inputs.append(_StyleInput(fronts, backs, weights, self._mask(spec, size, k)))
+        if len(inputs) > 1:
+            if any(s.mask is None for s in inputs):
+                raise InputError("with several styles every style needs a mask (which region gets which style)")
+            if float(torch.stack([s.mask for s in inputs]).sum(0).max()) > 1.0 + MASK_SUM_TOL:
+                raise InputError(
+                    "style masks overlap: each pixel may belong to one style at most (sum of masks <= 1); "
+                    "erase the shared region from one of the masks"
+                )
+        return x_content, x_back, inputs
+
+    @staticmethod
+    def _mask(spec: Style, size: int, k: int) -> Optional[torch.Tensor]:
+        if spec.mask is None:
+            if spec.back_mask is not None:
+                raise InputError(f"style {k + 1}: back_mask given without a front mask")
+            return None
+        hw = image_hw(spec.images[0], name=f"style {k + 1} image 1")
+        front = load_mask(spec.mask, size, name=f"style {k + 1} mask", match_hw=hw)[0, 0]
+        back_hw = (image_hw(spec.backs[0], name=f"style {k + 1} back 1")
+                   if spec.backs and spec.backs[0] is not None else None)
+        back = (load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask", match_hw=back_hw)[0, 0]
+                if spec.back_mask is not None else torch.zeros_like(front))
+        return torch.stack([front, back]).float()
+
+    def prepare_references(self, content, style=None, *, content_back=None,
+                           sampler: SamplerOptions = SamplerOptions(), crop: str = "center",
+                           progress: Optional[ProgressCallback] = None) -> References:
+        """Read the content and style images, generate missing back views in one batched run, encode all.
+
+        ``style``: None, an image, a :class:`Style` or a list of :class:`Style`
+        (see :meth:`stylize`). ``sampler`` drives the back-view run and seeds the
+        reference encoding.
+        """
+        model = self._main_model()
+        sampler = sampler.checked()
+        crop = check_choice("crop", crop, CROP_MODES)
+        inputs = self._read_inputs(content, content_back, _as_style_list(style), model.config.image_size, crop)
+        missing = self._missing_backs(*inputs)
+        tracker = _Progress(progress, sampler.steps if missing else 0)
+        return self._prepare(inputs, sampler, tracker)
+
+    @staticmethod
+    def _missing_backs(x_content, x_back, styles) -> int:
+        return int(x_back is None) + sum(b is None for s in styles for b in s.backs)
+
+    def _prepare(self, inputs, sampler: SamplerOptions, tracker: _Progress) -> References:
+        x_content, x_back, styles = inputs
+        model = self._main_model()
+        todo = ([x_content] if x_back is None else []) + [f for s in styles for f, b in zip(s.fronts, s.backs)
+                                                          if b is None]
+        generated: List[torch.Tensor] = []
+        if todo:
+            hint = self._back_camera(None, self.image_size)
+            made = self._generate_backs(torch.cat(todo), hint, sampler, tracker.phase("back views", sampler.steps))
+            generated = list(made.float().cpu().split(1))
+        if x_back is None:
+            x_back = generated.pop(0)
+        style_backs = [[b if b is not None else generated.pop(0) for b in s.backs] for s in styles]
+        self.placement.activate(model)
+        device, dtype = model_device_dtype(model)
+        seed = sampler.seed
+        refs = References(None, [], x_back, style_backs, seed)
+        try:
+            refs.content = _encode_reference(model, torch.cat([x_content, x_back.to(x_content)]).to(device, dtype),
+                                             seed)
+            for spec, backs in zip(styles, style_backs):
+                latents = [_encode_reference(model, torch.cat([f, b.to(f)]).to(device, dtype), seed)
+                           for f, b in zip(spec.fronts, backs)]
+                mask = spec.mask.to(device) if spec.mask is not None else None
+                refs.styles.append((latents, spec.weights, mask))
+        except BaseException:
+            refs.release()
+            raise
+        return refs
+
+    # --------------------------------------------------------------- denoising
+    @torch.no_grad()
+    def denoise(self, references: References, cameras: CameraSet, *, fusion: FusionSettings = FusionSettings(),
+                sampler: SamplerOptions = SamplerOptions(), windows: WindowOptions = WindowOptions(),
+                guide_frames=None, crop: str = "center",
+                progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+        """Denoise one latent per camera with the references; returns x_0 ``[N,4,h,w]`` float32."""
+        model = self._main_model()
+        sampler, fusion = sampler.checked(), fusion.checked()
+        windows = windows.checked(model.config.temporal.max_views)
+        cams = self._cameras(cameras, None, model.config.image_size)
+        guide = self._guide(guide_frames, len(cams), model.config.image_size, crop)
+        tracker = _Progress(progress, sampler.steps)
+        return self._denoise(references, cams, fusion, sampler, windows, guide, tracker)
+
+    @staticmethod
+    def _guide(guide_frames, n: int, size: int, crop: str) -> Optional[torch.Tensor]:
+        if guide_frames is None:
+            return None
+        guide = to_model_tensor(guide_frames, size, name="guide_frames", crop=crop)
+        if guide.shape[0] != n:
+            raise InputError(f"guide_frames: got {guide.shape[0]} frames for {n} views; give one per view")
+        return guide
+
+    def _denoise(self, refs: References, cams: CameraSet, fusion: FusionSettings, sampler: SamplerOptions,
+                 win: WindowOptions, guide: Optional[torch.Tensor], tracker: _Progress) -> torch.Tensor:
+        if refs.content is None:
+            raise InputError("references were released; prepare them again")
+        model = self._main_model()
+        self.placement.activate(model)
+        device, dtype = model_device_dtype(model)
+        n = len(cams)
+        window, overlap = win.resolved(model.config.temporal.window)
+        windows = view_windows(n, window, win.mode, overlap)
+        latent = model.config.latent_size
+        generator = torch.Generator().manual_seed(sampler.seed)
+        noise = torch.randn((n, 4, latent, latent), generator=generator)
+        if guide is not None:
+            z_guide = _encode_reference(model, guide.to(device, dtype), sampler.seed).float().cpu()
+            noise = guide_frame_noise(z_guide, noise, model.config.schedule)
+        style_latents = [lat for latents, _, _ in refs.styles for lat in latents]
+        slices, start = [], 0
+        for latents, weights, mask in refs.styles:
+            slices.append((slice(start, start + len(latents)), weights, mask))
+            start += len(latents)
+
+        def references_at(t: int) -> FusionCall:
+            content_bank, style_banks = model.reference_banks(refs.content, style_latents, t)
+            entries = [StyleEntry(banks=style_banks[sl], weights=w, mask=m) for sl, w, m in slices]
+            return FusionCall(content_bank, entries, fusion)
+
+        scheduler = make_scheduler(sampler.scheduler, model.config.schedule, sampler.steps)
+        hints = cams.images.to(device, dtype)
+        try:
+            return denoise_views(model, noise.to(device), hints, scheduler, references_at=references_at,
+                                 generators=[generator], guidance=sampler.cfg, eta=sampler.eta, windows=windows,
+                                 windows_per_batch=win.windows_per_batch, on_step=tracker.phase("turntable",
+                                                                                                sampler.steps))
+        except BaseException:
+            hints = noise = style_latents = slices = None
+            empty_cache(device)
+            raise
+
+    # --------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, *, chunk: int = DECODE_CHUNK.default,
+               progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+        """Latents → views ``[N,3,H,W]`` in [-1,1], ``chunk`` views at a time to bound VAE memory."""
+        chunk = DECODE_CHUNK.check(chunk)
+        if not torch.is_tensor(latents) or latents.ndim != 4 or latents.shape[1] != 4:
+            raise InputError(f"latents must be [N,4,h,w], got {getattr(latents, 'shape', type(latents).__name__)}")
+        tracker = _Progress(progress, math.ceil(latents.shape[0] / chunk))
+        return self._decode(latents, chunk, tracker)
+
+    def _decode(self, latents: torch.Tensor, chunk: int, tracker: _Progress) -> torch.Tensor:
+        model = self._main_model()
+        self.placement.activate(model)
+        device, dtype = model_device_dtype(model)
+        parts = latents.split(chunk)
+        hook = tracker.phase("decode", len(parts))
+        out = []
+        for i, part in enumerate(parts):
+            out.append(model.decode(part.to(device, dtype), chunk=chunk))
+            hook(i + 1, len(parts), None)
+        return torch.cat(out)
 
     # --------------------------------------------------------------- stylize
     @torch.no_grad()
     def stylize(
         self,
         content: Any,
-        style: Union[Any, Style, Sequence[Style], None],
+        style: Union[Any, Style, Sequence[Style], None] = None,
         *,
         content_back: Any = None,
-        views: Optional[int] = 32,
+        views: Optional[int] = None,
         cameras: Optional[CameraSet] = None,
-        tau: float = DEFAULT_TAU,
-        pairing: str = "paper",
-        mask_mode: str = "paper",
-        seed: int = 42,
-        steps: int = 50,
-        cfg: float = 3.0,
-        eta: float = 0.5,
+        tau=FusionSettings.tau,
+        pairing: str = FusionSettings.pairing,
+        mask_mode: str = FusionSettings.mask_mode,
+        seed: int = SamplerOptions.seed,
+        steps: int = SamplerOptions.steps,
+        cfg: float = SamplerOptions.cfg,
+        eta: float = SamplerOptions.eta,
+        scheduler: str = SamplerOptions.scheduler,
         window: Optional[int] = None,
-        window_mode: str = "independent",
-        overlap: int = 4,
-        windows_per_batch: int = 4,
-        guide_frames: Optional[torch.Tensor] = None,
-        callback: Optional[Callable[[int, int], None]] = None,
+        window_mode: str = WindowOptions.mode,
+        overlap: Optional[int] = None,
+        windows_per_batch: int = WindowOptions.windows_per_batch,
+        guide_frames=None,
+        crop: str = "center",
+        decode_chunk: int = DECODE_CHUNK.default,
+        progress: Optional[ProgressCallback] = None,
     ) -> TurntableResult:
         """Stylized turntable of ``content`` in ``style`` (§3).
 
-        ``style``: an image (one global style), a :class:`Style` (masks, blends)
-        or a list of :class:`Style` (several regions, several styles; masks must
-        not overlap), or None for plain DiffPortrait360 novel views. ``views``
-        picks N evenly spaced cameras of the condition set; ``cameras`` gives
-        them explicitly. ``tau`` is the key scale τ (§3.5). ``mask_mode``:
+        ``style``: an image (one global style), a :class:`Style` (masks, blends),
+        a list of :class:`Style` (several regions, several styles; masks must not
+        overlap), or None for plain DiffPortrait360 novel views. ``views`` picks
+        N evenly spaced cameras of the condition set (default: all); ``cameras``
+        gives them explicitly. ``tau`` is the key scale τ (§3.5): a float or a
+        per-layer mapping (:class:`~.options.FusionSettings`). ``mask_mode``:
         "paper" masks keys only, as the paper writes it (style can leak outside
-        the mask), "confined" also keeps style values and attention inside it. ``window`` views go
-        through the view-consistency modules together (default: as trained, 8);
-        ``window_mode`` "independent" (official chunks) or "circular" (overlapping
-        windows that close the loop). ``guide_frames``: one image per view (e.g. a
-        ComfyUI IMAGE batch [N,H,W,3] in 0..1; renders of the head at the same
-        cameras) for the 3D-aware initial noise (facts §3).
+        the mask), "confined" also keeps style values and attention inside it.
+        ``window`` views go through the view-consistency modules together
+        (default: as trained, 8); ``window_mode`` "independent" (official chunks)
+        or "circular" (overlapping windows that close the loop, ``overlap`` views
+        shared by neighbours; default half the window). ``scheduler``:
+        "ddim" is the official sampler; others are faster, not exact.
+        ``guide_frames``: one image per view (renders of the head at the same
+        cameras) for the 3D-aware initial noise (facts §3). ``crop``: "center"
+        crops non-square images to a square, "none" stretches them like the
+        official code. ``progress`` receives a :class:`ProgressEvent` per step.
         """
-        model = self.main
-        if model is None:
-            raise ValueError("no main model loaded (weights/main)")
-        _check_common(steps, cfg, eta)
-        _check_seed(seed)
-        tau = _check_range("tau", tau, *TAU_RANGE, f"The paper uses 1.00–1.10 (default {DEFAULT_TAU}).")
-        if pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-        if window_mode not in WINDOW_MODES:
-            raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
-        temporal = model.config.temporal
-        if window is not None and (isinstance(window, bool) or int(window) != window):
-            raise ValueError(f"window must be a whole number of views, got {window!r}")
-        window = temporal.window if window is None else int(window)
-        if not 1 <= window <= temporal.max_views:
-            raise ValueError(
-                f"window must be in [1, {temporal.max_views}] (the view-consistency modules encode at most "
-                f"{temporal.max_views} positions; trained with {temporal.window}), got {window}"
-            )
-        cams = self._cameras(cameras)
-        if cameras is None and views is not None:
-            cams = select_views(cams, views=views)
-        if cams.size != model.config.image_size:
-            raise ValueError(
-                f"camera conditions are {cams.size}px but the model works at {model.config.image_size}px; "
-                f"load them with load_condition_set(folder, {model.config.image_size})"
-            )
-        n = len(cams)
-        windows = view_windows(n, window, window_mode, overlap)
-        batch_windows(windows, windows_per_batch)  # validates windows_per_batch
-        styles = self._styles(style)
-        masks = [self._mask(spec, model, k) for k, spec in enumerate(styles)]
-        if len(styles) > 1:
-            self._check_disjoint(masks)
-
-        # Read and check every image before the first (long) back-view run.
-        x_content = self._image(content, "content", model)
-        x_content_back = self._image(content_back, "content_back", model) if content_back is not None else None
-        style_images = []
-        for k, spec in enumerate(styles):
-            fronts = [self._image(img, f"style {k + 1} image {j + 1}", model) for j, img in enumerate(spec.images)]
-            backs = [
-                self._image(b, f"style {k + 1} back {j + 1}", model) if b is not None else None
-                for j, b in enumerate(spec.backs or [None] * len(fronts))
-            ]
-            style_images.append((fronts, backs))
-        guide = None
-        if guide_frames is not None:
-            guide = to_model_tensor(guide_frames, model.config.image_size, name="guide_frames")
-            if guide.shape[0] != n:
-                raise ValueError(f"guide_frames: got {guide.shape[0]} frames for {n} views; give one per view")
-
-        device, dtype = model.vae.device, model.vae.dtype
-        generator = torch.Generator().manual_seed(int(seed))
-        back_content = (
-            x_content_back
-            if x_content_back is not None
-            else self._generate_back(x_content, seed, steps, cfg, eta, callback=callback)
-        )
-        z_content = _encode_reference(model, torch.cat([x_content, back_content]), seed)
-
-        style_latents: List[torch.Tensor] = []
-        entries: List[Tuple[Style, slice]] = []
-        style_backs: List[List[torch.Tensor]] = []
-        for spec, (fronts, backs) in zip(styles, style_images):
-            backs = [
-                b if b is not None else self._generate_back(f, seed, steps, cfg, eta, callback=callback)
-                for f, b in zip(fronts, backs)
-            ]
-            style_backs.append(backs)
-            start = len(style_latents)
-            for f, b in zip(fronts, backs):
-                style_latents.append(_encode_reference(model, torch.cat([f, b]), seed))
-            entries.append((spec, slice(start, len(style_latents))))
-        hints = cams.images.to(device, dtype)
-        shape = (n, 4, model.config.latent_size, model.config.latent_size)
-        noise = torch.randn(shape, generator=generator).to(device, dtype)
-        if guide is not None:
-            z_guide = _encode_reference(model, guide.to(device, dtype), seed)
-            noise = guide_frame_noise(z_guide, noise, model.config.schedule)
-
-        model.fusion.tau = tau
-        model.fusion.pairing = pairing
-        model.fusion.mask_mode = mask_mode
-
-        def set_refs(t: int) -> None:
-            content_bank, style_banks = model.reference_banks(z_content, style_latents, t)
-            model.fusion.set_references(
-                content_bank,
-                [
-                    StyleEntry(banks=style_banks[sl], weights=spec.weights, mask=mask)
-                    for (spec, sl), mask in zip(entries, masks)
-                ],
-            )
-
-        schedule = DDIMSchedule.make(model.config.schedule, steps, eta)
-        try:
-            z = denoise_views(
-                model, noise, hints, schedule, set_references=set_refs, generator=generator, guidance=cfg,
-                windows=windows, windows_per_batch=windows_per_batch, callback=callback,
-            )
-        except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - GPU only
-            raise MemoryError(
-                f"out of GPU memory denoising {n} views ({windows_per_batch} windows of {window} per batch): "
-                "lower windows_per_batch, then window, or run in float16"
-            ) from err
-        finally:
-            model.fusion.clear()
-        return TurntableResult(model.decode(z), list(cams.yaws_deg), back_content, style_backs)
-
-    # ----------------------------------------------------------------- helpers
-    @staticmethod
-    def _styles(style) -> List[Style]:
-        if style is None:
-            return []
-        if isinstance(style, Style):
-            styles = [style]
-        elif isinstance(style, (list, tuple)) and style and all(isinstance(s, Style) for s in style):
-            styles = list(style)
-        else:
-            styles = [Style(images=[style])]
-        for k, spec in enumerate(styles):
-            if not spec.images:
-                raise ValueError(f"style {k + 1}: no style image given")
-            if spec.weights is not None:
-                if len(spec.weights) != len(spec.images):
-                    raise ValueError(
-                        f"style {k + 1}: {len(spec.weights)} blend weights for {len(spec.images)} images"
-                    )
-                weights = [float(w) for w in spec.weights]
-                if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1) > 1e-4:
-                    raise ValueError(
-                        f"style {k + 1}: blend weights must each be in [0, 1] and sum to 1, got {weights} "
-                        "(for two styles use alpha_weights(α))"
-                    )
-            elif len(spec.images) > 1:
-                raise ValueError(f"style {k + 1}: several images need blend weights (e.g. alpha_weights(0.5))")
-            if spec.backs is not None and len(spec.backs) != len(spec.images):
-                raise ValueError(f"style {k + 1}: {len(spec.backs)} back views for {len(spec.images)} images")
-        return styles
-
-    @staticmethod
-    def _mask(spec: Style, model: DiffStyle360Model, k: int) -> Optional[torch.Tensor]:
-        if spec.mask is None:
-            if spec.back_mask is not None:
-                raise ValueError(f"style {k + 1}: back_mask given without a front mask")
-            return None
+        model = self._main_model()
+        sampler = SamplerOptions(seed, steps, cfg, eta, scheduler).checked()
+        fusion = FusionSettings(tau, pairing, mask_mode).checked()
+        win = WindowOptions(window, window_mode, overlap, windows_per_batch).checked(model.config.temporal.max_views)
+        crop = check_choice("crop", crop, CROP_MODES)
+        chunk = DECODE_CHUNK.check(decode_chunk)
         size = model.config.image_size
-        hw = image_hw(spec.images[0], name=f"style {k + 1} image 1")
-        front = load_mask(spec.mask, size, name=f"style {k + 1} mask", match_hw=hw)[0, 0]
-        back_hw = image_hw(spec.backs[0], name=f"style {k + 1} back 1") if spec.backs and spec.backs[0] is not None else None
-        back = (
-            load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask", match_hw=back_hw)[0, 0]
-            if spec.back_mask is not None
-            else torch.zeros_like(front)
-        )
-        return torch.stack([front, back]).to(model.vae.device)
-
-    @staticmethod
-    def _check_disjoint(masks: List[Optional[torch.Tensor]]) -> None:
-        if any(m is None for m in masks):
-            raise ValueError("with several styles every style needs a mask (which region gets which style)")
-        total = torch.stack(masks).sum(0)
-        if float(total.max()) > 1.0 + MASK_SUM_TOL:  # the same tolerance the fusion layers apply
-            raise ValueError(
-                "style masks overlap: each pixel may belong to one style at most (sum of masks <= 1); "
-                "erase the shared region from one of the masks"
-            )
+        cams = self._cameras(cameras, views, size)
+        inputs = self._read_inputs(content, content_back, _as_style_list(style), size, crop)
+        guide = self._guide(guide_frames, len(cams), size, crop)
+        back_steps = sampler.steps if self._missing_backs(*inputs) else 0
+        tracker = _Progress(progress, back_steps + sampler.steps + math.ceil(len(cams) / chunk))
+        refs = self._prepare(inputs, sampler, tracker)
+        try:
+            latents = self._denoise(refs, cams, fusion, sampler, win, guide, tracker)
+            views_out = self._decode(latents, chunk, tracker)
+            return TurntableResult(views_out, list(cams.yaws_deg), refs.content_back, refs.style_backs)
+        except BaseException:
+            refs.release()
+            latents = None
+            raise
 
 
-__all__ = ["DiffStyle360Pipeline", "Style", "TurntableResult", "alpha_weights"]
+__all__ = [
+    "DiffStyle360Pipeline",
+    "ModelPlacement",
+    "ProgressEvent",
+    "References",
+    "Style",
+    "TurntableResult",
+    "alpha_weights",
+]

@@ -1,81 +1,67 @@
-"""DDIM with DiffPortrait360's guidance, run step-major over windows of views.
+"""Denoising with DiffPortrait360's guidance, run step-major over windows of views.
 
-Defaults reproduce the official sampler (facts §1): scaled-linear betas
-0.00085–0.012 over 1000 steps, ε prediction, uniform DDIM timesteps 1, 21, …, 981
-for 50 steps, η = 0.5, CFG 3 where the unconditional branch drops the
-references *and* the pose control.
+The schedulers are diffusers' own, configured from the model's schedule.
+``"ddim"`` reproduces the official sampler exactly (facts §1): scaled-linear
+betas 0.00085–0.012 over 1000 steps, ε prediction, DDIM timesteps 1, 21, …, 981
+for 50 steps (``timestep_spacing="leading"``, ``steps_offset=1``), ᾱ of the last
+step = ᾱ₀ (``set_alpha_to_one=False``), η = 0.5, CFG 3 where the unconditional
+branch drops the references *and* the pose control. ``"dpmpp_2m"``, ``"unipc"``
+and ``"euler"`` are faster solvers on the same schedule (not the official path).
 
 Step-major: at every step the reference features are computed once (they
 depend on t, not on the view), then every window of views is denoised and the
-ε of views covered by several windows is averaged. Noise is drawn for all N
-views from one CPU generator, so results do not depend on how windows are
-batched or on the device.
+ε of views covered by several windows is averaged. The latents stay float32
+between steps (the official x_t is float32 under autocast). Noise is drawn on
+the CPU from per-row generators, so results depend neither on how windows are
+batched nor on the device.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .config import ScheduleConfig
+from .options import SCHEDULERS, WINDOW_MODES, InputError, check_choice
 
-WINDOW_MODES = ("independent", "circular")
+StepHook = Callable[[int, int, torch.Tensor], None]
+
+
+def _scheduler_config(schedule: ScheduleConfig) -> dict:
+    return dict(
+        num_train_timesteps=schedule.num_train_timesteps,
+        beta_start=schedule.beta_start,
+        beta_end=schedule.beta_end,
+        beta_schedule="scaled_linear",
+        prediction_type=schedule.prediction,
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+
+
+def make_scheduler(name: str, schedule: ScheduleConfig, steps: int):
+    """A configured diffusers scheduler with its ``steps`` timesteps set (one instance per denoising run)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+
+    check_choice("scheduler", name, SCHEDULERS)
+    config = _scheduler_config(schedule)
+    if name == "ddim":
+        scheduler = DDIMScheduler(**config, clip_sample=False, set_alpha_to_one=False)
+    elif name == "dpmpp_2m":
+        scheduler = DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", solver_order=2)
+    elif name == "unipc":
+        scheduler = UniPCMultistepScheduler(**config)
+    else:
+        scheduler = EulerDiscreteScheduler(**config)
+    scheduler.set_timesteps(steps)
+    return scheduler
 
 
 def alphas_cumprod(schedule: ScheduleConfig) -> torch.Tensor:
-    """ᾱ_t of the LDM "linear" schedule: betas = linspace(√β₀, √β₁, T)² (float64)."""
-    betas = torch.linspace(
-        math.sqrt(schedule.beta_start), math.sqrt(schedule.beta_end), schedule.num_train_timesteps, dtype=torch.float64
-    ) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-@dataclass
-class DDIMSchedule:
-    """The DDIM sub-sequence and its coefficients, as LDM's ``make_ddim_*`` builds them."""
-
-    timesteps: torch.Tensor  # ascending, int64
-    alphas: torch.Tensor  # ᾱ at each timestep
-    alphas_prev: torch.Tensor  # ᾱ of the previous (less noisy) step; ᾱ₀ for the first
-    sigmas: torch.Tensor
-
-    @classmethod
-    def make(cls, schedule: ScheduleConfig, steps: int, eta: float) -> "DDIMSchedule":
-        """Uniform timesteps ``range(0, T, T // steps) + 1``, cut to exactly ``steps``.
-
-        Equal to LDM's "uniform" discretisation whenever ``steps`` divides T (the
-        official 50 does); otherwise LDM would run one extra step and we keep the
-        requested count (diffusers' "leading" spacing).
-        """
-        total = schedule.num_train_timesteps
-        if not 1 <= steps <= total:
-            raise ValueError(f"steps must be in [1, {total}], got {steps}")
-        if not (0.0 <= eta <= 1.0):
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
-        stride = total // steps
-        timesteps = torch.from_numpy(np.arange(0, total, stride)[:steps] + 1).long()
-        acp = alphas_cumprod(schedule)
-        alphas = acp[timesteps]
-        alphas_prev = torch.cat([acp[:1], acp[timesteps[:-1]]])
-        sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
-        return cls(timesteps, alphas, alphas_prev, sigmas)
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def step(self, x: torch.Tensor, eps: torch.Tensor, index: int, noise: Optional[torch.Tensor]) -> torch.Tensor:
-        """x_t → x_{t_prev} (``index`` counts from the low-noise end), in float32 arithmetic."""
-        a, a_prev, sigma = (float(v[index]) for v in (self.alphas, self.alphas_prev, self.sigmas))
-        x32, e32 = x.float(), eps.float()
-        pred_x0 = (x32 - math.sqrt(1 - a) * e32) / math.sqrt(a)
-        out = math.sqrt(a_prev) * pred_x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * e32
-        if sigma > 0 and noise is not None:
-            out = out + sigma * noise.float()
-        return out.to(x.dtype)
+    """ᾱ_t of the model's schedule, as the schedulers compute it."""
+    return make_scheduler("ddim", schedule, 1).alphas_cumprod
 
 
 def guide_frame_noise(guide_latents: torch.Tensor, noise: torch.Tensor, schedule: ScheduleConfig) -> torch.Tensor:
@@ -94,17 +80,16 @@ def view_windows(num_views: int, window: int, mode: str = "independent", overlap
     and the 360° loop closes; ε of a view is averaged over its windows.
     """
     if num_views < 1:
-        raise ValueError(f"views must be >= 1, got {num_views}")
+        raise InputError(f"views must be >= 1, got {num_views}")
     if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if mode not in WINDOW_MODES:
-        raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {mode!r}")
+        raise InputError(f"window must be >= 1, got {window}")
+    check_choice("window_mode", mode, WINDOW_MODES)
+    if not 0 <= overlap < window:
+        raise InputError(f"overlap must be in [0, window-1] = [0, {window - 1}], got {overlap}")
     if num_views <= window:
         return [list(range(num_views))]
     if mode == "independent":
         return [list(range(s, min(s + window, num_views))) for s in range(0, num_views, window)]
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in [0, window-1] = [0, {window - 1}], got {overlap}")
     stride = window - overlap
     count = math.ceil(num_views / stride)
     return [[(s * stride + k) % num_views for k in range(window)] for s in range(count)]
@@ -113,7 +98,7 @@ def view_windows(num_views: int, window: int, mode: str = "independent", overlap
 def batch_windows(windows: Sequence[Sequence[int]], per_batch: int) -> List[List[List[int]]]:
     """Group windows of equal length into forward batches of at most ``per_batch`` windows."""
     if per_batch < 1:
-        raise ValueError(f"windows_per_batch must be >= 1, got {per_batch}")
+        raise InputError(f"windows_per_batch must be >= 1, got {per_batch}")
     by_len = {}
     for w in windows:
         by_len.setdefault(len(w), []).append(list(w))
@@ -123,29 +108,46 @@ def batch_windows(windows: Sequence[Sequence[int]], per_batch: int) -> List[List
     return batches
 
 
-StepCallback = Callable[[int, int], None]
+def randn_rows(shape, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise [B, …] on the CPU, row i from ``generators[i]`` (or all rows from one)."""
+    if len(generators) == 1:
+        return torch.randn(shape, generator=generators[0], dtype=torch.float32)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for {shape[0]} rows")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators])
+
+
+class _LoopState:
+    """Tensors of a running loop, held in one place so an interrupt can drop them all."""
+
+    x: Optional[torch.Tensor] = None
+    eps: Optional[torch.Tensor] = None
+    references = None
 
 
 def denoise_views(
     model,
     latents: torch.Tensor,
     hints: Optional[torch.Tensor],
-    schedule: DDIMSchedule,
+    scheduler,
     *,
-    set_references: Callable[[torch.Tensor], None],
-    generator: torch.Generator,
+    references_at: Callable[[int], object],
+    generators: Sequence[torch.Generator],
     guidance: float = 3.0,
+    eta: float = 0.0,
     windows: Optional[List[List[int]]] = None,
     windows_per_batch: int = 4,
     num_views_per_window: Optional[int] = None,
-    callback: Optional[StepCallback] = None,
+    on_step: Optional[StepHook] = None,
 ) -> torch.Tensor:
-    """Run the DDIM loop on ``latents`` [N,4,h,w] (already x_T) and return x_0.
+    """Run ``scheduler`` from ``latents`` [N,4,h,w] (x_T, unscaled) and return x_0 in float32.
 
-    ``set_references(t)`` installs the reference banks for timestep t (called once
-    per step). ``hints`` [N,3,H,W] are the pose conditions of the N views.
-    ``guidance`` == 1 skips the unconditional branch. ``callback(step, total)``
-    runs after each step (progress, interrupt).
+    ``references_at(t)`` builds the :class:`~.attention.FusionCall` for timestep
+    t (once per step). ``hints`` [N,3,H,W] are the pose conditions of the N
+    views. ``guidance`` == 1 skips the unconditional branch. ``eta`` is DDIM's
+    stochasticity (other schedulers are deterministic). ``on_step(step, total,
+    x)`` runs after each step with a CPU copy of x (progress, previews, interrupt);
+    an exception raised there propagates after the loop's tensors are released.
     """
     n = latents.shape[0]
     windows = windows if windows is not None else [list(range(n))]
@@ -155,28 +157,38 @@ def denoise_views(
         counts[torch.tensor(w)] += 1
     if bool((counts == 0).any()):
         raise ValueError("some views are in no window")
-    x = latents
-    total = len(schedule)
-    for step in range(total):
-        index = total - 1 - step
-        t = int(schedule.timesteps[index])
-        set_references(t)
-        eps_sum = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        for group in batches:
-            idx = torch.tensor([v for w in group for v in w], device=x.device)
-            xb = x.index_select(0, idx)
-            hb = hints.index_select(0, idx.to(hints.device)) if hints is not None else None
-            views = len(group[0]) if num_views_per_window is None else num_views_per_window
-            eps = model.predict_noise(xb, t, hb, num_views=views, with_references=True)
-            if guidance != 1.0:
-                uncond = model.predict_noise(xb, t, None, num_views=views, with_references=False)
-                eps = uncond + guidance * (eps - uncond)
-            eps_sum.index_add_(0, idx, eps.float())
-        eps = eps_sum / counts.to(x.device).view(-1, 1, 1, 1)
-        noise = None
-        if float(schedule.sigmas[index]) > 0:
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
-        x = schedule.step(x, eps.to(x.dtype), index, noise)
-        if callback is not None:
-            callback(step + 1, total)
-    return x
+    device = latents.device
+    counts = counts.to(device).view(-1, 1, 1, 1)
+    stochastic = scheduler.__class__.__name__ == "DDIMScheduler" and eta > 0
+    state = _LoopState()
+    state.x = latents.float() * float(scheduler.init_noise_sigma)
+    total = len(scheduler.timesteps)
+    model_in = None
+    try:
+        for step, t in enumerate(scheduler.timesteps):
+            t_int = int(t)
+            state.references = references_at(t_int)
+            model_in = scheduler.scale_model_input(state.x, t)
+            state.eps = torch.zeros(state.x.shape, dtype=torch.float32, device=device)
+            for group in batches:
+                idx = torch.tensor([v for w in group for v in w], device=device)
+                xb = model_in.index_select(0, idx)
+                hb = hints.index_select(0, idx.to(hints.device)) if hints is not None else None
+                views = len(group[0]) if num_views_per_window is None else num_views_per_window
+                eps = model.predict_noise(xb, t_int, hb, num_views=views, references=state.references).float()
+                if guidance != 1.0:
+                    uncond = model.predict_noise(xb, t_int, None, num_views=views, references=None).float()
+                    eps = uncond + guidance * (eps - uncond)
+                state.eps.index_add_(0, idx, eps)
+                del eps, xb
+            state.references = None
+            kwargs = {}
+            if stochastic:
+                kwargs = dict(eta=eta, variance_noise=randn_rows(state.x.shape, generators).to(device))
+            state.x = scheduler.step(state.eps / counts, t, state.x, **kwargs).prev_sample.float()
+            state.eps = None
+            if on_step is not None:  # a CPU copy: whatever the host keeps of it holds no GPU memory
+                on_step(step + 1, total, state.x.detach().to("cpu", copy=True))
+        return state.x
+    finally:
+        state.x = state.eps = state.references = model_in = None

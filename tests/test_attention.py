@@ -6,7 +6,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from diffstyle360_core.attention import (
-    FusionState,
+    FusionCall,
+    FusionSlot,
     ReferenceBank,
     StyleEntry,
     install_bank_writers,
@@ -16,6 +17,7 @@ from diffstyle360_core.attention import (
 )
 from diffstyle360_core.config import tiny_config
 from diffstyle360_core.fusion import blend_styles, style_fusion_attention
+from diffstyle360_core.options import FusionSettings
 
 
 def tiny_unet(seed=0):
@@ -33,13 +35,12 @@ def test_reader_without_references_is_the_stock_processor_exactly():
     x, ctx = torch.randn(3, 4, 8, 8), torch.randn(3, 77, 32)
     unet.set_attn_processor(AttnProcessor2_0())
     stock = _run(unet, x, ctx)
-    state = FusionState()
-    names = install_fusion_readers(unet, state)
+    slot = FusionSlot()
+    names = install_fusion_readers(unet, slot)
     assert len(names) == 16
     assert torch.equal(_run(unet, x, ctx), stock)
-    # disabled state (CFG unconditional branch) with references installed is also the stock UNet
-    state.set_references({n: torch.randn(1, 10, 1) for n in names})
-    state.enabled = False
+    # a call with no references (CFG unconditional branch) is also the stock UNet
+    slot.call = FusionCall()
     assert torch.equal(_run(unet, x, ctx), stock)
 
 
@@ -89,16 +90,16 @@ def _tokens(name):
 
 def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend(monkeypatch):
     unet = tiny_unet()
-    state = FusionState()
-    names = install_fusion_readers(unet, state)
+    slot = FusionSlot()
+    names = install_fusion_readers(unet, slot)
     content = _reference_banks(names, unet, seed=1)
     style1 = _reference_banks(names, unet, seed=2)
     style2 = _reference_banks(names, unet, seed=3)
     mask = torch.zeros(2, 64, 64)
     mask[0, 16:48, 8:40] = 1.0
-    state.set_references(content, [StyleEntry(banks=[style1, style2], weights=[0.7, 0.3], mask=mask)])
-    state.tau = {n: 1.0 + 0.01 * i for i, n in enumerate(names)}  # a different τ per layer
-    state.pairing = "aligned"
+    taus = {n: 1.0 + 0.01 * i for i, n in enumerate(names)}  # a different τ per layer
+    slot.call = FusionCall(content, [StyleEntry(banks=[style1, style2], weights=[0.7, 0.3], mask=mask)],
+                           FusionSettings(tau=taus, pairing="aligned"))
 
     import diffstyle360_core.attention as attention_module
 
@@ -116,7 +117,7 @@ def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend(mo
     mods = dict(unet.named_modules())
     for name, (q, k_l, v_l, k_c, v_c, k_s, v_s, kw) in zip(names, calls):
         attn = mods[name]
-        assert kw["tau"] == pytest.approx(state.tau[name])
+        assert kw["tau"] == pytest.approx(taus[name])
         assert kw["pairing"] == "aligned"
         assert torch.allclose(k_c, attn.to_k(content[name]))
         expect_ks = blend_styles([attn.to_k(style1[name]), attn.to_k(style2[name])], [0.7, 0.3])
@@ -130,12 +131,11 @@ def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend(mo
 
 def test_reader_output_equals_functional_call():
     unet = tiny_unet()
-    state = FusionState()
-    names = install_fusion_readers(unet, state)
+    slot = FusionSlot()
+    names = install_fusion_readers(unet, slot)
     content = _reference_banks(names, unet, seed=1)
     style = _reference_banks(names, unet, seed=2)
-    state.set_references(content, [StyleEntry(banks=[style])])
-    state.tau = 1.05
+    slot.call = FusionCall(content, [StyleEntry(banks=[style])], FusionSettings(tau=1.05))
     name = names[3]
     attn = dict(unet.named_modules())[name]
     h = torch.randn(2, _tokens(name), attn.to_q.in_features)
@@ -150,16 +150,28 @@ def test_reader_output_equals_functional_call():
     assert torch.allclose(got, ref, atol=1e-6)
 
 
-def test_projection_cache_is_per_step():
+def test_projection_cache_is_per_call():
     unet = tiny_unet()
-    state = FusionState()
-    names = install_fusion_readers(unet, state)
+    names = install_fusion_readers(unet, FusionSlot())
     attn = dict(unet.named_modules())[names[0]]
-    state.set_references(_reference_banks(names, unet, seed=1))
-    first = state.projected(names[0], attn)
-    assert state.projected(names[0], attn) is first
-    state.set_references(_reference_banks(names, unet, seed=2))
-    assert state.projected(names[0], attn) is not first
+    call = FusionCall(_reference_banks(names, unet, seed=1))
+    first = call.projected(names[0], attn)
+    assert call.projected(names[0], attn) is first
+    other = FusionCall(_reference_banks(names, unet, seed=2))
+    assert not torch.equal(other.projected(names[0], attn)[0], first[0])
+
+
+def test_per_resolution_tau_reaches_the_layers_of_that_resolution():
+    from diffstyle360_core.options import tau_by_resolution
+
+    names = self_attention_names(tiny_unet())
+    settings = FusionSettings(tau=tau_by_resolution(1.05, {0: 1.2, 3: 0.9})).checked()
+    by_name = {n: settings.tau_for(n) for n in names}
+    assert by_name["down_blocks.0.attentions.0.transformer_blocks.0.attn1"] == 1.2
+    assert by_name["up_blocks.3.attentions.2.transformer_blocks.0.attn1"] == 1.2
+    assert by_name["mid_block.attentions.0.transformer_blocks.0.attn1"] == 0.9
+    assert by_name["down_blocks.1.attentions.0.transformer_blocks.0.attn1"] == 1.05
+    assert sorted(set(by_name.values())) == [0.9, 1.05, 1.2]
 
 
 def test_mask_to_tokens_area_resizes_each_view_plane():

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from diffstyle360_core.attention import StyleEntry
+from diffstyle360_core.attention import FusionCall, StyleEntry
+from diffstyle360_core.options import FusionSettings
 from diffstyle360_core.config import BACK_VIEW, MAIN, tiny_config
 from diffstyle360_core.model import DiffStyle360Model
 from diffstyle360_core.unet_walk import walk_unet
@@ -81,9 +82,8 @@ def test_temporal_modules_sit_where_the_official_model_has_them(main_model):
             hooks.append(module.register_forward_hook(
                 lambda m, inp, out, g=group, i=i: seen.append((g, i, tuple(inp[0].shape[1:])))))
     x = torch.randn(4, 4, 8, 8)
-    main_model.fusion.clear()
     with torch.no_grad():
-        main_model.predict_noise(x, 3, torch.zeros(4, 3, 64, 64), num_views=4)
+        main_model.predict_noise(x, 3, torch.zeros(4, 3, 64, 64), num_views=4, references=FusionCall())
     for h in hooks:
         h.remove()
     down = [s[2] for s in seen if s[0] == "down"]
@@ -98,14 +98,14 @@ def test_views_interact_only_inside_a_window(main_model):
     """Temporal attention mixes views of one window; separate windows are independent."""
     x = torch.randn(4, 4, 8, 8)
     hint = torch.rand(4, 3, 64, 64) * 2 - 1
-    main_model.fusion.clear()
+    call = FusionCall()  # pose control, no references
     with torch.no_grad():
-        pair = main_model.predict_noise(x, 7, hint, num_views=2)  # windows {0,1} and {2,3}
-        first = main_model.predict_noise(x[:2], 7, hint[:2], num_views=2)
+        pair = main_model.predict_noise(x, 7, hint, num_views=2, references=call)  # windows {0,1} and {2,3}
+        first = main_model.predict_noise(x[:2], 7, hint[:2], num_views=2, references=call)
         x2 = x.clone()
         x2[3] += 1.0
-        changed = main_model.predict_noise(x2, 7, hint, num_views=2)
-        joint = main_model.predict_noise(x2, 7, hint, num_views=4)
+        changed = main_model.predict_noise(x2, 7, hint, num_views=2, references=call)
+        joint = main_model.predict_noise(x2, 7, hint, num_views=4, references=call)
     assert torch.allclose(pair[:2], first, atol=1e-5)
     assert torch.allclose(changed[:2], pair[:2], atol=1e-6)
     assert not torch.allclose(joint[:2], pair[:2], atol=1e-4)
@@ -115,15 +115,13 @@ def test_unconditional_branch_drops_references_and_pose(main_model):
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         cb, _ = main_model.reference_banks(torch.randn(2, 4, 8, 8), [], 21)
-        main_model.fusion.set_references(cb)
         hint = torch.rand(2, 3, 64, 64)
-        uncond = main_model.predict_noise(x, 21, hint, num_views=2, with_references=False)
-        main_model.fusion.clear()
-        plain = main_model.predict_noise(x, 21, None, num_views=2)
-        cond = main_model.predict_noise(x, 21, hint, num_views=2)
+        uncond = main_model.predict_noise(x, 21, hint, num_views=2, references=None)
+        plain = main_model.predict_noise(x, 21, None, num_views=2, references=FusionCall())
+        cond = main_model.predict_noise(x, 21, hint, num_views=2, references=FusionCall(cb))
     assert torch.equal(uncond, plain)
     assert not torch.allclose(cond, plain)
-    assert main_model.fusion.enabled
+    assert main_model.fusion.call is None  # nothing of a call stays on the model
 
 
 def test_training_free_equals_content_module_as_style_module(main_model):
@@ -134,11 +132,8 @@ def test_training_free_equals_content_module_as_style_module(main_model):
     def eps(model):
         with torch.no_grad():
             cb, sb = model.reference_banks(content, [style], 61)
-            model.fusion.set_references(cb, [StyleEntry(banks=sb)])
-            model.fusion.tau = 1.05
-            out = model.predict_noise(x, 61, hint, num_views=2)
-            model.fusion.clear()
-        return out
+            call = FusionCall(cb, [StyleEntry(banks=sb)], FusionSettings(tau=1.05))
+            return model.predict_noise(x, 61, hint, num_views=2, references=call)
 
     assert main_model.training_free
     free = eps(main_model)

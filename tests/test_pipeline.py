@@ -5,7 +5,12 @@ import copy
 import pytest
 import torch
 
-from diffstyle360_core.cameras import load_condition_set, write_tiny_condition_set
+from diffstyle360_core.cameras import load_condition_set
+
+try:
+    from diffstyle360_core.tiny import write_tiny_condition_set
+except ImportError:  # renderer not moved yet
+    from diffstyle360_core.cameras import write_tiny_condition_set
 from diffstyle360_core.config import BACK_VIEW, MAIN, tiny_config
 from diffstyle360_core.fusion import alpha_weights
 from diffstyle360_core.model import DiffStyle360Model
@@ -52,6 +57,7 @@ def test_back_view_is_deterministic(pipe, images):
 def test_same_seed_same_views(pipe, images):
     content, style, _, back = images
     kw = dict(content_back=back, views=4, seed=11, **FAST)
+    style = Style(images=[style], backs=[back])
     first = pipe.stylize(content, style, **kw)
     again = pipe.stylize(content, style, **kw)
     assert first.views.shape == (4, 3, 64, 64)
@@ -64,13 +70,14 @@ def test_same_seed_same_views(pipe, images):
 def test_controls_change_the_result(pipe, images):
     content, style, style2, back = images
     kw = dict(content_back=back, views=2, seed=5, **FAST)
-    base = pipe.stylize(content, style, tau=1.0, **kw).views
-    scaled = pipe.stylize(content, style, tau=1.5, **kw).views
+    spec = Style(images=[style], backs=[back])
+    base = pipe.stylize(content, spec, tau=1.0, **kw).views
+    scaled = pipe.stylize(content, spec, tau=1.5, **kw).views
     plain = pipe.stylize(content, None, **kw).views
     mask = torch.zeros(1, 64, 64)
     mask[:, 20:40, 16:48] = 1.0
-    masked = pipe.stylize(content, Style(images=[style], mask=mask), tau=1.0, **kw).views
-    aligned = pipe.stylize(content, style, tau=1.0, pairing="aligned", **kw).views
+    masked = pipe.stylize(content, Style(images=[style], backs=[back], mask=mask), tau=1.0, **kw).views
+    aligned = pipe.stylize(content, spec, tau=1.0, pairing="aligned", **kw).views
     for other in (scaled, plain, masked, aligned):
         assert not torch.allclose(base, other, atol=1e-5)
 
@@ -111,6 +118,7 @@ def test_two_masked_styles(pipe, images):
 def test_window_batching_and_modes(pipe, images):
     content, style, _, back = images
     kw = dict(content_back=back, views=8, window=4, seed=2, **FAST)
+    style = Style(images=[style], backs=[back])
     one = pipe.stylize(content, style, windows_per_batch=1, **kw).views
     all_at_once = pipe.stylize(content, style, windows_per_batch=8, **kw).views
     assert torch.allclose(one, all_at_once, atol=1e-5)
@@ -122,15 +130,21 @@ def test_window_batching_and_modes(pipe, images):
 
 def test_generated_backs_are_used_when_missing(pipe, images):
     content, style, _, _ = images
-    out = pipe.stylize(content, style, views=2, seed=9, **FAST)
-    assert torch.equal(out.content_back, pipe.back_view(content, seed=9, **FAST))
+    events = []
+    out = pipe.stylize(content, style, views=2, seed=9, progress=events.append, **FAST)
+    alone = pipe.back_view(content, seed=9, **FAST)
+    # content and style backs come from one batched run; each equals its own run alone
+    assert torch.allclose(out.content_back, alone, atol=1e-5)
+    assert torch.allclose(out.style_backs[0][0], pipe.back_view(style, seed=9, **FAST), atol=1e-5)
     assert len(out.style_backs) == 1 and out.style_backs[0][0].shape == (1, 3, 64, 64)
+    assert [e.phase for e in events].count("back views") == FAST["steps"]  # one run for both backs
 
 
 def test_guide_frames_change_initial_noise(pipe, images):
     content, style, _, back = images
     guides = torch.rand(2, 64, 64, 3)
     kw = dict(content_back=back, views=2, seed=2, **FAST)
+    style = Style(images=[style], backs=[back])
     plain = pipe.stylize(content, style, **kw).views
     guided = pipe.stylize(content, style, guide_frames=guides, **kw).views
     assert not torch.allclose(plain, guided, atol=1e-5)
@@ -142,7 +156,7 @@ def test_guide_frames_change_initial_noise(pipe, images):
     "kwargs, message",
     [
         (dict(tau=0.0), "tau must be in"),
-        (dict(tau=float("nan")), "tau must be in"),
+        (dict(tau=float("nan")), "tau must be a finite"),
         (dict(views=33), "views"),
         (dict(window=30), "window must be in"),
         (dict(pairing="swap"), "pairing"),
@@ -207,7 +221,7 @@ def test_stylize_settings_reach_every_fusion_layer(pipe, images, monkeypatch):
         assert kw["tau"] == pytest.approx(1.3) and kw["pairing"] == "aligned" and kw["mask_mode"] == "confined"
         m = kw["style_mask"]
         assert m is not None and 0 < float(m.sum()) < m.shape[1]
-    assert pipe.main.fusion.content is None  # references dropped after the run
+    assert pipe.main.fusion.call is None  # nothing of the run stays on the model
 
 
 def test_complementary_masks_work_in_half_precision(pipe, images):
@@ -227,3 +241,122 @@ def test_wrong_size_cameras_are_refused_before_any_back_view(pipe, images):
     big = CameraSet(images=torch.zeros(2, 3, 128, 128), yaws_deg=[0.0, 180.0])
     with pytest.raises(ValueError, match="camera conditions are 128px"):
         pipe.stylize(content, style, cameras=big, **FAST)  # no content_back: would need a back-view run
+
+
+def test_batched_back_views_equal_one_by_one(pipe, images):
+    from diffstyle360_core.options import SamplerOptions
+
+    content, style, style2, _ = images
+    opts = SamplerOptions(seed=4, steps=2)
+    batched = pipe.back_views([content, style, style2], sampler=opts)
+    singles = torch.cat([pipe.back_views([img], sampler=opts) for img in (content, style, style2)])
+    assert batched.shape == (3, 3, 64, 64)
+    assert torch.allclose(batched, singles, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)
+
+
+def test_progress_reports_phases_and_overall_steps(pipe, images):
+    content, style, _, back = images
+    events = []
+    pipe.stylize(content, style, views=4, seed=1, steps=3, cfg=3.0, eta=0.5, decode_chunk=2,
+                 progress=events.append)
+    phases = [e.phase for e in events]
+    assert phases == ["back views"] * 3 + ["turntable"] * 3 + ["decode"] * 2
+    assert [e.overall_step for e in events] == list(range(1, 9))
+    assert all(e.overall_total == 8 for e in events)
+    assert events[3].latents.shape == (4, 4, 8, 8) and events[-1].latents is None
+    events.clear()
+    pipe.stylize(content, Style(images=[style], backs=[back]), content_back=back, views=2, steps=2,
+                 progress=events.append)
+    assert [e.phase for e in events] == ["turntable", "turntable", "decode"]  # no back view to generate
+
+
+def test_interrupt_in_progress_leaves_nothing_behind(pipe, images, monkeypatch):
+    import gc
+    import weakref
+
+    import diffstyle360_core.pipeline as pipeline_module
+
+    content, style, _, back = images
+    produced = []
+    real = pipeline_module.make_scheduler
+
+    def spying(*args, **kwargs):
+        scheduler = real(*args, **kwargs)
+        step = scheduler.step
+
+        def recording(*a, **k):
+            out = step(*a, **k)
+            produced.append(weakref.ref(out.prev_sample))
+            return out
+
+        scheduler.step = recording
+        return scheduler
+
+    monkeypatch.setattr(pipeline_module, "make_scheduler", spying)
+
+    def interrupt(event):
+        assert event.latents.device.type == "cpu"  # what a host keeps holds no GPU memory
+        if event.phase == "turntable":
+            raise KeyboardInterrupt("cancelled by the host")
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        pipe.stylize(content, Style(images=[style], backs=[back]), content_back=back, views=2, progress=interrupt,
+                     **FAST)
+    gc.collect()
+    assert str(info.value) == "cancelled by the host"  # propagated unchanged
+    assert produced and all(ref() is None for ref in produced)  # no latent kept alive by the traceback
+    assert pipe.main.fusion.call is None
+    # the pipeline still works after an interrupt
+    assert pipe.stylize(content, style, content_back=back, views=2, **FAST).views.shape == (2, 3, 64, 64)
+
+
+def test_steps_called_separately_equal_stylize(pipe, images):
+    from diffstyle360_core.cameras import select_views
+    from diffstyle360_core.options import FusionSettings, SamplerOptions, WindowOptions
+
+    content, style, _, back = images
+    spec = Style(images=[style], backs=[back])
+    whole = pipe.stylize(content, spec, content_back=back, views=4, tau=1.2, window=2, seed=6, **FAST).views
+    sampler = SamplerOptions(seed=6, **FAST)
+    refs = pipe.prepare_references(content, spec, content_back=back, sampler=sampler)
+    latents = pipe.denoise(refs, select_views(pipe.cameras, views=4), fusion=FusionSettings(tau=1.2),
+                           sampler=sampler, windows=WindowOptions(window=2))
+    assert latents.dtype == torch.float32 and latents.shape == (4, 4, 8, 8)
+    assert torch.equal(pipe.decode(latents), whole)
+
+
+def test_a_call_leaves_the_model_as_it_was(pipe, images):
+    content, style, _, back = images
+    kw = dict(content_back=back, views=2, seed=3, **FAST)
+    spec = Style(images=[style], backs=[back])
+    before = pipe.stylize(content, spec, **kw).views
+    pipe.stylize(content, spec, tau=1.8, pairing="aligned", mask_mode="confined", **kw)
+    assert torch.equal(pipe.stylize(content, spec, **kw).views, before)
+
+
+def test_per_layer_tau_is_reachable_from_stylize(pipe, images):
+    from diffstyle360_core.options import tau_by_resolution
+
+    content, style, _, back = images
+    kw = dict(content_back=back, views=2, seed=3, **FAST)
+    spec = Style(images=[style], backs=[back])
+    flat = pipe.stylize(content, spec, tau=1.05, **kw).views
+    same = pipe.stylize(content, spec, tau={"*": 1.05}, **kw).views
+    fine = pipe.stylize(content, spec, tau=tau_by_resolution(1.05, {0: 1.6}), **kw).views
+    assert torch.equal(flat, same)
+    assert not torch.allclose(flat, fine, atol=1e-5)
+
+
+def test_full_comfyui_seed_range_and_numpy_scalars(pipe, images):
+    import numpy as np
+
+    content, style, _, back = images
+    spec = Style(images=[style], backs=[back])
+    out = pipe.stylize(content, spec, content_back=back, views=np.int64(2), seed=2**64 - 1,
+                       steps=np.int64(1), cfg=np.float32(3.0))
+    assert out.views.shape == (2, 3, 64, 64)
+    for bad in (dict(seed=2**64), dict(seed=-1), dict(steps=True), dict(cfg="3"), dict(tau=None), dict(tau=[1.05]),
+                dict(windows_per_batch="4"), dict(cameras="x")):
+        with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
+            pipe.stylize(content, spec, content_back=back, views=2, **{**FAST, **bad})

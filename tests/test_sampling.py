@@ -1,50 +1,97 @@
-"""DDIM schedule and step, view windows, step-major denoising loop."""
+"""Schedulers (official DDIM and the fast solvers), view windows, the step-major denoising loop."""
 
-import math
+import gc
+import weakref
 
+import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from diffstyle360_core.config import ScheduleConfig
+from diffstyle360_core.options import SCHEDULERS
 from diffstyle360_core.sampling import (
-    DDIMSchedule,
     alphas_cumprod,
     batch_windows,
     denoise_views,
     guide_frame_noise,
+    make_scheduler,
     view_windows,
 )
 
 
+def _ldm_alphas_cumprod():
+    """LDM's make_beta_schedule("linear") in float64 numpy, written independently of diffusers."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
 def test_official_timesteps_and_schedule():
-    s = DDIMSchedule.make(ScheduleConfig(), 50, 0.5)
-    assert s.timesteps.tolist() == list(range(1, 1000, 20))  # 1, 21, ..., 981 (facts §1)
-    acp = alphas_cumprod(ScheduleConfig())
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    assert torch.allclose(acp, torch.cumprod(1 - betas, 0), rtol=0, atol=0)
-    assert float(s.alphas_prev[0]) == float(acp[0])
+    ddim = make_scheduler("ddim", ScheduleConfig(), 50)
+    assert ddim.timesteps.tolist() == list(range(981, 0, -20))  # 981, 961, ..., 1 (facts §1)
+    acp = alphas_cumprod(ScheduleConfig()).double().numpy()
+    assert np.allclose(acp, _ldm_alphas_cumprod(), rtol=1e-6, atol=0)
+    assert acp[0] == pytest.approx(1 - 0.00085, rel=1e-6)  # first beta of the schedule
+    assert acp[-1] ** 0.5 == pytest.approx(0.0683, abs=2e-4)  # facts §3: √ᾱ_T ≈ 0.068
+    assert float(ddim.final_alpha_cumprod) == pytest.approx(acp[0], rel=1e-6)  # set_alpha_to_one=False
 
 
-def test_ddim_step_matches_diffusers_scheduler():
-    """Independent implementation: diffusers' DDIMScheduler configured like LDM's DDIM sampler."""
-    eta = 0.5
-    ours = DDIMSchedule.make(ScheduleConfig(), 50, eta)
-    ref = DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading", clip_sample=False,
-    )
-    ref.set_timesteps(50)
-    assert ref.timesteps.tolist() == ours.timesteps.flip(0).tolist()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
-    for step, t in enumerate(ref.timesteps):
-        eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        expect = ref.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
-        got = ours.step(x, eps, len(ours) - 1 - step, noise)
-        assert torch.allclose(got.double(), expect, rtol=1e-5, atol=1e-5)
-        x = expect
+class _Affine:
+    """ε = a·x + b·hint-mean + c (cond) / −c (uncond): cheap, deterministic, view-independent."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict_noise(self, x, t, hints, *, num_views, references):
+        self.calls.append((x.shape[0], num_views, references is not None))
+        bias = hints.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1) if hints is not None else 0.0
+        return 0.3 * x + 0.01 * bias + (0.05 if references is not None else -0.05) + 1e-4 * t
+
+
+def test_ddim_loop_matches_the_ldm_equation():
+    """Our loop with the configured scheduler vs LDM's p_sample_ddim written out in float64."""
+    steps, eta, cfg = 10, 0.5, 3.0
+    acp = _ldm_alphas_cumprod()
+    timesteps = np.arange(0, 1000, 1000 // steps) + 1
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hints = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    got = denoise_views(_Affine(), x0.float(), hints.float(), make_scheduler("ddim", ScheduleConfig(), steps),
+                        references_at=lambda t: object(), generators=[torch.Generator().manual_seed(5)],
+                        guidance=cfg, eta=eta)
+    g = torch.Generator().manual_seed(5)
+    x = x0.clone()
+    model = _Affine()
+    for i in reversed(range(steps)):
+        t = int(timesteps[i])
+        a, a_prev = acp[t], (acp[timesteps[i - 1]] if i > 0 else acp[0])
+        cond = model.predict_noise(x, t, hints, num_views=3, references=object())
+        uncond = model.predict_noise(x, t, None, num_views=3, references=None)
+        e = uncond + cfg * (cond - uncond)
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+        pred_x0 = (x - np.sqrt(1 - a) * e) / np.sqrt(a)
+        noise = torch.randn(x.shape, generator=g, dtype=torch.float32).double()
+        x = np.sqrt(a_prev) * pred_x0 + np.sqrt(1 - a_prev - sigma**2) * e + sigma * noise
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "ddim"])
+def test_fast_schedulers_match_a_plain_diffusers_loop(name):
+    """The same scheduler run the textbook diffusers way (scale_model_input, init_noise_sigma, step)."""
+    steps, cfg = 6, 2.0
+    x_t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    got = denoise_views(_Affine(), x_t, None, make_scheduler(name, ScheduleConfig(), steps),
+                        references_at=lambda t: object(), generators=[torch.Generator()], guidance=cfg)
+    ref = make_scheduler(name, ScheduleConfig(), steps)
+    x = x_t * ref.init_noise_sigma
+    model = _Affine()
+    for t in ref.timesteps:
+        inp = ref.scale_model_input(x, t)
+        cond = model.predict_noise(inp, int(t), None, num_views=2, references=object())
+        uncond = model.predict_noise(inp, int(t), None, num_views=2, references=None)
+        x = ref.step(uncond + cfg * (cond - uncond), t, x).prev_sample
+    assert len(ref.timesteps) == steps
+    assert torch.allclose(got, x, atol=1e-5)
+    assert not torch.allclose(got, x_t, atol=1e-2)
 
 
 def test_guide_frame_noise_coefficients():
@@ -90,7 +137,8 @@ class ToyModel:
     def __init__(self):
         self.calls = []
 
-    def predict_noise(self, x, t, hints, *, num_views, with_references):
+    def predict_noise(self, x, t, hints, *, num_views, references):
+        with_references = references is not None
         self.calls.append((x.shape[0], num_views, with_references))
         b = x.shape[0] // num_views
         w = x.view(b, num_views, *x.shape[1:])
@@ -105,33 +153,64 @@ def test_window_batching_does_not_change_results(mode):
     windows = view_windows(n, 4, mode, 2)
     hints = torch.randn(n, 3, 16, 16)
     x_t = torch.randn(n, 4, 8, 8)
-    schedule = DDIMSchedule.make(ScheduleConfig(), 5, 0.5)
     outs, ref_calls = [], []
     for per_batch in (1, 2, 100):
         steps = []
+        scheduler = make_scheduler("ddim", ScheduleConfig(), 5)
         out = denoise_views(
-            ToyModel(), x_t, hints, schedule, set_references=steps.append,
-            generator=torch.Generator().manual_seed(3), guidance=3.0, windows=windows, windows_per_batch=per_batch,
+            ToyModel(), x_t, hints, scheduler, references_at=lambda t: steps.append(t) or object(),
+            generators=[torch.Generator().manual_seed(3)], guidance=3.0, eta=0.5, windows=windows,
+            windows_per_batch=per_batch,
         )
         outs.append(out)
         ref_calls.append(steps)
     assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-6)
-    # references are installed exactly once per step, whatever the number of windows
-    assert ref_calls[0] == ref_calls[2] == schedule.timesteps.flip(0).tolist()
+    # references are built exactly once per step, whatever the number of windows
+    assert ref_calls[0] == ref_calls[2] == scheduler.timesteps.tolist()
 
 
 def test_guidance_one_skips_unconditional_branch():
     model = ToyModel()
     denoise_views(
-        model, torch.randn(4, 4, 8, 8), None, DDIMSchedule.make(ScheduleConfig(), 2, 0.0),
-        set_references=lambda t: None, generator=torch.Generator(), guidance=1.0,
+        model, torch.randn(4, 4, 8, 8), None, make_scheduler("ddim", ScheduleConfig(), 2),
+        references_at=lambda t: object(), generators=[torch.Generator()], guidance=1.0,
     )
-    assert all(call[2] for call in model.calls)
+    assert len(model.calls) == 2 and all(call[2] for call in model.calls)
 
 
-def test_schedule_validation():
-    with pytest.raises(ValueError, match="steps"):
-        DDIMSchedule.make(ScheduleConfig(), 0, 0.5)
-    with pytest.raises(ValueError, match="eta"):
-        DDIMSchedule.make(ScheduleConfig(), 10, 1.5)
-    assert math.isclose(float(DDIMSchedule.make(ScheduleConfig(), 10, 0.0).sigmas.abs().max()), 0.0)
+class SpyScheduler:
+    """Wraps a scheduler and keeps weak references to every latent it returns."""
+
+    def __init__(self, inner):
+        self.inner, self.refs = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, *args, **kwargs):
+        out = self.inner.step(*args, **kwargs)
+        self.refs.append(weakref.ref(out.prev_sample))
+        return out
+
+
+def test_step_hook_sees_every_step_and_an_exception_in_it_frees_the_loop():
+    seen = []
+
+    def hook(step, total, x):
+        seen.append((step, total, x.device.type))
+        if step == 2:
+            raise KeyboardInterrupt
+
+    spy = SpyScheduler(make_scheduler("ddim", ScheduleConfig(), 4))
+    with pytest.raises(KeyboardInterrupt) as info:
+        denoise_views(ToyModel(), torch.randn(2, 4, 8, 8), None, spy, references_at=lambda t: object(),
+                      generators=[torch.Generator()], guidance=2.0, on_step=hook)
+    gc.collect()
+    assert seen == [(1, 4, "cpu"), (2, 4, "cpu")]
+    assert info.value is not None  # the traceback is still alive …
+    assert len(spy.refs) == 2 and all(r() is None for r in spy.refs)  # … and keeps no latent of the loop
+
+
+def test_unknown_scheduler_is_refused():
+    with pytest.raises(ValueError, match="scheduler"):
+        make_scheduler("heun", ScheduleConfig(), 10)
