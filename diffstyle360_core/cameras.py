@@ -29,29 +29,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .config import CONDITION_SUBDIRS, OFFICIAL_VIEWS
 from .images import (IMAGE_SUFFIXES, ImageInputError, _check_crop, _check_size, _open_pil,
                      to_model_tensor)
 
 __all__ = [
     "CameraSet",
     "OFFICIAL_VIEWS",
-    "OFFICIAL_BACK_INDEX",
     "load_condition_set",
     "find_condition_folder",
     "select_views",
     "back_view_index",
     "user_conditions",
-    "write_tiny_condition_set",
 ]
 
-#: Views in the official sphere32 turntable.
-OFFICIAL_VIEWS = 32
-#: Back-view frame used by the official back-head model (facts §1 Step 2).
-OFFICIAL_BACK_INDEX = 16
-
-_SEARCHED_SUBDIRS = ("cam_condition/sphere32", "cam_condition", "sphere32")
 _WHERE_FROM = (
     "The official set is DiffPortrait360's inference data folder `cam_condition/sphere32` "
     "(32 PNGs 0000000.png … 0000031.png, from the project's inference_data.zip); "
@@ -183,11 +175,12 @@ def load_condition_set(folder: str | os.PathLike, size: int, *,
 def find_condition_folder(weights_dir: str | os.PathLike) -> Path:
     """Locate the condition renders under ``weights_dir``.
 
-    Searches, in order: ``cam_condition/sphere32``, ``cam_condition``, ``sphere32``;
-    the first existing folder that holds .png/.jpg files wins.
+    Searches, in order, :data:`~.config.CONDITION_SUBDIRS` (``cam_condition/sphere32``,
+    ``cam_condition``, ``sphere32``); the first existing folder that holds .png/.jpg
+    files wins.
     """
     root = Path(os.fspath(weights_dir)).expanduser()
-    searched = [root / s for s in _SEARCHED_SUBDIRS]
+    searched = [root / s for s in CONDITION_SUBDIRS]
     for cand in searched:
         if cand.is_dir() and _list_images(cand):
             return cand
@@ -313,71 +306,3 @@ def user_conditions(images: Any, size: int, *, yaws_deg: Sequence[float] | None 
         if len(yaws) != n:
             raise ImageInputError(f"{name}: {n} images but {len(yaws)} yaws; give one yaw per image")
     return CameraSet(images=tens, yaws_deg=yaws, source="user")
-
-
-# --------------------------------------------------------------------------- #
-# tiny synthetic set
-# --------------------------------------------------------------------------- #
-def _render_tiny_head(size: int, yaw_deg: float) -> np.ndarray:
-    """A shaded ellipse 'head' seen at ``yaw_deg``: skin face side, dark hair side.
-
-    Facial markers (eyes, nose) sit at x = sin(yaw) across the head and are drawn
-    only while they face the camera (cos(yaw) > 0), so the views are distinct and
-    the back (180°) shows only hair. Cheap numpy drawing, fully deterministic.
-    """
-    s = float(size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    u = (xx + 0.5 - s / 2) / (0.34 * s)   # head-local coords, ellipse radius 1
-    v = (yy + 0.5 - s * 0.52) / (0.44 * s)
-    r2 = u * u + v * v
-    inside = r2 <= 1.0
-    nz = np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
-    # Surface longitude of each pixel on the head (0 = camera-facing), then the
-    # angle relative to the face direction for this yaw.
-    lon = np.arctan2(u, nz)
-    rel = lon - math.radians(yaw_deg)
-    facing = np.cos(rel)                      # > 0: face side, < 0: hair side
-    shade = 0.35 + 0.65 * np.clip(0.3 * u * -1 + 0.2 * -v + 0.9 * nz, 0.0, 1.0)
-    skin = np.array([0.90, 0.72, 0.60], np.float32)
-    hair = np.array([0.25, 0.16, 0.10], np.float32)
-    t = np.clip(facing * 1.5 + 0.2, 0.0, 1.0)[..., None]
-    t = np.where((v < -0.45)[..., None], np.minimum(t, 0.15), t)  # hairline on top
-    col = (t * skin + (1 - t) * hair) * shade[..., None]
-    img = np.empty((size, size, 3), np.float32)
-    img[...] = np.array([0.82, 0.85, 0.90], np.float32)  # light background
-    img[inside] = col[inside]
-    # facial markers
-    yr = math.radians(yaw_deg)
-    if math.cos(yr) > 0.05:
-        def dot(lon_off: float, vy: float, rad: float, rgb: tuple[float, float, float]) -> None:
-            mx = math.sin(yr + lon_off) * math.sqrt(max(0.0, 1 - vy * vy))
-            if math.cos(yr + lon_off) <= 0:
-                return
-            m = ((u - mx) ** 2 + (v - vy) ** 2) <= rad * rad
-            img[m & inside] = np.array(rgb, np.float32)
-        dot(-0.45, -0.15, 0.09, (0.08, 0.08, 0.12))   # eyes
-        dot(+0.45, -0.15, 0.09, (0.08, 0.08, 0.12))
-        dot(0.0, 0.15, 0.11, (0.75, 0.35, 0.30))      # nose
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-
-
-def write_tiny_condition_set(folder: str | os.PathLike, size: int = 64,
-                             n: int = OFFICIAL_VIEWS) -> list[Path]:
-    """Write ``n`` synthetic condition PNGs ``0000000.png …`` (yaw 360·k/n) for tests and demos.
-
-    Same naming and yaw layout as the official sphere32 set, but a cartoon head, so
-    it only exercises the plumbing; it is no substitute for the real renders.
-    """
-    size = _check_size(size)
-    if size < 32:
-        raise ImageInputError(f"size must be at least 32 px for a loadable set, got {size}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ImageInputError(f"n must be a positive integer, got {n!r}")
-    d = Path(os.fspath(folder)).expanduser()
-    d.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, yaw in enumerate(_even_yaws(int(n))):
-        p = d / f"{k:07d}.png"
-        Image.fromarray(_render_tiny_head(size, yaw), mode="RGB").save(p)
-        paths.append(p)
-    return paths

@@ -2,8 +2,8 @@
 
 A *weight set* is a folder laid out as README "Weights" describes: ``main/`` and/or
 ``back_view/`` (converted models, each with ``config.json``), a camera-condition set
-(``cam_condition/sphere32``), optional style modules (``*.safetensors`` next to
-them). ``make-tiny OUTDIR`` writes one; so does converting the official files.
+(where :func:`~.cameras.find_condition_folder` finds one: ``cam_condition/sphere32``,
+…), optional style modules (``*.safetensors`` next to them). ``make-tiny OUTDIR`` writes one; so does converting the official files.
 ComfyUI users drop such folders under ``models/diffstyle360/``.
 """
 
@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-from .config import BACK_VIEW, CONFIG_NAME, MAIN, BackboneConfig
+from .cameras import find_condition_folder
+from .config import BACK_VIEW, CONFIG_NAME, MAIN, WEIGHTS_SUFFIX, BackboneConfig
+from .images import ImageInputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,10 +41,18 @@ def describe(folder: PathLike, name: Optional[str] = None) -> Optional[WeightSet
     kinds = [k for k in (MAIN, BACK_VIEW) if _is_model(root / k, k)]
     if not kinds:
         return None
-    styles = sorted(p.name for p in root.glob("*.safetensors"))
-    styles += sorted(f"{MAIN}/{p.name}" for p in (root / MAIN).glob("style_appearance*.safetensors"))
-    cams = any((root / sub).is_dir() for sub in ("cam_condition/sphere32", "cam_condition", "sphere32"))
-    return WeightSet(name or root.name, root, kinds, styles, cams)
+    styles = sorted(p.name for p in root.glob("*" + WEIGHTS_SUFFIX))
+    styles += sorted(f"{MAIN}/{p.name}" for p in (root / MAIN).glob("style_appearance*" + WEIGHTS_SUFFIX))
+    return WeightSet(name or root.name, root, kinds, styles, _has_cameras(root))
+
+
+def _has_cameras(root: Path) -> bool:
+    """The same rule the pipeline uses to find the condition renders (one source for folder names)."""
+    try:
+        find_condition_folder(root)
+    except ImageInputError:
+        return False
+    return True
 
 
 def _is_model(folder: Path, kind: str) -> bool:

@@ -1,24 +1,104 @@
 """Model configuration: plain dicts of each component's diffusers config (from_pretrained style).
 
 One ``config.json`` describes a converted model folder; each component is
-rebuilt from its dict and filled from ``<component>.safetensors``. The SD1.5
-numbers follow the official yamls (facts §2, §4, §5); ``tiny_config`` keeps the
-same topology (16 self-attention layers, 8 + 12 view-consistency modules) at a
-size that runs in milliseconds on a CPU.
+rebuilt from its dict (the kwargs of its diffusers / transformers class, as
+``ConfigMixin`` writes them) and filled from ``<component>.safetensors``. The
+SD1.5 numbers follow the official yamls (facts §2, §4, §5); ``tiny_config``
+keeps the same topology (16 self-attention layers, 8 + 12 view-consistency
+modules) at a size that runs in milliseconds on a CPU.
+
+Also the one list of components (:data:`COMPONENTS`; the weight loader, the
+layout, the official key map and the catalog derive theirs from it), the
+weight-set folder names, and the seed-mixing rule :func:`mix_seed`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import operator
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 MAIN = "main"
 BACK_VIEW = "back_view"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
+
+# --------------------------------------------------------------------------- #
+# Folder layout: the one list of components (weights, layout, official_keys and
+# catalog derive theirs from these names)
+# --------------------------------------------------------------------------- #
+#: Module-valued parts of a ``DiffStyle360Model`` (attribute names), in the order
+#: reports list them. Each is also the stem of ``<name>.safetensors`` in a
+#: converted folder.
+MODULE_COMPONENTS = ("unet", "temporal", "appearance", "style_appearance", "pose_controlnet", "vae")
+#: The constant empty-prompt embedding (a buffer, not a module): CLIP runs once, at conversion (facts §5).
+TEXT_EMBEDDING = "text_embedding"
+#: Every component of a converted folder / model.
+COMPONENTS = MODULE_COMPONENTS + (TEXT_EMBEDDING,)
+#: Components a complete folder may lack: the DiffStyle360 style module (without it the
+#: model is training-free). ``temporal`` is required exactly when the config has one.
+OPTIONAL_COMPONENTS = ("style_appearance",)
+WEIGHTS_SUFFIX = ".safetensors"
+#: Where a weight set keeps its camera-condition renders, searched in this order
+#: (the official inference data has ``cam_condition/sphere32``).
+CONDITION_SUBDIRS = ("cam_condition/sphere32", "cam_condition", "sphere32")
+#: Views in the official sphere32 turntable (yaw 360°·k/32, k = 0 frontal, 16 the back).
+OFFICIAL_VIEWS = 32
+#: CLIP text context length of SD1.5 (``openai/clip-vit-large-patch14``): the
+#: empty-prompt embedding is ``[1, 77, context_dim]``.
+CLIP_CONTEXT_LENGTH = 77
+
+
+# --------------------------------------------------------------------------- #
+# Seeds
+# --------------------------------------------------------------------------- #
+#: Sub-seeds from :func:`mix_seed` lie in ``[0, SEED_MODULUS)``, which every ``torch.Generator`` accepts.
+SEED_MODULUS = 2**63
+# A prime multiplier. Changing it would change every derived stream (seeds would no
+# longer reproduce earlier results), so it is fixed.
+_SEED_MULTIPLIER = 1_000_003
+
+
+def mix_seed(seed: int, *parts: int) -> int:
+    """One rule for deriving sub-seeds: ``h = (h * 1_000_003 + part) mod 2**63`` for each part.
+
+    Folds integer ``parts`` (a CRC of a name, an image digest, an index) into
+    ``seed`` so each gets its own reproducible generator stream. Integers only
+    (Python or numpy); any seed of ComfyUI's range ``0 … 2**64 - 1`` gives a
+    value in ``[0, 2**63)``; no parts gives ``seed mod 2**63``. Deterministic
+    across runs and platforms (no ``hash()``).
+    """
+    h = operator.index(seed) % SEED_MODULUS
+    for part in parts:
+        h = (h * _SEED_MULTIPLIER + operator.index(part)) % SEED_MODULUS
+    return h
+
+
+def component_file(component: str) -> str:
+    """``"unet"`` → ``"unet.safetensors"``: a component's file in a converted folder."""
+    return component + WEIGHTS_SUFFIX
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader never sees a half-written file; the file ends up 0644 like other model files.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 _DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -70,7 +150,7 @@ def clip_l_text(hidden=768, layers=12, heads=12, intermediate=3072) -> dict:
         intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        max_position_embeddings=77,
+        max_position_embeddings=CLIP_CONTEXT_LENGTH,
         hidden_act="quick_gelu",
         projection_dim=hidden,
     )
@@ -116,6 +196,16 @@ class BackboneConfig:
     def context_dim(self) -> int:
         return int(self.unet["cross_attention_dim"])
 
+    def folder_components(self, with_style: bool = False) -> Tuple[str, ...]:
+        """Components a converted folder of this config holds (in :data:`COMPONENTS` order).
+
+        ``temporal`` only for the main model; ``style_appearance`` only ``with_style``.
+        """
+        skip = {"temporal"} if self.temporal is None else set()
+        if not with_style:
+            skip.update(OPTIONAL_COMPONENTS)
+        return tuple(c for c in COMPONENTS if c not in skip)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -142,7 +232,8 @@ class BackboneConfig:
         return config
 
     def save(self, folder: Path) -> None:
-        Path(folder, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write ``folder/config.json`` atomically (a plain dict per component, like diffusers' configs)."""
+        write_text_atomic(Path(folder, CONFIG_NAME), json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "BackboneConfig":

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .options import ALPHA, MASK_MODES, PAIRINGS
+from .options import ALPHA, ASPECT_TOL, MASK_MODES, PAIRINGS  # noqa: F401 (ASPECT_TOL re-exported)
 
 __all__ = [
     "PAIRINGS",
@@ -48,9 +48,6 @@ MASK_SUM_TOL = 1e-4
 
 #: Tolerance on ``Σ w_i == 1`` for style blending weights.
 WEIGHT_SUM_TOL = 1e-4
-
-#: Relative tolerance on a mask's aspect ratio versus its style image / token grid.
-ASPECT_TOL = 0.02
 
 StyleTriple = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 

@@ -13,9 +13,25 @@ difference: the default ``crop="center"`` centre-crops to a square before the
 resize, because the official plain resize squashes non-square portraits;
 ``crop="none"`` reproduces the official behaviour exactly.
 
+Two more differences from the official reading, both deliberate and documented:
+
+* **EXIF rotation** is applied (phone photos store their rotation there); the
+  official code does not apply it, so a rotated phone photo reaches its model
+  sideways.
+* **Transparency**: ``alpha="drop"`` (default) drops the alpha channel like the
+  official ``.convert("RGB")`` (transparent pixels keep whatever colour they
+  store, often black); ``alpha="white"`` / ``"black"`` composite onto that
+  background first.
+
+Masks (:func:`load_mask`): floats must lie in 0..1; bool and integer masks whose
+largest value is 1 are read as 0/1; other integer masks (and mask image files)
+as 0..255 grey levels (/255). One mask per call (a batch of several is refused),
+and a mask that is (nearly) zero everywhere is refused.
+
 Outputs are decoded frames in [-1, 1]; the official code clamps them, maps them to
 [0, 1] and writes a 32-frame, 10 fps video. :func:`save_views` writes numbered
-PNGs plus a looping GIF/WebP turntable at the same default 10 fps.
+PNGs plus a looping GIF/WebP turntable at the same default 10 fps, through
+:class:`~diffstyle360_core.outputs.RunOutput` (all files or none, no stale views).
 
 Bad input raises :class:`ImageInputError` (a ``ValueError``) with a message that
 names the input and says what to do, rather than a torch traceback later on.
@@ -24,6 +40,7 @@ names the input and says what to do, rather than a torch traceback later on.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +48,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from .outputs import RunOutput
+
+from .options import ASPECT_TOL, InputError
 
 __all__ = [
     "ImageInputError",
@@ -43,12 +64,17 @@ __all__ = [
     "to_comfy_image",
     "save_views",
     "load_mask",
+    "ALPHA_MODES",
 ]
 
 #: Smallest accepted image side in pixels (before crop and resize).
 MIN_SIDE = 32
 #: ``crop`` argument values.
 CROP_MODES = ("center", "none")
+#: ``alpha`` argument values: drop the alpha channel (official) or composite onto white / black.
+ALPHA_MODES = ("drop", "white", "black")
+#: A mask whose largest value is below this selects nothing.
+MASK_EMPTY = 1e-3
 #: File suffixes read as images by folder loaders.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Slack allowed on the 0..1 range of float inputs (rounding from other tools).
@@ -57,7 +83,7 @@ _CHANNELS = (1, 3, 4)
 _SAVE_FORMATS = ("png", "gif", "webp")
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InputError):
     """A user-supplied image, mask or image folder cannot be used as given."""
 
 
@@ -74,6 +100,12 @@ def _check_crop(crop: Any) -> str:
     if crop not in CROP_MODES:
         raise ImageInputError(f"crop must be one of {CROP_MODES}, got {crop!r}")
     return crop
+
+
+def _check_alpha(alpha: Any) -> str:
+    if alpha not in ALPHA_MODES:
+        raise ImageInputError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    return alpha
 
 
 def _check_min_side(h: int, w: int, name: str) -> None:
@@ -109,10 +141,16 @@ def _open_pil(path: Any, name: str) -> Image.Image:
         with Image.open(p) as im:
             im.load()
             # Phone photos store their rotation in EXIF; ignoring it would hand the
-            # model a sideways head.
+            # model a sideways head. (The official code does not apply it.)
             out = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(e))
+        size = (f" ({int(found.group(1)) / 1e6:.0f} megapixels; Pillow's safety limit is "
+                f"{int(found.group(2)) / 1e6:.0f})") if found else ""
+        raise ImageInputError(
+            f"{name}: '{p}' is too large{size}. Downscale it (the model works at 512x512) and try again."
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageInputError(
             f"{name}: could not read '{p}' as an image ({type(e).__name__}: {e}). "
             "Re-save it as PNG or JPEG and try again."
@@ -132,11 +170,16 @@ def _high_bit_to_l(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
-def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
-    """Any PIL mode -> 'RGB'. Alpha is dropped, not composited (see load_image)."""
+def _pil_to_rgb(im: Image.Image, name: str, alpha: str = "drop") -> Image.Image:
+    """Any PIL mode -> 'RGB'. Alpha is dropped (default) or composited onto white/black (see load_image)."""
     if im.mode == "RGB":
         return im
     try:
+        if alpha != "drop" and (im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
+                                or (im.mode == "P" and "transparency" in im.info)):
+            rgba = im.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if alpha == "white" else (0, 0, 0, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             return _high_bit_to_l(im).convert("RGB")
         if im.mode == "P" or im.mode == "PA":
@@ -150,17 +193,18 @@ def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
         ) from e
 
 
-def load_image(path: str | os.PathLike, *, name: str = "image") -> Image.Image:
+def load_image(path: str | os.PathLike, *, name: str = "image", alpha: str = "drop") -> Image.Image:
     """Read an image file as an RGB ``PIL.Image``.
 
-    * Missing / unreadable files raise :class:`ImageInputError` naming the path.
-    * EXIF orientation is applied (phone photos).
+    * Missing / unreadable / too large files raise :class:`ImageInputError` naming the path.
+    * EXIF orientation is applied (phone photos; the official code does not).
     * Grayscale, palette, CMYK and 16-bit images are converted to RGB.
-    * **Alpha is dropped, not composited over white**: transparent pixels keep
-      whatever colour they store (often black). This matches the official
-      ``.convert('RGB')``; flatten cut-outs onto a background yourself if needed.
+    * ``alpha="drop"`` (default): **alpha is dropped, not composited**; transparent
+      pixels keep whatever colour they store (often black). This matches the official
+      ``.convert('RGB')``. ``alpha="white"`` / ``"black"``: composite onto that background.
     """
-    return _pil_to_rgb(_open_pil(path, name), name)
+    alpha = _check_alpha(alpha)
+    return _pil_to_rgb(_open_pil(path, name), name, alpha)
 
 
 # --------------------------------------------------------------------------- #
@@ -242,7 +286,7 @@ def image_hw(image: Any, *, name: str = "image") -> tuple[int, int]:
     if isinstance(image, Image.Image):
         return image.height, image.width
     if isinstance(image, (str, os.PathLike)):
-        im = load_image(image, name=name)
+        im = _open_pil(image, name)
         return im.height, im.width
     bhwc, _ = _to_bhwc(_as_numpy(image, name), name)
     return int(bhwc.shape[1]), int(bhwc.shape[2])
@@ -272,15 +316,29 @@ def _prepare_one(img: np.ndarray, size: int, crop: str) -> np.ndarray:
     return out
 
 
+def _composite(rgba: np.ndarray, alpha: str) -> np.ndarray:
+    """BxHxWx4 (uint8 or float 0..1) -> BxHxWx3: drop alpha, or composite onto white/black."""
+    if alpha == "drop":
+        return rgba[..., :3]
+    if rgba.dtype == np.uint8:
+        rgb, a = rgba[..., :3].astype(np.float32) / 255.0, rgba[..., 3:].astype(np.float32) / 255.0
+        bg = 1.0 if alpha == "white" else 0.0
+        return np.clip(np.rint((rgb * a + bg * (1.0 - a)) * 255.0), 0, 255).astype(np.uint8)
+    rgb, a = rgba[..., :3], rgba[..., 3:]
+    bg = 1.0 if alpha == "white" else 0.0
+    return (rgb * a + bg * (1.0 - a)).astype(np.float32)
+
+
 def to_model_tensor(image: Any, size: int, *, name: str = "image",
-                    crop: str = "center") -> torch.Tensor:
+                    crop: str = "center", alpha: str = "drop") -> torch.Tensor:
     """Any user image -> model input ``[B, 3, size, size]`` float32 in [-1, 1].
 
     Accepts a ``PIL.Image``, a file path, a numpy array (HxWxC / HxW, uint8 0..255
     or float 0..1) or a torch tensor in ComfyUI layout ``[B,H,W,C]`` / ``[H,W,C]``
     (float 0..1) or channels-first ``[B,C,H,W]`` / ``[C,H,W]``. The channel axis is
     the one of size 1, 3 or 4; when both ends qualify, channels-last is assumed.
-    1 channel is repeated to RGB, a 4th (alpha) channel is dropped.
+    1 channel is repeated to RGB. A 4th (alpha) channel is dropped (``alpha="drop"``,
+    the official behaviour) or composited onto ``"white"`` / ``"black"``.
 
     ``crop="center"`` (default) centre-crops to a square, then resizes;
     ``crop="none"`` resizes the whole image like the official code (distorts
@@ -291,10 +349,11 @@ def to_model_tensor(image: Any, size: int, *, name: str = "image",
     """
     size = _check_size(size)
     crop = _check_crop(crop)
+    alpha = _check_alpha(alpha)
     if isinstance(image, (str, os.PathLike)):
-        image = load_image(image, name=name)
+        image = load_image(image, name=name, alpha=alpha)
     if isinstance(image, Image.Image):
-        a = np.asarray(_pil_to_rgb(image, name))[None]  # 1xHxWx3 uint8
+        a = np.asarray(_pil_to_rgb(image, name, alpha))[None]  # 1xHxWx3 uint8
     elif isinstance(image, np.ndarray) or torch.is_tensor(image):
         a, _ = _to_bhwc(_as_numpy(image, name), name)
         a = _normalize_dtype(a, name)
@@ -312,7 +371,7 @@ def to_model_tensor(image: Any, size: int, *, name: str = "image",
     if c == 1:
         a = np.repeat(a, 3, axis=-1)
     elif c == 4:
-        a = a[..., :3]
+        a = _composite(a, alpha)
     out = np.stack([_prepare_one(a[i], size, crop) for i in range(b)], axis=0)
     t = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
     return (t * 2.0 - 1.0).to(torch.float32).contiguous()
@@ -358,18 +417,26 @@ def to_comfy_image(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1.0) * 0.5).permute(0, 2, 3, 1).contiguous()
 
 
-def save_views(views: torch.Tensor, out_dir: str | os.PathLike, *, prefix: str = "view",
+def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, prefix: str = "view",
                fps: float = 10, formats: Sequence[str] = _SAVE_FORMATS) -> dict:
-    """Write generated views ``[N,3,H,W]`` in [-1, 1] to ``out_dir``.
+    """Write generated views ``[N,3,H,W]`` in [-1, 1].
 
-    * ``"png"``: ``{prefix}_000.png``, ``{prefix}_001.png``, ...
+    * ``"png"``: ``{prefix}_000.png``, ``{prefix}_001.png``, ... (``prefix`` may name a
+      subfolder: ``"back_views/content_back"``)
     * ``"gif"``: ``turntable.gif``, looping forever (``loop=0``), 1000/fps ms a frame
       (GIF stores 10 ms units; Pillow merges consecutive identical frames).
     * ``"webp"``: ``turntable.webp``, looping; skipped with a warning if this Pillow
       build lacks WebP support.
 
+    ``out``: an open :class:`~diffstyle360_core.outputs.RunOutput` (the files become
+    part of that run and appear at its ``commit()``), or a folder: then this call is
+    one run of its own: all its files appear together or none do, and an earlier
+    ``{prefix}_*.png`` set (and turntable, if written) in that folder is replaced as a
+    whole. A write error (e.g. a full disk) raises
+    :class:`~diffstyle360_core.outputs.OutputError` naming the file.
+
     The official code writes a 10 fps mp4 (facts §1 "Output"); 10 fps is the default.
-    Returns ``{"png": [paths], "gif": path, "webp": path}`` for the formats written.
+    Returns ``{"png": [paths], "gif": path, "webp": path}`` (final paths) for the formats written.
     """
     x = _check_output(views, "save_views")
     if x.ndim == 3:
@@ -382,31 +449,30 @@ def save_views(views: torch.Tensor, out_dir: str | os.PathLike, *, prefix: str =
     bad = [f for f in fmts if f not in _SAVE_FORMATS]
     if bad:
         raise ImageInputError(f"save_views: unknown format(s) {bad}; choose from {_SAVE_FORMATS}")
-    if not fps or fps <= 0:
-        raise ImageInputError(f"save_views: fps must be > 0, got {fps!r}")
-    out = Path(os.fspath(out_dir)).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(fps) or fps <= 0:
+        raise ImageInputError(f"save_views: fps must be a number > 0, got {fps!r}")
+    if not isinstance(out, RunOutput):
+        first = Path(prefix).parts[0] if Path(prefix).parts else prefix
+        replaces = [f"{prefix}_*.png" if first == prefix else first]
+        if "gif" in fmts or "webp" in fmts:
+            replaces += ["turntable.gif", "turntable.webp"]
+        with RunOutput(out, replaces=replaces) as run:
+            result = save_views(x, run, prefix=prefix, fps=fps, formats=fmts)
+            run.commit()
+        return result
     frames = [tensor_to_pil(v) for v in x]
-    duration = max(1, int(round(1000.0 / fps)))
+    duration = max(1, int(round(1000.0 / float(fps))))
     result: dict = {}
     if "png" in fmts:
-        paths = []
-        for i, fr in enumerate(frames):
-            p = out / f"{prefix}_{i:03d}.png"
-            fr.save(p)
-            paths.append(p)
-        result["png"] = paths
+        result["png"] = [out.write(f"{prefix}_{i:03d}.png", fr.save) for i, fr in enumerate(frames)]
     if "gif" in fmts:
-        p = out / "turntable.gif"
-        frames[0].save(p, save_all=True, append_images=frames[1:], loop=0,
-                       duration=duration, disposal=2)
-        result["gif"] = p
+        result["gif"] = out.write("turntable.gif", lambda p: frames[0].save(
+            p, format="GIF", save_all=True, append_images=frames[1:], loop=0, duration=duration, disposal=2))
     if "webp" in fmts:
         if features.check("webp"):
-            p = out / "turntable.webp"
-            frames[0].save(p, save_all=True, append_images=frames[1:], loop=0,
-                           duration=duration, quality=90)
-            result["webp"] = p
+            result["webp"] = out.write("turntable.webp", lambda p: frames[0].save(
+                p, format="WEBP", save_all=True, append_images=frames[1:], loop=0, duration=duration, quality=90))
         else:
             warnings.warn("save_views: this Pillow build has no WebP support; turntable.webp skipped",
                           RuntimeWarning, stacklevel=2)
@@ -422,36 +488,92 @@ def _mask_to_bhw(a: np.ndarray, name: str) -> np.ndarray:
         return a[None]
     if a.ndim == 3:
         if shape[-1] in _CHANNELS and min(shape[0], shape[1]) >= MIN_SIDE and shape[-1] < MIN_SIDE:
+            if shape[-1] == 1:
+                return a[None, :, :, 0]  # [H,W,1]
             raise ImageInputError(
                 f"{name}: shape {shape} looks like an HxWxC image, not a mask. Pass a "
-                "single-channel HxW (or BxHxW ComfyUI MASK) array, or the mask's file path."
+                "single-channel HxW (or 1xHxW ComfyUI MASK) array, or the mask's file path."
             )
         return a
     if a.ndim == 4:
-        if shape[1] != 1:
-            raise ImageInputError(
-                f"{name}: a 4-D mask must be [B,1,H,W] (one channel), got shape {shape}"
-            )
-        return a[:, 0]
+        if shape[1] == 1:
+            return a[:, 0]  # [B,1,H,W]
+        if shape[-1] == 1:
+            return a[..., 0]  # [B,H,W,1]
+        raise ImageInputError(
+            f"{name}: a 4-D mask must be [1,1,H,W] or [1,H,W,1] (one channel), got shape {shape}"
+        )
     raise ImageInputError(
-        f"{name}: wrong mask rank {a.ndim} (shape {shape}); expected [H,W], [B,H,W] "
-        "(ComfyUI MASK) or [B,1,H,W]"
+        f"{name}: wrong mask rank {a.ndim} (shape {shape}); expected [H,W], [1,H,W] "
+        "(ComfyUI MASK), [1,1,H,W] or [1,H,W,1]"
     )
+
+
+def _mask_values(a: np.ndarray, name: str) -> np.ndarray:
+    """Mask array (bool, integer or float) -> float32 in [0, 1], by the rules of :func:`load_mask`."""
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise ImageInputError(
+                f"{name}: integer mask values must be 0/1 or 0..255, got {lo}..{hi}. "
+                "Pass a 0/1 (or 0..255) integer mask or a float mask in 0..1."
+            )
+        # largest value 1: a 0/1 label mask; otherwise 8-bit grey levels
+        return a.astype(np.float32) if hi <= 1 else a.astype(np.float32) / 255.0
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ImageInputError(f"{name}: unsupported mask dtype {a.dtype}; use float 0..1, bool or integer 0/1")
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        raise ImageInputError(f"{name}: mask contains NaN or infinite values; check the node or code that made it.")
+    if a.size:
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+            raise ImageInputError(
+                f"{name}: float mask values must be in 0..1, got min {lo:.4g}, max {hi:.4g}. "
+                "Divide 0..255 data by 255 (or pass it as uint8), and clamp or threshold other data."
+            )
+    return np.clip(a, 0.0, 1.0)
+
+
+def _check_not_empty(m: np.ndarray, name: str, cropped: bool = False) -> None:
+    peak = float(m.max()) if m.size else 0.0
+    if peak < MASK_EMPTY:
+        found = "it is all zeros" if peak <= 0.0 else f"its largest value is {peak:.3g}"
+        if cropped:
+            raise ImageInputError(
+                f"{name}: mask selects nothing inside the centred square crop ({found}); paint the "
+                "region to stylize white inside the crop, or use crop='none'."
+            )
+        raise ImageInputError(
+            f"{name}: mask selects nothing ({found}); paint the region to stylize white "
+            "(1.0, or 255 in an 8-bit image)."
+        )
 
 
 def load_mask(path_or_array: Any, size: int, *, name: str = "mask", crop: str = "center",
               match_hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """A region mask -> ``[B,1,size,size]`` float32 in [0, 1] (B = 1 for a single mask).
+    """A region mask -> ``[1,1,size,size]`` float32 in [0, 1].
 
-    * File path or ``PIL.Image`` (grayscale/RGB/RGBA): the luminance ('L') channel / 255.
-      Alpha is ignored: paint the region to stylize white on black.
-    * numpy / torch ``[H,W]``, ``[B,H,W]`` (ComfyUI MASK) or ``[B,1,H,W]``; uint8 is
-      read as 0..255, bool as 0/1, float must lie in [0, 1].
+    * File path or ``PIL.Image`` (grayscale/RGB/RGBA): the luminance ('L') channel,
+      read by the integer rule below (an 8-bit image whose brightest pixel is 1 is
+      a 0/1 label mask). Alpha is ignored: paint the region to stylize white on black.
+    * numpy / torch ``[H,W]``, ``[1,H,W]`` (ComfyUI MASK), ``[1,1,H,W]`` or ``[1,H,W,1]``:
+
+      - float: must lie in 0..1 (values > 1 are refused: divide 0..255 data by 255);
+      - bool: 0/1;
+      - integer (uint8, int64, ...): **largest value 1 → read as 0/1**; otherwise
+        0..255 grey levels, divided by 255 (values outside 0..255 are refused).
+
+    One mask per call: a batch of several masks (``[B,H,W]`` with B > 1) is refused
+    (nothing is silently ignored). NaN/inf values are refused, and so is a mask that
+    selects (nearly) nothing: largest value below ``MASK_EMPTY`` (1e-3).
 
     Non-square masks are treated like images: ``crop="center"`` centre-crops,
     ``crop="none"`` resizes (use the same ``crop`` as for the image it belongs to).
     ``match_hw=(H, W)`` of that image, if given, must have the mask's aspect ratio.
-    Resizing uses bilinear (no bicubic overshoot). An all-zero mask is an error.
+    Resizing uses bilinear (no bicubic overshoot).
     """
     size = _check_size(size)
     crop = _check_crop(crop)
@@ -465,12 +587,9 @@ def load_mask(path_or_array: Any, size: int, *, name: str = "mask", crop: str = 
             im = im.convert("RGBA").convert("L")
         else:
             im = im.convert("L")
-        a = (np.asarray(im, dtype=np.float32) / 255.0)[None]
+        a = np.asarray(im, dtype=np.uint8)[None]
     elif isinstance(path_or_array, np.ndarray) or torch.is_tensor(path_or_array):
         a = _mask_to_bhw(_as_numpy(path_or_array, name), name)
-        a = _normalize_dtype(a, name, kind="mask")
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
     else:
         raise ImageInputError(
             f"{name}: unsupported mask type {type(path_or_array).__name__}; pass a file path, "
@@ -479,31 +598,25 @@ def load_mask(path_or_array: Any, size: int, *, name: str = "mask", crop: str = 
     b, h, w = a.shape
     if b == 0:
         raise ImageInputError(f"{name}: the mask batch is empty")
+    if b > 1:
+        raise ImageInputError(
+            f"{name}: got a batch of {b} masks; pass one mask (pick one, e.g. mask[0]). "
+            "For several regions give each style its own mask."
+        )
+    a = _mask_values(a, name)
     _check_min_side(h, w, name)
     if match_hw is not None:
         ih, iw = int(match_hw[0]), int(match_hw[1])
-        if abs(w / h - iw / ih) > 0.01 * (iw / ih):
+        if abs(w / h - iw / ih) > ASPECT_TOL * (iw / ih):
             raise ImageInputError(
                 f"{name}: mask is {w}x{h} px but its image is {iw}x{ih} px (different aspect "
                 "ratio). Export the mask at the image's framing."
             )
-    outs = []
-    for i in range(b):
-        m = a[i]
-        which = f"{name}" if b == 1 else f"{name} [batch index {i}]"
-        if float(m.max()) <= 0.0:
-            raise ImageInputError(
-                f"{which}: mask selects nothing; paint the region to stylize white (it is all zeros)."
-            )
-        if crop == "center":
-            top, left, s = _center_box(h, w)
-            m = m[top:top + s, left:left + s]
-            if float(m.max()) <= 0.0:
-                raise ImageInputError(
-                    f"{which}: mask selects nothing inside the centred square crop; paint the "
-                    "region to stylize white inside the crop, or pass crop='none'."
-                )
-        m = np.clip(_resize_float(m[..., None], size, Image.BILINEAR)[..., 0], 0.0, 1.0)
-        outs.append(m)
-    t = torch.from_numpy(np.stack(outs, axis=0)[:, None].astype(np.float32))
-    return t.contiguous()
+    m = a[0]
+    _check_not_empty(m, name)
+    if crop == "center":
+        top, left, s = _center_box(h, w)
+        m = m[top:top + s, left:left + s]
+        _check_not_empty(m, name, cropped=True)
+    m = np.clip(_resize_float(m[..., None], size, Image.BILINEAR)[..., 0], 0.0, 1.0)
+    return torch.from_numpy(m[None, None].astype(np.float32)).contiguous()

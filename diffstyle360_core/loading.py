@@ -51,8 +51,8 @@ def model_folder(weights: PathLike, kind: str) -> Path:
     if not (folder / CONFIG_NAME).is_file():
         originals = sorted(p.name for p in root.glob("*.th"))
         hint = (
-            f" Found {originals}: convert them first with `python -m diffstyle360_core convert "
-            f"--checkpoint FILE --out {folder}`." if originals else ""
+            f" Found {originals}: convert them into {folder} first (convert_checkpoint, or the `convert` "
+            "command; README, Weights)." if originals else ""
         )
         raise FileNotFoundError(f"no converted {kind} model at {folder} (config.json missing).{hint}")
     return folder

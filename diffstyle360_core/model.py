@@ -18,7 +18,7 @@ from torch import nn
 
 from .appearance import AppearanceModule, split_references
 from .attention import FusionCall, FusionSlot, install_fusion_readers
-from .config import BackboneConfig
+from .config import CLIP_CONTEXT_LENGTH, BackboneConfig
 from .pose_control import PoseControlNet
 from .temporal import build_view_consistency_modules
 from .unet_walk import walk_unet
@@ -44,7 +44,7 @@ class DiffStyle360Model(nn.Module):
         self.style_appearance: Optional[AppearanceModule] = None
         self.pose_controlnet = PoseControlNet(config.controlnet)
         self.vae = AutoencoderKL(**config.vae)
-        self.register_buffer("text_embedding", torch.zeros(1, 77, config.context_dim))
+        self.register_buffer("text_embedding", torch.zeros(1, CLIP_CONTEXT_LENGTH, config.context_dim))
 
     # ----- style appearance module (§3.2) -------------------------------------------------
     def add_style_module(self) -> AppearanceModule:

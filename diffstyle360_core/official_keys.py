@@ -3,25 +3,29 @@
 The official key table is the weight-compatibility spec (facts §5,
 ``reference/dp360-keys-notes.md``): which LDM prefix feeds which of our
 components, which keys are deliberately ignored, how every official key maps
-to our (diffusers) name and back, and how mismatches are grouped and reported.
-Kept apart from :mod:`.weights` so the spec reads on its own; no file I/O here.
+to our (diffusers) name, and how mismatches are grouped and reported.
+Kept apart from :mod:`.weights` so the spec reads on its own; no file I/O
+here, and no model is built here: the shapes our model expects come from
+:mod:`.layout`, the inverse map (ours → official, for test checkpoints) lives
+with the tiny fixture writer in :mod:`.tiny`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
 from .config import (
     BACK_VIEW,
+    CLIP_CONTEXT_LENGTH,
     MAIN,
+    MODULE_COMPONENTS,
+    OPTIONAL_COMPONENTS,
+    TEXT_EMBEDDING,
     BackboneConfig,
     TemporalConfig,
     clip_l_text,
@@ -31,7 +35,7 @@ from .config import (
     sd15_vae,
     tiny_config,
 )
-from .temporal import official_motion_key_to_ours, our_motion_key_to_official
+from .temporal import official_motion_key_to_ours
 
 __all__ = [
     "HF_REPO",
@@ -45,15 +49,20 @@ __all__ = [
     "POSITION_IDS",
     "SCHEDULE_KEYS",
     "IGNORED_KEYS",
+    "TEXT_ENCODER",
     "CONVERTED_COMPONENTS",
+    "REPORT_ORDER",
+    "CLIP_MODEL_PREFIX",
     "EMPTY_PROMPT_IDS",
+    "Problems",
     "WeightMismatchError",
+    "compare_shapes",
+    "canonical_clip_key",
     "detect_kind",
     "infer_config",
-    "expected_shapes",
     "KeyMap",
     "map_official_keys",
-    "to_official",
+    "check_map",
 ]
 
 HF_REPO = "gym890/diffportrait360"
@@ -108,10 +117,14 @@ SCHEDULE_KEYS = (
 #:   non-persistent buffer, so loading it would be an "unexpected key".
 IGNORED_KEYS = frozenset(SCHEDULE_KEYS + ("logvar", POSITION_IDS))
 
-#: Components produced by :func:`convert_official`.
-CONVERTED_COMPONENTS = ("unet", "temporal", "appearance", "pose_controlnet", "vae", "text_encoder")
-_ORDER = ("unet", "temporal", "appearance", "style_appearance", "pose_controlnet", "vae", "text_encoder",
-          "text_embedding", "other")
+#: The CLIP text weights of an official file. Not a component of ours: they are
+#: only used once, at conversion, to compute ``text_embedding``.
+TEXT_ENCODER = "text_encoder"
+#: Components an official checkpoint provides (``weights.convert_official``'s output):
+#: every required module component (the style module is never in an official file) plus CLIP.
+CONVERTED_COMPONENTS = tuple(c for c in MODULE_COMPONENTS if c not in OPTIONAL_COMPONENTS) + (TEXT_ENCODER,)
+#: Order of the groups in a :class:`WeightMismatchError`; ``"other"`` = keys of no component.
+REPORT_ORDER = MODULE_COMPONENTS + (TEXT_ENCODER, TEXT_EMBEDDING, "other")
 _OFFICIAL_PREFIX_OF = {
     "unet": UNET_PREFIX,
     "temporal": UNET_PREFIX + "*" + MOTION_MARK + "*",
@@ -125,14 +138,33 @@ _OFFICIAL_PREFIX_OF = {
 #: ``padding="max_length"``, 77 tokens) encodes it: BOS 49406, EOS 49407, then
 #: 75 pad tokens, and that tokenizer's pad token *is* EOS (49407).
 BOS_TOKEN, EOS_TOKEN = 49406, 49407
-EMPTY_PROMPT_IDS = (BOS_TOKEN, EOS_TOKEN) + (EOS_TOKEN,) * 75
+EMPTY_PROMPT_IDS = (BOS_TOKEN, EOS_TOKEN) + (EOS_TOKEN,) * (CLIP_CONTEXT_LENGTH - 2)
+
+#: CLIP key names of the official files: transformers 4's ``CLIPTextModel`` nests
+#: everything under ``text_model.``; transformers 5 does not (``embeddings.*``,
+#: ``encoder.*``, ``final_layer_norm.*`` at the top). The key map and the
+#: expected shapes use the official (nested) names, whatever is installed; only
+#: the code that instantiates ``CLIPTextModel`` adapts (``weights.empty_prompt_embedding``).
+CLIP_MODEL_PREFIX = "text_model."
+
+
+def canonical_clip_key(key: str) -> str:
+    """A ``CLIPTextModel`` key of any transformers version → the official (transformers 4) name."""
+    return key if key.startswith(CLIP_MODEL_PREFIX) else CLIP_MODEL_PREFIX + key
 
 
 # =========================================================================== #
 # Errors
 # =========================================================================== #
 @dataclass
-class _Problems:
+class Problems:
+    """What is wrong with one component's keys; the building block of :class:`WeightMismatchError`.
+
+    ``missing``: keys the model needs and the file lacks (our names);
+    ``unknown``: keys of the file that map to nothing (as named in the file);
+    ``shape``: ``(key, file shape, model shape)`` of keys present in both.
+    """
+
     missing: List[str] = field(default_factory=list)
     unknown: List[str] = field(default_factory=list)
     shape: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file shape, model shape
@@ -152,7 +184,7 @@ class WeightMismatchError(ValueError):
 
     MAX_EXAMPLES = 5
 
-    def __init__(self, title: str, problems: Mapping[str, _Problems], hints: Sequence[str] = ()):
+    def __init__(self, title: str, problems: Mapping[str, Problems], hints: Sequence[str] = ()):
         self.title = title
         self.report = {
             c: {"missing": list(p.missing), "unknown": list(p.unknown), "shape": list(p.shape)}
@@ -198,7 +230,34 @@ class WeightMismatchError(ValueError):
 
 
 def _order_key(component: str) -> int:
-    return _ORDER.index(component) if component in _ORDER else len(_ORDER)
+    return REPORT_ORDER.index(component) if component in REPORT_ORDER else len(REPORT_ORDER)
+
+
+def compare_shapes(
+    found: Mapping[str, Mapping[str, object]], expected: Mapping[str, Mapping[str, object]]
+) -> Dict[str, Problems]:
+    """Compare ``{component: {key: tensor or shape}}`` with what a model expects.
+
+    Both sides use our names. A component of ``found`` absent from ``expected``
+    has all its keys reported as unknown. Returns one :class:`Problems` per
+    component (empty ones included; ``any(result.values())`` says whether
+    anything is wrong).
+    """
+    problems: Dict[str, Problems] = {}
+    for comp in sorted(set(found) | set(expected), key=_order_key):
+        have = found.get(comp, {})
+        want = expected.get(comp)
+        p = problems.setdefault(comp, Problems())
+        if want is None:
+            p.unknown.extend(have)
+            continue
+        for key, value in have.items():
+            if key not in want:
+                p.unknown.append(key)
+            elif _shape_of(value) != tuple(want[key]):
+                p.shape.append((key, _shape_of(value), tuple(want[key])))
+        p.missing.extend(k for k in want if k not in have)
+    return problems
 
 
 # =========================================================================== #
@@ -212,8 +271,8 @@ def detect_kind(state_dict: Iterable[str]) -> str:
 def infer_config(state_dict: Mapping[str, object], kind: Optional[str] = None) -> BackboneConfig:
     """Config of an official-layout checkpoint from its tensor shapes.
 
-    320-wide UNets are the released SD1.5-sized models → :func:`official_config`.
-    Other widths are reconstructed from shapes (block widths, context dim, VAE
+    UNets as wide as the released ones (first block 320 channels, SD1.5) →
+    :func:`official_config`. Other widths are reconstructed from shapes (block widths, context dim, VAE
     widths, CLIP size, ControlNet hint widths, PE length). Head counts and
     GroupNorm groups cannot be read from shapes: they are taken from
     :func:`tiny_config` when the widths equal it, else SD1.5's (8 heads, 32
@@ -230,9 +289,10 @@ def infer_config(state_dict: Mapping[str, object], kind: Optional[str] = None) -
         v = state_dict[key]
         return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
 
+    released = official_config(kind)
     first = shape(UNET_PREFIX + "input_blocks.0.0.weight")
-    if first[0] == 320:
-        return official_config(kind)
+    if first[0] == released.unet["block_out_channels"][0]:
+        return released
     channels = [shape(f"{UNET_PREFIX}input_blocks.{i}.0.in_layers.2.weight")[0] for i in (1, 4, 7, 10)]
     context = shape(f"{UNET_PREFIX}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")[1]
     vae_channels = [shape(f"{VAE_PREFIX}encoder.down.{i}.block.0.conv1.weight")[0] for i in range(4)]
@@ -271,44 +331,6 @@ def infer_config(state_dict: Mapping[str, object], kind: Optional[str] = None) -
         temporal=temporal,
         image_size=image_size,
     )
-
-
-# =========================================================================== #
-# Expected keys of our model
-# =========================================================================== #
-def _config_key(config: BackboneConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
-
-
-@functools.lru_cache(maxsize=8)
-def _expected_shapes_cached(config_json: str) -> Dict[str, Dict[str, torch.Size]]:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .model import DiffStyle360Model
-
-    config = BackboneConfig.from_dict(json.loads(config_json))
-    with torch.device("meta"):
-        model = DiffStyle360Model(config)
-        clip = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
-    out = {}
-    for comp in ("unet", "temporal", "appearance", "pose_controlnet", "vae"):
-        module = getattr(model, comp)
-        if module is not None:
-            out[comp] = {k: v.shape for k, v in module.state_dict().items()}
-    out["text_encoder"] = {k: v.shape for k, v in clip.state_dict().items()}
-    out["text_embedding"] = {"text_embedding": model.text_embedding.shape}
-    return out
-
-
-def expected_shapes(config: BackboneConfig) -> Dict[str, Dict[str, torch.Size]]:
-    """``{component: {key: shape}}`` of our model for ``config`` (built on the meta device, no memory).
-
-    Components: ``unet``, ``temporal`` (main only), ``appearance``,
-    ``pose_controlnet``, ``vae``, ``text_encoder`` (transformers
-    ``CLIPTextModel`` keys) and ``text_embedding``. A style module has the
-    ``appearance`` keys.
-    """
-    return {c: dict(d) for c, d in _expected_shapes_cached(_config_key(config)).items()}
 
 
 # =========================================================================== #
@@ -400,26 +422,16 @@ def _run_converter(fn, prefix: str, entries: Mapping[str, tuple], config: dict, 
     return result
 
 
-def _clip_model_prefix(config: BackboneConfig) -> str:
-    """``"text_model."`` when the installed ``CLIPTextModel`` nests its weights under
-    ``text_model`` (transformers < 5), ``""`` when it does not (transformers 5)."""
-    keys = expected_shapes(config)["text_encoder"]
-    return "text_model." if any(k.startswith("text_model.") for k in keys) else ""
-
-
-def _clip_key_to_ours(key: str, model_prefix: str) -> str:
-    """Official CLIP key (``text_model.*``, after the LDM prefix) → installed transformers' name."""
-    bare = key[len("text_model."):] if key.startswith("text_model.") else key
-    return model_prefix + bare
-
-
 def map_official_keys(shapes: Mapping[str, object], config: BackboneConfig) -> KeyMap:
     """Name-level map of an official checkpoint (``{key: tensor or shape}``) onto our components.
 
-    No tensors are touched; :func:`convert_official` applies the map.
+    No tensors are touched; ``weights.convert_official`` applies the map.
+    ``text_encoder`` keys are the official CLIP names (``text_model.*``, see
+    :data:`CLIP_MODEL_PREFIX`) whatever transformers is installed.
     """
     from diffusers.loaders.single_file_utils import (
         convert_controlnet_checkpoint,
+        convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
     )
@@ -432,7 +444,7 @@ def map_official_keys(shapes: Mapping[str, object], config: BackboneConfig) -> K
     def add_unknown(comp: str, key: str) -> None:
         unknown.setdefault(comp, []).append(key)
 
-    clip_prefix = _clip_model_prefix(config)
+    clip: Dict[str, _Tag] = {}
     for key, value in shapes.items():
         shp = _shape_of(value)
         if key in IGNORED_KEYS:
@@ -445,7 +457,7 @@ def map_official_keys(shapes: Mapping[str, object], config: BackboneConfig) -> K
             except ValueError:
                 add_unknown("temporal", key)
         elif key.startswith(CLIP_PREFIX):
-            mapping["text_encoder"][_clip_key_to_ours(key[len(CLIP_PREFIX):], clip_prefix)] = _Tag(key, shp)
+            clip[key] = _Tag(key, shp)
         else:
             comp = next((c for c in groups if key.startswith(_OFFICIAL_PREFIX_OF[c])), None)
             if comp is None:
@@ -469,6 +481,15 @@ def map_official_keys(shapes: Mapping[str, object], config: BackboneConfig) -> K
         )
     if groups["vae"]:
         mapping["vae"] = _run_converter(convert_ldm_vae_checkpoint, VAE_PREFIX, groups["vae"], config.vae)
+    # diffusers' CLIP converter strips the LDM prefix and gives transformers-4 names
+    # (``text_model.*``), which are also ours (see CLIP_MODEL_PREFIX); a file re-saved with
+    # transformers-5 names (no ``text_model.``) is brought to the same names.
+    for name, tag in convert_ldm_clip_checkpoint(clip).items():
+        ours = canonical_clip_key(name)
+        if ours in mapping[TEXT_ENCODER]:  # both spellings of one weight in the file
+            add_unknown(TEXT_ENCODER, tag.key)
+        else:
+            mapping[TEXT_ENCODER][ours] = tag
 
     # File keys the converters silently dropped are unknown; a file key used twice is a converter bug.
     for comp, entries in groups.items():
@@ -483,15 +504,30 @@ def map_official_keys(shapes: Mapping[str, object], config: BackboneConfig) -> K
     return KeyMap(mapping=mapping, unknown=unknown, ignored=ignored)
 
 
-def _check_map(keymap: KeyMap, config: BackboneConfig, has_motion: bool, source: str) -> None:
-    expected = expected_shapes(config)
-    problems: Dict[str, _Problems] = {}
+def check_map(
+    keymap: KeyMap,
+    expected: Mapping[str, Mapping[str, Sequence[int]]],
+    config: BackboneConfig,
+    *,
+    source: str,
+) -> None:
+    """Raise one grouped :class:`WeightMismatchError` unless ``keymap`` fills ``expected`` exactly.
+
+    ``expected``: ``{component: {our key: shape}}`` of the model to fill
+    (``layout.expected_shapes(config)``); ``source`` names the file in the
+    message. Unknown, missing and mis-shaped keys of every component are
+    reported together, with hints at the likely cause (wrong kind, wrong
+    config, not a DiffPortrait360 file).
+    """
+    # every file key with the motion mark lands in "temporal" (mapped or unknown)
+    has_motion = bool(keymap.mapping.get("temporal") or keymap.unknown.get("temporal"))
+    problems: Dict[str, Problems] = {}
     for comp, keys in keymap.unknown.items():
-        problems.setdefault(comp, _Problems()).unknown.extend(keys)
+        problems.setdefault(comp, Problems()).unknown.extend(keys)
     for comp in CONVERTED_COMPONENTS:
         want = expected.get(comp, {})
         got = keymap.mapping.get(comp, {})
-        p = problems.setdefault(comp, _Problems())
+        p = problems.setdefault(comp, Problems())
         for our_key, tag in got.items():
             if our_key not in want:
                 p.unknown.append(tag.key)
@@ -514,13 +550,12 @@ def _hints(problems, keymap: KeyMap, config: BackboneConfig, has_motion: bool, e
     if config.temporal is not None and not has_motion and keymap.mapping.get("unet"):
         hints.append(
             "the file has no view-consistency (motion) modules: this looks like a back_head checkpoint "
-            f"({OFFICIAL_FILES[BACK_VIEW]}) but a main model was requested; convert it with kind='back_view' "
-            "(CLI: --kind back_view)"
+            f"({OFFICIAL_FILES[BACK_VIEW]}) but a main model was requested; convert it with kind='back_view'"
         )
     if config.temporal is None and has_motion:
         hints.append(
             "the file has view-consistency (motion) modules: this looks like a model_state checkpoint "
-            f"({OFFICIAL_FILES[MAIN]}) given as the back-view model; convert it with kind='main' (CLI: --kind main)"
+            f"({OFFICIAL_FILES[MAIN]}) given as the back-view model; convert it with kind='main'"
         )
     n_shape = sum(len(p.shape) for p in problems.values())
     if n_shape and n_shape >= 0.2 * sum(len(v) for v in keymap.mapping.values()):
@@ -540,160 +575,3 @@ def _hints(problems, keymap: KeyMap, config: BackboneConfig, has_motion: bool, e
         )
     return hints
 
-# =========================================================================== #
-# Ours → official (the inverse, for exports and the tiny test checkpoints)
-# =========================================================================== #
-_RESNET_TO_LDM = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-_VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _resnet_rest(rest: str) -> str:
-    head, _, tail = rest.partition(".")
-    return f"{_RESNET_TO_LDM.get(head, head)}.{tail}"
-
-
-def _vae_resnet_rest(rest: str) -> str:
-    return rest.replace("conv_shortcut", "nin_shortcut")
-
-
-def _unet_key_to_ldm(key: str, unet_cfg: dict) -> str:
-    """diffusers UNet/ControlNet key → LDM key (inverse of diffusers' converters, SD1.5 layout)."""
-    per = unet_cfg["layers_per_block"] + 1
-    simple = {
-        "time_embedding.linear_1.": "time_embed.0.",
-        "time_embedding.linear_2.": "time_embed.2.",
-        "conv_in.": "input_blocks.0.0.",
-        "conv_norm_out.": "out.0.",
-        "conv_out.": "out.2.",
-        "controlnet_mid_block.": "middle_block_out.0.",
-        "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
-    }
-    for ours, ldm in simple.items():
-        if key.startswith(ours):
-            return ldm + key[len(ours):]
-    m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$", key)
-    if m:
-        side, b, kind, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
-        blocks, i = ("input_blocks", b * per + j + 1) if side == "down" else ("output_blocks", b * per + j)
-        return f"{blocks}.{i}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"{blocks}.{i}.1.{rest}"
-    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$", key)
-    if m:
-        return f"input_blocks.{(int(m.group(1)) + 1) * per}.0.op.{m.group(2)}"
-    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", key)
-    if m:
-        if m.group(1) == "resnets":
-            return f"middle_block.{2 * int(m.group(2))}.{_resnet_rest(m.group(3))}"
-        return f"middle_block.{2 * int(m.group(2)) + 1}.{m.group(3)}"
-    m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$", key)
-    if m:
-        b = int(m.group(1))
-        has_attn = unet_cfg["up_block_types"][b].startswith("CrossAttn")
-        return f"output_blocks.{b * per + per - 1}.{2 if has_attn else 1}.conv.{m.group(2)}"
-    m = re.match(r"controlnet_down_blocks\.(\d+)\.(.+)$", key)
-    if m:
-        return f"zero_convs.{m.group(1)}.0.{m.group(2)}"
-    m = re.match(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.+)$", key)
-    if m:
-        return f"input_hint_block.{2 * (int(m.group(1)) + 1)}.{m.group(2)}"
-    m = re.match(r"controlnet_cond_embedding\.conv_out\.(.+)$", key)
-    if m:
-        n_blocks = 2 * (len(unet_cfg.get("conditioning_embedding_out_channels", (16, 32, 96, 256))) - 1)
-        return f"input_hint_block.{2 * (n_blocks + 1)}.{m.group(1)}"
-    raise KeyError(f"no LDM name for UNet/ControlNet key {key!r}")
-
-
-def _vae_key_to_ldm(key: str, vae_cfg: dict) -> Tuple[str, bool]:
-    """diffusers VAE key → (LDM key, needs 1×1-conv unsqueeze)."""
-    n_up = len(vae_cfg["up_block_types"])
-    for part in ("encoder", "decoder"):
-        if key.startswith(part + ".conv_norm_out."):
-            return key.replace(".conv_norm_out.", ".norm_out.", 1), False
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", key)
-    if m:
-        return f"encoder.down.{m.group(1)}.block.{m.group(2)}.{_vae_resnet_rest(m.group(3))}", False
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$", key)
-    if m:
-        return f"encoder.down.{m.group(1)}.downsample.conv.{m.group(2)}", False
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", key)
-    if m:
-        return f"decoder.up.{n_up - 1 - int(m.group(1))}.block.{m.group(2)}.{_vae_resnet_rest(m.group(3))}", False
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$", key)
-    if m:
-        return f"decoder.up.{n_up - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}", False
-    m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$", key)
-    if m:
-        return f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.{_vae_resnet_rest(m.group(3))}", False
-    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$",
-                 key)
-    if m:
-        name = _VAE_ATTN_TO_LDM[m.group(2)]
-        return f"{m.group(1)}.mid.attn_1.{name}.{m.group(3)}", m.group(2) != "group_norm" and m.group(3) == "weight"
-    return key, False  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
-
-
-def to_official(
-    components: Union[nn.Module, Mapping[str, Mapping[str, torch.Tensor]]],
-    config: Optional[BackboneConfig] = None,
-    text_encoder: Optional[Mapping[str, torch.Tensor]] = None,
-) -> Dict[str, torch.Tensor]:
-    """Our weights → one flat official-layout state dict (LDM key names).
-
-    ``components`` is a :class:`DiffStyle360Model` or ``{component: state
-    dict}`` (any of ``unet``, ``temporal``, ``appearance``, ``pose_controlnet``,
-    ``vae``, ``text_encoder``); ``text_encoder`` adds CLIP weights. The result
-    is checked against the forward map: converting it back with diffusers'
-    converters yields exactly the input keys (else RuntimeError). Schedule
-    buffers and ``position_ids`` are not added.
-    """
-    if isinstance(components, nn.Module):
-        config = components.config
-        comps = {c: getattr(components, c).state_dict() for c in CONVERTED_COMPONENTS[:-1]
-                 if getattr(components, c) is not None}
-    else:
-        if config is None:
-            raise ValueError("to_official needs config= with a dict of components")
-        comps = {c: v for c, v in components.items() if c in CONVERTED_COMPONENTS}
-    if text_encoder is not None:
-        comps["text_encoder"] = text_encoder
-    flat: Dict[str, torch.Tensor] = {}
-    origin: Dict[str, Tuple[str, str]] = {}
-    for comp, sd in comps.items():
-        for key, tensor in sd.items():
-            if comp == "unet":
-                name = UNET_PREFIX + _unet_key_to_ldm(key, config.unet)
-            elif comp == "temporal":
-                name = our_motion_key_to_official(key, UNET_PREFIX)
-            elif comp == "appearance":
-                if not key.startswith("unet."):
-                    raise KeyError(f"appearance key {key!r} does not start with 'unet.'")
-                name = REFERENCE_PREFIX + _unet_key_to_ldm(key[len("unet."):], config.unet)
-            elif comp == "pose_controlnet":
-                if not key.startswith("net."):
-                    raise KeyError(f"pose_controlnet key {key!r} does not start with 'net.'")
-                name = POSE_PREFIX + _unet_key_to_ldm(key[len("net."):], config.controlnet)
-            elif comp == "vae":
-                ldm, unsqueeze = _vae_key_to_ldm(key, config.vae)
-                name = VAE_PREFIX + ldm
-                if unsqueeze:
-                    tensor = tensor.reshape(tuple(tensor.shape) + (1, 1))
-            else:  # text_encoder: official files always use the transformers-4 "text_model." names
-                name = CLIP_PREFIX + (key if key.startswith("text_model.") else "text_model." + key)
-            if name in flat:
-                raise RuntimeError(f"{comp}.{key} and {origin[name]} both map to {name}")
-            flat[name] = tensor
-            origin[name] = (comp, key)
-    # Self-check: the forward (diffusers) map must send every name back where it came from.
-    keymap = map_official_keys(flat, config)
-    back = {(c, k): tag.key for c, entries in keymap.mapping.items() for k, tag in entries.items()}
-    lost = {n: o for n, o in origin.items() if back.get(o) != n}
-    if lost or any(keymap.unknown.values()):
-        example = next(iter(lost.items()), None)
-        raise RuntimeError(f"inverse key map is not the inverse of the converters: {example} {keymap.unknown}")
-    return flat

@@ -83,6 +83,9 @@ FPS = NumberRange("fps", 10, 1, 60, True, "The official turntable plays at 10 fp
 DECODE_CHUNK = NumberRange("decode_chunk", 4, 1, 64, True, "Views decoded at once by the VAE.")
 YAW = NumberRange("yaw", 0.0, -360.0, 720.0, hint="Degrees; 0 = front, 180 = back.")
 
+#: Relative tolerance on a mask's aspect ratio versus its style image (and a layer's token grid).
+ASPECT_TOL = 0.02
+
 #: "ddim" is the official sampler, exact; the others are faster solvers, not exact.
 SCHEDULERS = ("ddim", "dpmpp_2m", "unipc", "euler")
 PAIRINGS = ("paper", "aligned")

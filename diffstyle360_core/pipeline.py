@@ -22,7 +22,7 @@ from torch import nn
 
 from .attention import FusionCall, StyleEntry
 from .cameras import CameraSet, back_view_index, select_views
-from .config import BACK_VIEW, MAIN
+from .config import BACK_VIEW, MAIN, mix_seed
 from .devices import empty_cache
 from .fusion import MASK_SUM_TOL, WEIGHT_SUM_TOL, alpha_weights
 from .images import image_hw, load_mask, to_model_tensor
@@ -42,14 +42,6 @@ from .options import (
 )
 from .sampling import denoise_views, guide_frame_noise, make_scheduler, randn_rows, view_windows
 
-try:  # one seed-mixing rule for the whole package (config/seeding own it once it exists)
-    from .config import mix_seed
-except ImportError:  # pragma: no cover - older layout
-    def mix_seed(seed: int, *parts: int) -> int:
-        value = int(seed)
-        for part in parts:
-            value = value * 1_000_003 + int(part)
-        return value % (2**63)
 
 
 # --------------------------------------------------------------------------- #
@@ -389,7 +381,7 @@ class DiffStyle360Pipeline:
                 self._image(b, f"style {k + 1} back {j + 1}", size, crop) if b is not None else None
                 for j, b in enumerate(spec.backs or [None] * len(fronts))
             ]
-            inputs.append(_StyleInput(fronts, backs, weights, self._mask(spec, size, k)))
+            inputs.append(_StyleInput(fronts, backs, weights, self._mask(spec, size, k, crop)))
         if len(inputs) > 1:
             if any(s.mask is None for s in inputs):
                 raise InputError("with several styles every style needs a mask (which region gets which style)")
@@ -401,16 +393,16 @@ class DiffStyle360Pipeline:
         return x_content, x_back, inputs
 
     @staticmethod
-    def _mask(spec: Style, size: int, k: int) -> Optional[torch.Tensor]:
+    def _mask(spec: Style, size: int, k: int, crop: str) -> Optional[torch.Tensor]:
         if spec.mask is None:
             if spec.back_mask is not None:
                 raise InputError(f"style {k + 1}: back_mask given without a front mask")
             return None
         hw = image_hw(spec.images[0], name=f"style {k + 1} image 1")
-        front = load_mask(spec.mask, size, name=f"style {k + 1} mask", match_hw=hw)[0, 0]
+        front = load_mask(spec.mask, size, name=f"style {k + 1} mask", crop=crop, match_hw=hw)[0, 0]
         back_hw = (image_hw(spec.backs[0], name=f"style {k + 1} back 1")
                    if spec.backs and spec.backs[0] is not None else None)
-        back = (load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask", match_hw=back_hw)[0, 0]
+        back = (load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask", crop=crop, match_hw=back_hw)[0, 0]
                 if spec.back_mask is not None else torch.zeros_like(front))
         return torch.stack([front, back]).float()
 

@@ -14,9 +14,10 @@ The ``.th`` files hold every key group of the real checkpoints (UNet with
 motion modules and their ``pe`` buffers, reference UNet, pose ControlNet, VAE,
 CLIP incl. ``position_ids``, fp16 schedule buffers and fp32 ``logvar``), so the
 whole conversion path runs on them. Our weights are written in LDM names with
-:func:`diffstyle360_core.official_keys.to_official`, a rule-based inverse of
-diffusers' converters that checks itself against them (converting its output
-back must give exactly the input keys); the tests also compare the values.
+:func:`to_official`, a rule-based inverse of diffusers' converters that checks
+itself against them (converting its output back must give exactly the input
+keys); the tests also compare the values. The camera set is a cartoon head
+(:func:`write_tiny_condition_set`), laid out like the official sphere32 set.
 
 The models are :func:`tiny_config` with seeded random weights: weight
 matrices N(0, 1/fan_in) (activations stay O(1)), norm scales 1 + N(0, 0.1²),
@@ -30,24 +31,51 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zlib
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from .config import BACK_VIEW, MAIN, BackboneConfig, tiny_config
-from .official_keys import POSITION_IDS, SCHEDULE_KEYS, to_official
-from .weights import convert_checkpoint, empty_prompt_embedding, sidecar_config_path
+from .config import BACK_VIEW, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, BackboneConfig, mix_seed, tiny_config
+from .images import ImageInputError
+from .official_keys import (
+    CLIP_PREFIX,
+    CONVERTED_COMPONENTS,
+    POSE_PREFIX,
+    POSITION_IDS,
+    REFERENCE_PREFIX,
+    SCHEDULE_KEYS,
+    TEXT_ENCODER,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    canonical_clip_key,
+    map_official_keys,
+)
+from .temporal import our_motion_key_to_official
+from .weights import convert_checkpoint, empty_prompt_embedding, sidecar_config_path, write_component_file
 
-__all__ = ["build_tiny_model", "tiny_official_state_dict", "schedule_buffers", "make_tiny", "TINY_FILES"]
+__all__ = [
+    "TINY_FILES",
+    "build_tiny_model",
+    "tiny_official_state_dict",
+    "schedule_buffers",
+    "to_official",
+    "write_tiny_condition_set",
+    "make_tiny",
+]
 
 TINY_FILES = {MAIN: "model_state-tiny.th", BACK_VIEW: "back_head-tiny.th"}
+#: Components with the same weights in both tiny models (CLIP is shared too).
+_SHARED_COMPONENTS = ("vae",)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.Generator().manual_seed(mix_seed(seed, zlib.crc32(name.encode())))
 
 
 @torch.no_grad()
@@ -83,11 +111,11 @@ def build_tiny_model(kind: str = MAIN, seed: int = 0):
 
     config = tiny_config(kind)
     model = DiffStyle360Model(config)
-    for comp in ("unet", "temporal", "appearance", "pose_controlnet"):
+    for comp in MODULE_COMPONENTS:
         module = getattr(model, comp)
-        if module is not None:
-            _randomize(module, _generator(seed, f"{kind}/{comp}"))
-    _randomize(model.vae, _generator(seed, "vae"))
+        if module is not None:  # no style module: make_tiny writes one separately
+            # the VAE (frozen SD1.5 part) is the same in both kinds; the rest differs per kind
+            _randomize(module, _generator(seed, comp if comp in _SHARED_COMPONENTS else f"{kind}/{comp}"))
     text = _tiny_text_encoder(config, seed)
     with torch.no_grad():
         model.text_embedding.copy_(empty_prompt_embedding(text, config))
@@ -131,6 +159,238 @@ def tiny_official_state_dict(model, text_state_dict: Dict[str, torch.Tensor]) ->
     return flat
 
 
+# --------------------------------------------------------------------------- #
+# Ours → official LDM names (the inverse of diffusers' converters, for the tiny checkpoints)
+# --------------------------------------------------------------------------- #
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _resnet_rest(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_RESNET_TO_LDM.get(head, head)}.{tail}"
+
+
+def _vae_resnet_rest(rest: str) -> str:
+    return rest.replace("conv_shortcut", "nin_shortcut")
+
+
+def _unet_key_to_ldm(key: str, unet_cfg: dict) -> str:
+    """diffusers UNet/ControlNet key → LDM key (inverse of diffusers' converters, SD1.5 layout)."""
+    per = unet_cfg["layers_per_block"] + 1
+    simple = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "controlnet_mid_block.": "middle_block_out.0.",
+        "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
+    }
+    for ours, ldm in simple.items():
+        if key.startswith(ours):
+            return ldm + key[len(ours):]
+    m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$", key)
+    if m:
+        side, b, kind, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        blocks, i = ("input_blocks", b * per + j + 1) if side == "down" else ("output_blocks", b * per + j)
+        return f"{blocks}.{i}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"{blocks}.{i}.1.{rest}"
+    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$", key)
+    if m:
+        return f"input_blocks.{(int(m.group(1)) + 1) * per}.0.op.{m.group(2)}"
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", key)
+    if m:
+        if m.group(1) == "resnets":
+            return f"middle_block.{2 * int(m.group(2))}.{_resnet_rest(m.group(3))}"
+        return f"middle_block.{2 * int(m.group(2)) + 1}.{m.group(3)}"
+    m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$", key)
+    if m:
+        b = int(m.group(1))
+        has_attn = unet_cfg["up_block_types"][b].startswith("CrossAttn")
+        return f"output_blocks.{b * per + per - 1}.{2 if has_attn else 1}.conv.{m.group(2)}"
+    m = re.match(r"controlnet_down_blocks\.(\d+)\.(.+)$", key)
+    if m:
+        return f"zero_convs.{m.group(1)}.0.{m.group(2)}"
+    m = re.match(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.+)$", key)
+    if m:
+        return f"input_hint_block.{2 * (int(m.group(1)) + 1)}.{m.group(2)}"
+    m = re.match(r"controlnet_cond_embedding\.conv_out\.(.+)$", key)
+    if m:
+        n_blocks = 2 * (len(unet_cfg.get("conditioning_embedding_out_channels", (16, 32, 96, 256))) - 1)
+        return f"input_hint_block.{2 * (n_blocks + 1)}.{m.group(1)}"
+    raise KeyError(f"no LDM name for UNet/ControlNet key {key!r}")
+
+
+def _vae_key_to_ldm(key: str, vae_cfg: dict) -> Tuple[str, bool]:
+    """diffusers VAE key → (LDM key, needs 1×1-conv unsqueeze)."""
+    n_up = len(vae_cfg["up_block_types"])
+    for part in ("encoder", "decoder"):
+        if key.startswith(part + ".conv_norm_out."):
+            return key.replace(".conv_norm_out.", ".norm_out.", 1), False
+    m = re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", key)
+    if m:
+        return f"encoder.down.{m.group(1)}.block.{m.group(2)}.{_vae_resnet_rest(m.group(3))}", False
+    m = re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$", key)
+    if m:
+        return f"encoder.down.{m.group(1)}.downsample.conv.{m.group(2)}", False
+    m = re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", key)
+    if m:
+        return f"decoder.up.{n_up - 1 - int(m.group(1))}.block.{m.group(2)}.{_vae_resnet_rest(m.group(3))}", False
+    m = re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$", key)
+    if m:
+        return f"decoder.up.{n_up - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}", False
+    m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$", key)
+    if m:
+        return f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.{_vae_resnet_rest(m.group(3))}", False
+    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$",
+                 key)
+    if m:
+        name = _VAE_ATTN_TO_LDM[m.group(2)]
+        return f"{m.group(1)}.mid.attn_1.{name}.{m.group(3)}", m.group(2) != "group_norm" and m.group(3) == "weight"
+    return key, False  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
+
+
+def to_official(
+    components: Union[nn.Module, Mapping[str, Mapping[str, torch.Tensor]]],
+    config: Optional[BackboneConfig] = None,
+    text_encoder: Optional[Mapping[str, torch.Tensor]] = None,
+) -> Dict[str, torch.Tensor]:
+    """Our weights → one flat official-layout state dict (LDM key names).
+
+    ``components`` is a :class:`DiffStyle360Model` or ``{component: state
+    dict}`` (any of ``unet``, ``temporal``, ``appearance``, ``pose_controlnet``,
+    ``vae``, ``text_encoder``); ``text_encoder`` adds CLIP weights (transformers 4
+    or 5 names). The result
+    is checked against the forward map: converting it back with diffusers'
+    converters yields exactly the input keys (else RuntimeError). Schedule
+    buffers and ``position_ids`` are not added.
+    """
+    if isinstance(components, nn.Module):
+        config = components.config
+        comps = {c: getattr(components, c).state_dict() for c in CONVERTED_COMPONENTS
+                 if c != TEXT_ENCODER and getattr(components, c) is not None}
+    else:
+        if config is None:
+            raise ValueError("to_official needs config= with a dict of components")
+        comps = {c: v for c, v in components.items() if c in CONVERTED_COMPONENTS}
+    if text_encoder is not None:
+        comps[TEXT_ENCODER] = text_encoder
+    flat: Dict[str, torch.Tensor] = {}
+    origin: Dict[str, Tuple[str, str]] = {}
+    for comp, sd in comps.items():
+        for key, tensor in sd.items():
+            if comp == "unet":
+                name = UNET_PREFIX + _unet_key_to_ldm(key, config.unet)
+            elif comp == "temporal":
+                name = our_motion_key_to_official(key, UNET_PREFIX)
+            elif comp == "appearance":
+                if not key.startswith("unet."):
+                    raise KeyError(f"appearance key {key!r} does not start with 'unet.'")
+                name = REFERENCE_PREFIX + _unet_key_to_ldm(key[len("unet."):], config.unet)
+            elif comp == "pose_controlnet":
+                if not key.startswith("net."):
+                    raise KeyError(f"pose_controlnet key {key!r} does not start with 'net.'")
+                name = POSE_PREFIX + _unet_key_to_ldm(key[len("net."):], config.controlnet)
+            elif comp == "vae":
+                ldm, unsqueeze = _vae_key_to_ldm(key, config.vae)
+                name = VAE_PREFIX + ldm
+                if unsqueeze:
+                    tensor = tensor.reshape(tuple(tensor.shape) + (1, 1))
+            else:  # text_encoder: official files always use the transformers-4 "text_model." names
+                key = canonical_clip_key(key)
+                name = CLIP_PREFIX + key
+            if name in flat:
+                raise RuntimeError(f"{comp}.{key} and {origin[name]} both map to {name}")
+            flat[name] = tensor
+            origin[name] = (comp, key)
+    # Self-check: the forward (diffusers) map must send every name back where it came from.
+    keymap = map_official_keys(flat, config)
+    back = {(c, k): tag.key for c, entries in keymap.mapping.items() for k, tag in entries.items()}
+    lost = {n: o for n, o in origin.items() if back.get(o) != n}
+    if lost or any(keymap.unknown.values()):
+        example = next(iter(lost.items()), None)
+        raise RuntimeError(f"inverse key map is not the inverse of the converters: {example} {keymap.unknown}")
+    return flat
+
+
+# --------------------------------------------------------------------------- #
+# Tiny camera-condition set (a cartoon head)
+# --------------------------------------------------------------------------- #
+def _render_tiny_head(size: int, yaw_deg: float) -> np.ndarray:
+    """A shaded ellipse 'head' seen at ``yaw_deg``: skin face side, dark hair side.
+
+    Facial markers (eyes, nose) sit at x = sin(yaw) across the head and are drawn
+    only while they face the camera (cos(yaw) > 0), so the views are distinct and
+    the back (180°) shows only hair. Cheap numpy drawing, fully deterministic.
+    """
+    s = float(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = (xx + 0.5 - s / 2) / (0.34 * s)   # head-local coords, ellipse radius 1
+    v = (yy + 0.5 - s * 0.52) / (0.44 * s)
+    r2 = u * u + v * v
+    inside = r2 <= 1.0
+    nz = np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))
+    # Surface longitude of each pixel on the head (0 = camera-facing), then the
+    # angle relative to the face direction for this yaw.
+    lon = np.arctan2(u, nz)
+    rel = lon - math.radians(yaw_deg)
+    facing = np.cos(rel)                      # > 0: face side, < 0: hair side
+    shade = 0.35 + 0.65 * np.clip(0.3 * u * -1 + 0.2 * -v + 0.9 * nz, 0.0, 1.0)
+    skin = np.array([0.90, 0.72, 0.60], np.float32)
+    hair = np.array([0.25, 0.16, 0.10], np.float32)
+    t = np.clip(facing * 1.5 + 0.2, 0.0, 1.0)[..., None]
+    t = np.where((v < -0.45)[..., None], np.minimum(t, 0.15), t)  # hairline on top
+    col = (t * skin + (1 - t) * hair) * shade[..., None]
+    img = np.empty((size, size, 3), np.float32)
+    img[...] = np.array([0.82, 0.85, 0.90], np.float32)  # light background
+    img[inside] = col[inside]
+    # facial markers
+    yr = math.radians(yaw_deg)
+    if math.cos(yr) > 0.05:
+        def dot(lon_off: float, vy: float, rad: float, rgb: tuple[float, float, float]) -> None:
+            mx = math.sin(yr + lon_off) * math.sqrt(max(0.0, 1 - vy * vy))
+            if math.cos(yr + lon_off) <= 0:
+                return
+            m = ((u - mx) ** 2 + (v - vy) ** 2) <= rad * rad
+            img[m & inside] = np.array(rgb, np.float32)
+        dot(-0.45, -0.15, 0.09, (0.08, 0.08, 0.12))   # eyes
+        dot(+0.45, -0.15, 0.09, (0.08, 0.08, 0.12))
+        dot(0.0, 0.15, 0.11, (0.75, 0.35, 0.30))      # nose
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_tiny_condition_set(folder: Union[str, os.PathLike], size: int = 64, n: int = OFFICIAL_VIEWS) -> List[Path]:
+    """Write ``n`` synthetic condition PNGs ``0000000.png …`` (yaw 360·k/n) for tests and demos.
+
+    Same naming and yaw layout as the official sphere32 set (the layout
+    ``cameras.load_condition_set`` assumes: k = 0 frontal, k = n/2 the back), but
+    a cartoon head, so it only exercises the plumbing; it is no substitute for
+    the real renders.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
+        raise ImageInputError(f"size must be an integer of at least 32 px for a loadable set, got {size!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ImageInputError(f"n must be a positive integer, got {n!r}")
+    d = Path(os.fspath(folder)).expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(int(n)):
+        p = d / f"{k:07d}.png"
+        Image.fromarray(_render_tiny_head(int(size), 360.0 * k / int(n)), mode="RGB").save(p)
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------- #
+# The whole set
+# --------------------------------------------------------------------------- #
 def _style_module(model, seed: int) -> Dict[str, torch.Tensor]:
     gen = _generator(seed, "style_module")
     out = {}
@@ -147,10 +407,6 @@ def make_tiny(outdir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Path]
     Names: ``original_main``, ``original_back_view`` (``.th``), ``main``,
     ``back_view`` (converted folders), ``cam_condition``, ``style_module``.
     """
-    from safetensors.torch import save_file
-
-    from .cameras import write_tiny_condition_set
-
     out = Path(os.fspath(outdir)).expanduser()
     (out / "original").mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
@@ -165,10 +421,8 @@ def make_tiny(outdir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Path]
         if kind == MAIN:
             main_model = model
     cams = out / "cam_condition" / "sphere32"
-    write_tiny_condition_set(cams, size=tiny_config(MAIN).image_size, n=32)
+    write_tiny_condition_set(cams, size=tiny_config(MAIN).image_size, n=OFFICIAL_VIEWS)
     paths["cam_condition"] = cams
-    style = out / "style_module-tiny.safetensors"
-    save_file(_style_module(main_model, seed), str(style), metadata={"format": "pt",
-                                                                      "diffstyle360_component": "style_appearance"})
-    paths["style_module"] = style
+    paths["style_module"] = write_component_file(_style_module(main_model, seed),
+                                                 out / "style_module-tiny.safetensors", "style_appearance")
     return paths

@@ -6,10 +6,14 @@ import torch
 from PIL import Image
 
 from diffstyle360_core.cameras import (CameraSet, back_view_index, find_condition_folder,
-                                       load_condition_set, select_views, user_conditions,
-                                       write_tiny_condition_set)
+                                       load_condition_set, select_views, user_conditions)
 from diffstyle360_core.images import (ImageInputError, load_image, load_mask, save_views,
                                       tensor_to_pil, to_comfy_image, to_model_tensor)
+
+try:
+    from diffstyle360_core.cameras import write_tiny_condition_set
+except ImportError:  # the cartoon-head renderer moved to tiny.py
+    from diffstyle360_core.tiny import write_tiny_condition_set
 
 
 def _gradient(h=48, w=64):
@@ -52,13 +56,36 @@ def test_load_image_modes_to_rgb(tmp_path, mode):
     assert out.mode == "RGB" and out.size == (64, 48)
 
 
-def test_rgba_alpha_dropped_not_composited(tmp_path):
+def test_decompression_bomb_says_too_large_not_resave(tmp_path, monkeypatch):
+    p = tmp_path / "huge.png"
+    Image.new("RGB", (2000, 1000)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)  # 2 MP > 2x the limit: Pillow refuses
+    with pytest.raises(ImageInputError) as err:
+        load_image(p, name="content")
+    msg = str(err.value)
+    assert "huge.png" in msg and "too large (2 megapixels" in msg and "Downscale" in msg
+    assert "Re-save" not in msg
+
+
+def test_rgba_alpha_dropped_by_default_or_composited(tmp_path):
     a = np.zeros((40, 40, 4), np.uint8)
-    a[..., 0] = 200  # red, fully transparent
+    a[..., 0] = 200  # red, fully transparent ...
+    a[:20, :, 3] = 255  # ... except the top half, opaque
     p = tmp_path / "t.png"
     Image.fromarray(a, "RGBA").save(p)
-    out = np.asarray(load_image(p))
+    out = np.asarray(load_image(p))  # official: .convert("RGB"), alpha dropped
     assert out.shape == (40, 40, 3) and (out[..., 0] == 200).all() and (out[..., 1] == 0).all()
+    white = np.asarray(load_image(p, alpha="white"))
+    assert (white[:20] == [200, 0, 0]).all() and (white[20:] == 255).all()
+    black = np.asarray(load_image(p, alpha="black"))
+    assert (black[:20] == [200, 0, 0]).all() and (black[20:] == 0).all()
+    # the same through to_model_tensor, for a file and for an RGBA array (uint8 and float)
+    for x in (p, a, a.astype(np.float32) / 255):
+        t = to_model_tensor(x, 40, alpha="white")
+        assert torch.allclose(t[0, :, 30], torch.ones(3, 40)), type(x)
+        assert torch.allclose(t[0, 0, 5], torch.full((40,), 200 / 127.5 - 1), atol=1e-6), type(x)
+    with pytest.raises(ImageInputError, match="alpha must be one of"):
+        load_image(p, alpha="grey")
 
 
 # --------------------------------------------------------------------------- #
@@ -218,9 +245,10 @@ def test_load_mask_arrays():
     hw = torch.zeros(40, 40)
     hw[:20] = 1
     assert load_mask(hw, 20).shape == (1, 1, 20, 20)
-    comfy = torch.zeros(2, 40, 40)
+    comfy = torch.zeros(1, 40, 40)
     comfy[:, 5:15, 5:15] = 1
-    assert load_mask(comfy, 20).shape == (2, 1, 20, 20)
+    assert load_mask(comfy, 20).shape == (1, 1, 20, 20)
+    assert torch.equal(load_mask(comfy[..., None], 20), load_mask(comfy, 20))  # [1,H,W,1]
     b1 = np.zeros((1, 1, 40, 40), np.uint8)
     b1[..., :10, :10] = 255
     out = load_mask(b1, 40)
@@ -228,8 +256,49 @@ def test_load_mask_arrays():
     assert load_mask(np.ones((40, 40), bool), 8).min() == 1
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.int32, torch.uint8, torch.int64, torch.bool])
+def test_integer_masks_holding_0_1_are_read_as_0_1(dtype):
+    m = np.zeros((40, 40), np.int64)
+    m[:, :20] = 1
+    x = torch.from_numpy(m).to(dtype) if isinstance(dtype, torch.dtype) else m.astype(dtype)
+    out = load_mask(x, 40)
+    assert out[0, 0, :, :20].min() == 1 and out[0, 0, :, 20:].max() == 0
+
+
+def test_integer_masks_with_grey_levels_are_read_as_0_255(tmp_path):
+    m = np.zeros((40, 40), np.uint8)
+    m[:, :20] = 255
+    m[:, 20:] = 51
+    out = load_mask(m, 40)
+    assert out[0, 0, 0, 0] == 1 and abs(float(out[0, 0, 0, -1]) - 0.2) < 1e-6
+    assert abs(float(load_mask(m.astype(np.int64), 40)[0, 0, 0, -1]) - 0.2) < 1e-6
+    # a PNG label mask holding 0/1 follows the same rule
+    label = (m == 255).astype(np.uint8)
+    Image.fromarray(label).save(tmp_path / "label.png")
+    assert torch.equal(load_mask(tmp_path / "label.png", 40), load_mask(label, 40))
+    assert load_mask(tmp_path / "label.png", 40).max() == 1
+    with pytest.raises(ImageInputError, match=r"integer mask values must be 0/1 or 0\.\.255, got 300\.\.300"):
+        load_mask(np.full((40, 40), 300, np.int64), 8, name="style 1 mask")
+
+
+def test_mask_batches_near_empty_too_large_and_nan_are_refused():
+    comfy = torch.zeros(2, 40, 40)
+    comfy[:, 5:15, 5:15] = 1
+    with pytest.raises(ImageInputError, match=r"style 1 mask: got a batch of 2 masks; pass one mask"):
+        load_mask(comfy, 20, name="style 1 mask")
+    with pytest.raises(ImageInputError, match=r"style 1 mask: mask selects nothing \(its largest value is 1e-09\)"):
+        load_mask(torch.full((40, 40), 1e-9), 20, name="style 1 mask")
+    with pytest.raises(ImageInputError, match=r"style 1 mask: float mask values must be in 0\.\.1.*max 255.*Divide"):
+        load_mask(torch.full((40, 40), 255.0), 20, name="style 1 mask")
+    nan = torch.ones(40, 40)
+    nan[3, 3] = float("nan")
+    with pytest.raises(ImageInputError, match="style 1 mask: mask contains NaN"):
+        load_mask(nan, 20, name="style 1 mask")
+    assert load_mask(torch.full((40, 40), 2e-3), 20).max() > 1e-3  # faint but not empty: accepted
+
+
 def test_load_mask_errors(tmp_path):
-    with pytest.raises(ImageInputError, match="mask selects nothing; paint the region to stylize white"):
+    with pytest.raises(ImageInputError, match=r"mask selects nothing \(it is all zeros\); paint the region to stylize white"):
         load_mask(torch.zeros(40, 40), 16)
     z = tmp_path / "z.png"
     Image.new("L", (40, 40), 0).save(z)
@@ -239,7 +308,7 @@ def test_load_mask_errors(tmp_path):
         load_mask(torch.full((40, 40), 2.0), 16)
     with pytest.raises(ImageInputError, match="wrong mask rank"):
         load_mask(torch.ones(40), 16)
-    with pytest.raises(ImageInputError, match=r"\[B,1,H,W\]"):
+    with pytest.raises(ImageInputError, match=r"\[1,1,H,W\]"):
         load_mask(torch.ones(1, 3, 40, 40), 16)
     with pytest.raises(ImageInputError, match="looks like an HxWxC image"):
         load_mask(np.ones((40, 40, 3), np.float32), 16)

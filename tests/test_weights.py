@@ -7,23 +7,36 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from diffstyle360_core.config import BACK_VIEW, MAIN, official_config, tiny_config
-from diffstyle360_core.tiny import TINY_FILES, build_tiny_model, make_tiny
+from diffstyle360_core.attention import FusionCall
+from diffstyle360_core.config import (
+    BACK_VIEW,
+    MAIN,
+    SEED_MODULUS,
+    component_file,
+    mix_seed,
+    official_config,
+    tiny_config,
+)
+from diffstyle360_core.layout import expected_shapes
 from diffstyle360_core.official_keys import (
     EMPTY_PROMPT_IDS,
     IGNORED_KEYS,
     WeightMismatchError,
+    canonical_clip_key,
     detect_kind,
-    expected_shapes,
     infer_config,
     map_official_keys,
-    to_official,
 )
+from diffstyle360_core.options import InputError
+from diffstyle360_core.tiny import TINY_FILES, build_tiny_model, to_official
 from diffstyle360_core.weights import (
     CheckpointFileError,
+    NonFiniteWeightError,
     convert_checkpoint,
     convert_official,
     empty_prompt_embedding,
@@ -155,10 +168,13 @@ def test_plain_sd_checkpoint_hint():
 # --------------------------------------------------------------------------- #
 # Tiny round trip
 # --------------------------------------------------------------------------- #
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    paths = make_tiny(root, seed=0)
+@pytest.fixture
+def tiny(tiny_weights):
+    """The session's make-tiny set (tests/conftest.py) as ``(root, {name: path})``; never modify it."""
+    root = Path(tiny_weights)
+    paths = {f"original_{k}": root / "original" / TINY_FILES[k] for k in (MAIN, BACK_VIEW)}
+    paths.update({MAIN: root / MAIN, BACK_VIEW: root / BACK_VIEW, "cam_condition": root / "cam_condition" / "sphere32",
+                  "style_module": root / "style_module-tiny.safetensors"})
     return root, paths
 
 
@@ -175,14 +191,23 @@ def _assert_same_state(a: dict, b: dict):
 
 def test_make_tiny_layout(tiny):
     root, paths = tiny
-    assert paths["original_main"] == root / "original" / TINY_FILES[MAIN]
     for name in ("main", "back_view"):
         files = sorted(p.name for p in paths[name].iterdir())
         expected = ["appearance", "pose_controlnet", "text_embedding", "unet", "vae"]
         expected += ["temporal"] if name == "main" else []
         assert files == sorted([f"{e}.safetensors" for e in expected] + ["config.json"])
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in paths[name].iterdir())  # readable like model files
     assert len(list(paths["cam_condition"].glob("*.png"))) == 32
-    assert paths["style_module"].is_file()
+    assert paths["style_module"].is_file() and paths["style_module"].stat().st_mode & 0o777 == 0o644
+    assert not list(root.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+    # The cartoon camera set has the official layout: view 0 faces the camera (skin, dark eyes), view 16 is the
+    # back of the head (hair only), view 8 looks sideways.
+    views = [np.asarray(Image.open(paths["cam_condition"] / f"{k:07d}.png")).astype(int) for k in (0, 8, 16)]
+    skin = [int(((v[..., 0] > 170) & (v[..., 0] - v[..., 2] > 40)).sum()) for v in views]
+    eyes = [int((v == (20, 20, 31)).all(-1).sum()) for v in views]  # the eye colour, drawn only when facing
+    assert skin[0] > skin[1] > skin[2] == 0
+    assert eyes[0] > 0 and eyes[2] == 0
 
     # The .th files have the full official layout, the same key set as the real ones (CLIP has 2 layers).
     for kind in (MAIN, BACK_VIEW):
@@ -190,15 +215,14 @@ def test_make_tiny_layout(tiny):
         assert sd["betas"].dtype == torch.float16 and sd["logvar"].dtype == torch.float32
         assert sd["cond_stage_model.transformer.text_model.embeddings.position_ids"].dtype == torch.int64
         assert detect_kind(sd) == kind
-        table = REFERENCE / KEY_FILES[kind]
-        if table.is_file():
-            official = set(json.loads(table.read_text())) - {"_meta"}
-            layer = "cond_stage_model.transformer.text_model.encoder.layers."
-            strip = {k for k in official if k.startswith(layer) and int(k[len(layer):].split(".")[0]) >= 2}
-            # Tiny widths (32, 64, 64, 64) change less often than (320, 640, 1280, 1280), so a few
-            # channel-changing shortcut convs are absent; everything else is name-for-name the same.
-            assert set(sd) <= official - strip
-            assert all(k.rsplit(".", 2)[-2] in ("skip_connection", "nin_shortcut") for k in official - strip - set(sd))
+        official = set(_official_meta(kind))
+        layer = "cond_stage_model.transformer.text_model.encoder.layers."
+        strip = {k for k in official if k.startswith(layer) and int(k[len(layer):].split(".")[0]) >= 2}
+        # Tiny widths (32, 64, 64, 64) change less often than (320, 640, 1280, 1280), so a few
+        # channel-changing shortcut convs are absent; everything else is name-for-name the same.
+        assert set(sd) <= official - strip
+        absent = official - strip - set(sd)
+        assert absent and all(k.rsplit(".", 2)[-2] in ("skip_connection", "nin_shortcut") for k in absent)
         # Nothing is zero: every module acts (incl. temporal proj_out and the zero-convs).
         weights = [v for k, v in sd.items() if v.is_floating_point() and k not in IGNORED_KEYS
                    and not k.endswith("pos_encoder.pe")]
@@ -218,7 +242,8 @@ def test_tiny_convert_reproduces_the_written_model(tiny, reference_models, kind)
             assert comp not in converted
             continue
         _assert_same_state(converted[comp], module.state_dict())
-    _assert_same_state(converted["text_encoder"], text)
+    # CLIP comes out under the official (transformers 4) names whatever transformers is installed
+    _assert_same_state(converted["text_encoder"], {canonical_clip_key(k): v for k, v in text.items()})
 
     loaded = load_model(paths[kind])
     assert loaded.config.to_dict() == tiny_config(kind).to_dict()
@@ -238,23 +263,17 @@ def _forward(model, num_views: int = 2):
     t = torch.tensor([421])
     with torch.no_grad():
         bank, _ = model.reference_banks(content, [], t)
-        model.fusion.set_references(bank)
-        eps = model.predict_noise(noisy, t, hints, num_views=num_views if model.temporal is not None else None)
-        model.fusion.clear()
-        context = model.text_embedding.expand(num_views, -1, -1)
-        plain = model.unet(noisy, t, encoder_hidden_states=context).sample
-    return eps, plain
+        return model.predict_noise(noisy, t, hints, num_views=num_views, references=FusionCall(content=bank))
 
 
-@pytest.mark.parametrize("kind", [MAIN, BACK_VIEW])
-def test_tiny_forward_identical_after_round_trip(tiny, reference_models, kind):
+def test_tiny_forward_identical_after_round_trip(tiny, reference_models):
+    """Every part (reference UNet, pose ControlNet, view-consistency modules, UNet) acts the same after .th →
+    folder → load; also what the state comparison cannot see (buffers left at their init, processors)."""
     _, paths = tiny
-    model, _ = reference_models[kind]
+    model, _ = reference_models[MAIN]
     before = _forward(model)
-    after = _forward(load_model(paths[kind]))
-    for a, b in zip(before, after):
-        assert torch.isfinite(a).all() and a.abs().mean() > 1e-3
-        assert torch.equal(a, b)
+    assert torch.isfinite(before).all() and before.abs().mean() > 1e-3
+    assert torch.equal(before, _forward(load_model(paths[MAIN])))
 
 
 def test_low_memory_and_fallback_build_agree(tiny, monkeypatch):
@@ -276,7 +295,7 @@ def test_low_memory_and_fallback_build_agree(tiny, monkeypatch):
     _assert_same_state(fast.state_dict(), slow.state_dict())
 
 
-def test_empty_prompt_embedding(reference_models):
+def test_empty_prompt_embedding(tiny, reference_models):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     model, text = reference_models[MAIN]
@@ -285,7 +304,11 @@ def test_empty_prompt_embedding(reference_models):
     assert set(EMPTY_PROMPT_IDS[2:]) == {49407}  # SD1.5's tokenizer pads with EOS
     emb = empty_prompt_embedding(text, config)
     assert emb.shape == (1, 77, config.context_dim) and emb.dtype == torch.float32
-    assert torch.equal(emb, model.text_embedding)
+    # convert_checkpoint computed the folder's embedding from the .th's official CLIP keys (diffusers' converter)
+    from safetensors.torch import load_file
+
+    _, paths = tiny
+    assert torch.equal(load_file(str(paths[MAIN] / "text_embedding.safetensors"))["text_embedding"], emb)
 
     # Official-style names (transformers 4.30: text_model.* plus position_ids) give the same result.
     named = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text.items()}
@@ -303,13 +326,56 @@ def test_empty_prompt_embedding(reference_models):
 
 def test_fp16_storage_and_dtype_on_load(tiny, tmp_path, reference_models):
     _, paths = tiny
-    model, _ = reference_models[MAIN]
+    model, _ = reference_models[BACK_VIEW]
     save_converted(model, tmp_path / "half", dtype=torch.float16)
-    half = load_model(tmp_path / "half")
+    half = load_model(tmp_path / "half")  # dtype=None keeps the stored dtype
     assert {p.dtype for p in half.parameters()} == {torch.float16}
     assert half.text_embedding.dtype == torch.float16
-    again = load_model(paths[MAIN], dtype=torch.float16)
-    _assert_same_state(half.state_dict(), again.state_dict())
+    by_name = load_model(paths[BACK_VIEW], dtype="fp16")  # cast on load; the names resolve_dtype takes
+    _assert_same_state(half.state_dict(), by_name.state_dict())
+    assert {p.dtype for p in load_model(tmp_path / "half", dtype=torch.float32).parameters()} == {torch.float32}
+
+
+def test_saving_shared_tensors_keeps_every_key(reference_models, tmp_path):
+    """safetensors refuses tensors that share memory; every key must still be in the file (strict loading)."""
+    from safetensors.torch import load_file
+
+    model, _ = reference_models[BACK_VIEW]
+    comps = {c: dict(getattr(model, c).state_dict()) for c in ("unet", "appearance", "pose_controlnet", "vae")}
+    comps["text_embedding"] = model.text_embedding
+    unet = comps["unet"]
+    a, b = [k for k in unet if unet[k].shape == unet["conv_in.bias"].shape and k.endswith("norm1.weight")][:2]
+    unet[b] = unet[a]  # one tensor under two keys (tied weights)
+    unet["conv_in.bias"] = unet[a][: unet["conv_in.bias"].numel()].view_as(unet["conv_in.bias"])
+    folder = save_converted(comps, tmp_path / "shared", model.config)
+    saved = load_file(str(folder / "unet.safetensors"))
+    assert set(saved) == set(unet)
+    assert torch.equal(saved[a], saved[b]) and torch.equal(saved["conv_in.bias"], unet[a])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [component_file(c) for c in model.config.folder_components()] + ["config.json"])
+
+
+def test_saving_refuses_what_the_target_dtype_cannot_hold(reference_models, tmp_path):
+    model, _ = reference_models[BACK_VIEW]
+    comps = {c: dict(getattr(model, c).state_dict()) for c in ("unet", "appearance", "pose_controlnet", "vae")}
+    comps["text_embedding"] = model.text_embedding
+    comps["vae"]["decoder.conv_out.bias"] = torch.full_like(comps["vae"]["decoder.conv_out.bias"], 1e6)
+    with pytest.raises(ValueError, match=r"vae weight 'decoder.conv_out.bias' has values beyond the range of "
+                                         r"torch.float16"):
+        save_converted(comps, tmp_path / "half", model.config, dtype="fp16")
+    assert not (tmp_path / "half").exists()
+
+
+def test_mix_seed():
+    # pinned values: sub-seeds (tiny weights, per-image noise) must stay reproducible across releases
+    assert mix_seed(0, 7) == 7 and mix_seed(1, 2) == 1_000_005
+    assert mix_seed(3, 4, 5) == (3 * 1_000_003 + 4) * 1_000_003 + 5
+    assert mix_seed(2**64 - 1) == (2**64 - 1) % 2**63
+    assert all(0 <= mix_seed(2**64 - 1, p) < SEED_MODULUS for p in (0, 1, 2**32 - 1))
+    assert mix_seed(np.int64(5), np.uint32(9)) == mix_seed(5, 9)
+    assert len({mix_seed(42, p) for p in range(1000)}) == 1000
+    with pytest.raises(TypeError):
+        mix_seed(1.5, 2)
 
 
 def test_wrapper_and_prefix_are_unwrapped(tiny, tmp_path):
@@ -334,18 +400,20 @@ def test_unreadable_checkpoints(tiny, tmp_path):
     _, paths = tiny
     garbage = tmp_path / "garbage.th"
     garbage.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(CheckpointFileError, match="re-download") as info:
-        load_official_state_dict(garbage)
-    assert "garbage.th" in str(info.value) and "weights_only=True" in str(info.value)
-
     truncated = tmp_path / "truncated.th"
     truncated.write_bytes(paths["original_main"].read_bytes()[:100_000])
-    with pytest.raises(CheckpointFileError, match="truncated.th"):
-        load_official_state_dict(truncated)
-
     pickled = tmp_path / "pickled.th"
     torch.save({"when": datetime.date(2024, 1, 1)}, pickled)
-    with pytest.raises(CheckpointFileError, match="weights_only"):
+    empty = tmp_path / "empty.th"
+    empty.write_bytes(b"")
+    for bad in (garbage, truncated, pickled, empty):
+        with pytest.raises(CheckpointFileError) as info:
+            load_official_state_dict(bad)
+        msg = str(info.value)
+        assert bad.name in msg and "not a DiffPortrait360 checkpoint" in msg, msg
+        assert "huggingface.co/gym890/diffportrait360" in msg and "model_state-340000.th" in msg, msg
+        assert "weights_only" not in msg and "trust" not in msg, msg  # never PyTorch's "load it unsafely" advice
+    with pytest.raises(CheckpointFileError, match="pickled Python objects"):
         load_official_state_dict(pickled)
 
     not_tensors = tmp_path / "numbers.th"
@@ -393,6 +461,64 @@ def test_broken_folder_errors(tiny, tmp_path):
         load_model(paths["cam_condition"])
 
 
+def _with_nan(path: Path, key_index: int = 0) -> str:
+    """Rewrite a safetensors file with one value of one tensor set to NaN (header intact); returns that key."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    key = [k for k in sd if sd[k].is_floating_point()][key_index]
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[sd[key].numel() // 2] = float("nan")
+    save_file(sd, str(path))
+    return key
+
+
+def test_non_finite_weights_are_refused(tiny, tmp_path):
+    _, paths = tiny
+    folder = tmp_path / "main"
+    shutil.copytree(paths[MAIN], folder)
+    key = _with_nan(folder / "vae.safetensors", key_index=3)
+    with pytest.raises(NonFiniteWeightError) as info:
+        load_model(folder)
+    assert "vae.safetensors" in str(info.value) and repr(key) in str(info.value) and "NaN" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+    style = tmp_path / "style.safetensors"
+    shutil.copy(paths["style_module"], style)
+    _with_nan(style)
+    model = load_model(paths[MAIN])
+    with pytest.raises(NonFiniteWeightError, match="style.safetensors"):
+        load_style_module(model, style)
+
+    # a damaged official checkpoint is refused at conversion, before the folder is written
+    sd = load_official_state_dict(paths["original_back_view"])
+    sd = dict(sd, **{"first_stage_model.decoder.conv_in.weight": torch.full_like(
+        sd["first_stage_model.decoder.conv_in.weight"], float("inf"))})
+    damaged = tmp_path / "damaged.th"
+    torch.save(sd, damaged)
+    shutil.copy(paths["original_back_view"].with_suffix(".config.json"), tmp_path / "damaged.config.json")
+    with pytest.raises(NonFiniteWeightError, match="damaged.th") as info:
+        convert_checkpoint(damaged, tmp_path / "out")
+    assert "decoder.conv_in.weight" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device", [
+    "foo",
+    "cuda:banana",
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch")),
+])
+def test_bad_device_or_dtype_is_reported_as_such(tiny, tmp_path, device):
+    """A device error is an argument error, raised before any file is read (never "file corrupt")."""
+    _, paths = tiny
+    for folder in (paths[MAIN], tmp_path / "does-not-exist"):
+        with pytest.raises(InputError, match="device") as info:
+            load_model(folder, device=device)
+        assert not isinstance(info.value, CheckpointFileError) and "corrupt" not in str(info.value)
+    with pytest.raises(InputError, match="dtype"):
+        load_model(paths[MAIN], dtype="float8")
+
+
 # --------------------------------------------------------------------------- #
 # Style modules
 # --------------------------------------------------------------------------- #
@@ -408,8 +534,9 @@ def test_style_module_loading(tiny, tmp_path):
 
     _, paths = tiny
     model = load_model(paths[MAIN])
-    style = load_style_module(model, paths["style_module"])
-    assert not model.training_free and model.style_module is style
+    styled = load_style_module(model, paths["style_module"])
+    style = styled.style_appearance
+    assert not styled.training_free and styled.style_module is style
     _assert_same_state(style.state_dict(), load_file(str(paths["style_module"])))
     content, stylised = _bank(model.appearance, model), _bank(style, model)
     assert content.keys() == stylised.keys()
@@ -432,6 +559,46 @@ def test_style_module_loading(tiny, tmp_path):
     # Saving a model with a style module writes it too.
     save_converted(with_style, tmp_path / "resaved")
     assert (tmp_path / "resaved" / "style_appearance.safetensors").is_file()
+
+
+def test_load_style_module_returns_a_new_model_sharing_the_frozen_parts(tiny, monkeypatch):
+    from diffstyle360_core.model import DiffStyle360Model
+
+    _, paths = tiny
+    model = load_model(paths[MAIN])
+    state = model.state_dict()
+    pointers = {k: v.data_ptr() for k, v in state.items()}
+    values = {k: v.clone() for k, v in state.items()}
+    # the style module is built empty and filled from the file, never deep-copied from the content module
+    monkeypatch.setattr(DiffStyle360Model, "add_style_module", lambda self: pytest.fail("deep copy of appearance"))
+
+    styled = load_style_module(model, paths["style_module"])
+    assert styled is not model and isinstance(styled, DiffStyle360Model)
+    # the original is untouched (a host may have it cached)
+    assert model.training_free and model.style_appearance is None
+    after = model.state_dict()
+    assert list(after) == list(pointers)
+    assert all(after[k].data_ptr() == pointers[k] and torch.equal(after[k], values[k]) for k in after)
+    assert not any(n.startswith("style_appearance") for n, _ in model.named_parameters())
+    # the new model shares every frozen tensor and only adds the style module
+    new = styled.state_dict()
+    assert set(new) == set(after) | {f"style_appearance.{k}" for k in model.appearance.state_dict()}
+    assert all(new[k].data_ptr() == after[k].data_ptr() for k in after)
+    for part in ("unet", "appearance", "pose_controlnet", "temporal", "vae"):
+        assert getattr(styled, part) is getattr(model, part)
+    style_ptrs = {t.data_ptr() for t in styled.style_appearance.state_dict().values()}
+    assert not style_ptrs & {t.data_ptr() for t in after.values()}
+    assert not any(t.is_meta for t in styled.style_appearance.state_dict().values())
+    assert not styled.style_appearance.training and styled.config is model.config
+
+    # a second style module on the styled model gives a third model; the second keeps its own
+    again = load_style_module(styled, paths["style_module"])
+    assert again.style_appearance is not styled.style_appearance
+    assert styled.style_appearance is not None and again.unet is model.unet
+
+    # the style follows the content module's dtype
+    half = load_style_module(load_model(paths[MAIN], dtype="fp16"), paths["style_module"])
+    assert {p.dtype for p in half.style_appearance.parameters()} == {torch.float16}
 
 
 def test_bad_style_module(tiny, tmp_path):
