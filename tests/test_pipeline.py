@@ -214,9 +214,8 @@ def test_stylize_settings_reach_every_fusion_layer(pipe, images, monkeypatch):
     cond = [kw for has_c, has_s, kw in calls if has_c and has_s]
     uncond = [kw for has_c, has_s, kw in calls if not has_c]
     assert len(cond) == 16 * steps  # one conditional pass per step (both views in one window)
-    # reference-free calls: the appearance module's own attn1 (one batched pass per step, training-free)
-    # plus the unconditional pass of the main UNet
-    assert len(uncond) == 2 * 16 * steps
+    # reference-free passes (appearance modules, the unconditional branch) use diffusers' own processor
+    assert not uncond
     for kw in cond:
         assert kw["tau"] == pytest.approx(1.3) and kw["pairing"] == "aligned" and kw["mask_mode"] == "confined"
         m = kw["style_mask"]

@@ -67,6 +67,13 @@ def _as_config(config: Union[TrainConfig, Mapping[str, Any], str, os.PathLike]) 
     return TrainConfig.from_yaml(config)
 
 
+def _tracker():
+    """TensorBoard logs when ``tensorboard`` is installed (``pip install tensorboard``), else none."""
+    import importlib.util
+
+    return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
+
+
 def _main_model_folder(weights) -> Path:
     root = Path(os.fspath(weights)).expanduser()
     for cand in (root / "main", root):
@@ -206,7 +213,7 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, os.PathLike], *, pr
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(config),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with="tensorboard",
+        log_with=_tracker(),
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         cpu=config.device == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.condition_dropout > 0)],
