@@ -1,13 +1,39 @@
-"""ComfyUI entry point of the DiffStyle360 pack.
+"""ComfyUI entry point of the DiffStyle360 pack (registration only).
 
-ComfyUI imports this file; the nodes live in ``nodes/`` (a thin layer over
-``diffstyle360_core``). Until the node layer lands the pack registers nothing,
-so installing it never breaks a ComfyUI start.
+ComfyUI imports this folder as a package but does not put it on ``sys.path``,
+so the core library ``diffstyle360_core`` next to this file is registered under
+its own name first (without touching ``sys.path``: our ``nodes`` package must
+never shadow ComfyUI's ``nodes`` module). The nodes live in ``nodes/``.
 """
 
-try:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
-except ImportError:  # pragma: no cover - imported outside a package (e.g. by pytest collection)
+import importlib.util
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _register_core() -> None:
+    name = "diffstyle360_core"
+    if name in sys.modules:
+        return
+    folder = os.path.join(_ROOT, name)
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+if __package__:  # imported as a package (ComfyUI); a bare import of this file has nothing to register
+    _register_core()
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+else:  # pragma: no cover
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

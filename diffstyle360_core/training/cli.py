@@ -71,7 +71,19 @@ def config_from_args(args: argparse.Namespace):
     return config.replace(**{name: getattr(args, name, None) for name in OVERRIDES})
 
 
+def _require_training_packages() -> None:
+    """Training needs packages the nodes do not: say which, instead of an ImportError traceback."""
+    import importlib.util
+
+    missing = [name for name, module in (("accelerate", "accelerate"), ("PyYAML", "yaml"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(f"training needs {', '.join(missing)}: pip install -r requirements-train.txt "
+                         "(in the pack's folder)")
+
+
 def run_train(args: argparse.Namespace) -> None:
+    _require_training_packages()
     from .loop import train
 
     if getattr(args, "print_config", False):

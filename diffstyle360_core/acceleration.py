@@ -1,0 +1,347 @@
+"""Speed and memory switches for a built model: regional compile, fp8 weight storage, sequential offload.
+
+None of these changes what the model computes beyond rounding; each is opt-in.
+
+* :func:`compile_model` compiles the *repeated blocks* (diffusers ``ResnetBlock2D``,
+  ``Downsample2D``/``Upsample2D``, the cross-attention ``attn2`` and feed-forward of
+  every ``BasicTransformerBlock``, the time embedding, the ControlNet hint encoder
+  and our :class:`~.temporal.ViewConsistencyModule`) of the main UNet, the
+  appearance modules and the pose ControlNet. One compiled function per block
+  class serves every instance of that class (weights are graph inputs), so
+  compile time grows with the number of distinct *shapes*, not with depth. The
+  ``attn1`` layers (Style Fusion readers / bank writers, which carry per-call
+  Python state) stay eager. ``DIFFSTYLE360_COMPILE=0`` turns compiling off.
+* :func:`store_weights_fp8` keeps Linear/Conv weights in ``torch.float8_e4m3fn``
+  with one scale per output channel and casts them to the compute dtype on every call
+  (as ComfyUI's fp8 weight dtypes do, plus the scales): half the weight memory
+  of fp16.
+* :class:`SequentialOffload` is a :class:`~.pipeline.ModelPlacement`: the model
+  about to run is moved to the GPU and every other model it has seen goes back
+  to the CPU, so only the model in use is resident.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import weakref
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+try:
+    from .pipeline import ModelPlacement
+except ImportError:  # pragma: no cover - only while the pipeline is being rewritten
+    class ModelPlacement:  # type: ignore[no-redef]
+        def activate(self, model: nn.Module) -> None:
+            return None
+
+
+COMPILE_ENV = "DIFFSTYLE360_COMPILE"
+
+#: Blocks compiled whole (matched by class name, so diffusers' module paths may move).
+COMPILE_BLOCKS = frozenset({
+    "ResnetBlock2D",
+    "Downsample2D",
+    "Upsample2D",
+    "TimestepEmbedding",
+    "ControlNetConditioningEmbedding",
+    "ViewConsistencyModule",
+})
+#: Children compiled inside blocks that also hold Python-state processors (attn1).
+COMPILE_CHILDREN = {"BasicTransformerBlock": ("attn2", "ff")}
+#: Parts of a DiffStyle360Model compiled by default (the VAE runs once per view: not worth its compile time).
+DEFAULT_PARTS = ("unet", "appearance", "style_appearance", "pose_controlnet", "temporal")
+
+
+def compile_enabled() -> bool:
+    """False when ``DIFFSTYLE360_COMPILE`` is 0/false/off/no (the opt-out switch)."""
+    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+@dataclass
+class CompileRecord:
+    """What :func:`compile_model` did to a model (kept on the model as ``_ds360_compile``)."""
+
+    key: tuple
+    modules: List[nn.Module] = field(default_factory=list)
+
+    @property
+    def regions(self) -> int:
+        return len(self.modules)
+
+
+_COMPILED_FORWARDS: Dict[tuple, object] = {}  # (class, key) -> compiled function: one per process
+
+
+def _compiled_forward(cls: type, key: tuple):
+    """``torch.compile(cls.forward)`` made once per class and settings (the per-process cache)."""
+    if (cls, key) not in _COMPILED_FORWARDS:
+        mode, dynamic, backend = key
+        kwargs = dict(dynamic=dynamic, backend=backend)
+        if mode is not None:
+            kwargs["mode"] = mode
+        _COMPILED_FORWARDS[(cls, key)] = torch.compile(cls.forward, **kwargs)
+    return _COMPILED_FORWARDS[(cls, key)]
+
+
+def _raise_recompile_limits(per_code: int = 256, total: int = 4096) -> None:
+    """Each block class gets one compiled graph per distinct input shape: lift dynamo's low default caps."""
+    cfg = torch._dynamo.config
+    for name, value in (("recompile_limit", per_code), ("cache_size_limit", per_code),
+                        ("accumulated_recompile_limit", total), ("accumulated_cache_size_limit", total)):
+        if name in getattr(cfg, "_allowed_keys", ()) or hasattr(cfg, name):
+            try:
+                if getattr(cfg, name) < value:
+                    setattr(cfg, name, value)
+            except (AttributeError, TypeError):  # pragma: no cover - renamed or removed in this torch
+                pass
+
+
+def compile_regions(model: nn.Module, parts: Sequence[str] = DEFAULT_PARTS) -> List[Tuple[str, nn.Module]]:
+    """The ``(name, module)`` regions :func:`compile_model` compiles, outermost only, in model order.
+
+    ``parts``: attribute names of ``model`` to search (``DEFAULT_PARTS`` for a
+    DiffStyle360Model); any other module is searched whole when ``parts`` is empty.
+    """
+    roots = [(p, getattr(model, p, None)) for p in parts] if parts else [("", model)]
+    found: List[Tuple[str, nn.Module]] = []
+    seen = set()
+    for root_name, root in roots:
+        if root is None:
+            continue
+        taken: List[str] = []
+        for name, module in root.named_modules():
+            full = f"{root_name}.{name}" if root_name and name else (root_name or name)
+            if any(t == "" or full == t or full.startswith(t + ".") for t in taken):  # inside a region
+                continue
+            cls = type(module).__name__
+            picked = []
+            if cls in COMPILE_BLOCKS:
+                picked = [(full, module)]
+            elif cls in COMPILE_CHILDREN:
+                picked = [(f"{full}.{c}", getattr(module, c)) for c in COMPILE_CHILDREN[cls]
+                          if isinstance(getattr(module, c, None), nn.Module) and _plain_child(getattr(module, c))]
+            for sub_name, sub in picked:
+                taken.append(sub_name)
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    found.append((sub_name, sub))
+    return found
+
+
+def _plain_child(module: nn.Module) -> bool:
+    """An attention child is compiled only with diffusers' own processor (ours carry per-call state)."""
+    processor = getattr(module, "processor", None)
+    return processor is None or type(processor).__module__.startswith("diffusers.")
+
+
+def compile_model(
+    model: nn.Module,
+    *,
+    mode: Optional[str] = None,
+    dynamic: Optional[bool] = False,
+    backend: str = "inductor",
+    parts: Sequence[str] = DEFAULT_PARTS,
+    enabled: Optional[bool] = None,
+) -> CompileRecord:
+    """Regional ``torch.compile`` of ``model``'s repeated blocks, in place; returns what was compiled.
+
+    Compiling the same model again with the same settings is a no-op; other
+    settings replace the earlier ones. Compiled code is cached per process by
+    torch (per block class and input shape), so a second model of the same
+    architecture, or the same model after :func:`uncompile_model`, reuses it.
+    ``dynamic=False`` specialises every shape (one graph per window-batch size,
+    the fastest kernels); ``None`` lets torch generalise after a shape changes.
+    ``enabled=None`` follows ``DIFFSTYLE360_COMPILE``; when off nothing changes
+    and the record has no regions. The modules' deep copies (``add_style_module``)
+    stay compiled and run their own weights.
+    """
+    if enabled is None:
+        enabled = compile_enabled()
+    key = (mode, dynamic, backend)
+    record = getattr(model, "_ds360_compile", None)
+    if not enabled:
+        return record if record is not None else CompileRecord(key)
+    if record is not None and record.key == key:
+        missing = [m for _, m in compile_regions(model, parts) if "forward" not in m.__dict__]
+        if not missing:
+            return record  # already compiled with these settings
+    elif record is not None:
+        uncompile_model(model)
+    _raise_recompile_limits()
+    record = CompileRecord(key)
+    for _, module in compile_regions(model, parts):
+        if "forward" in module.__dict__:  # compiled earlier (e.g. a part shared with another model)
+            record.modules.append(module)
+            continue
+        module.forward = types.MethodType(_compiled_forward(type(module), key), module)
+        record.modules.append(module)
+    object.__setattr__(model, "_ds360_compile", record)  # plain attribute, not a submodule
+    return record
+
+
+def uncompile_model(model: nn.Module) -> int:
+    """Undo :func:`compile_model` (eager forwards again); returns how many regions were restored.
+
+    Sweeps every submodule, so deep copies made after compiling (a style module)
+    are restored too.
+    """
+    count = 0
+    for module in model.modules():
+        if is_compiled(module):
+            del module.forward
+            count += 1
+    model.__dict__.pop("_ds360_compile", None)
+    return count
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """True when ``module`` runs a forward compiled by :func:`compile_model`."""
+    fn = module.__dict__.get("forward")
+    compiled = set(map(id, _COMPILED_FORWARDS.values()))
+    return isinstance(fn, types.MethodType) and id(fn.__func__) in compiled
+
+
+# --------------------------------------------------------------------------- #
+# fp8 weight storage
+# --------------------------------------------------------------------------- #
+FP8 = getattr(torch, "float8_e4m3fn", None)
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def _fp8_pre_hook(module: nn.Module, args):
+    dtype = module.fp8_compute_dtype
+    module.weight = module.weight_fp8.to(dtype) * module.weight_scale.to(dtype)
+
+
+def _fp8_post_hook(module: nn.Module, args, output):
+    module.weight = None  # drop the unpacked copy: only the fp8 tensor stays resident
+    return output
+
+
+def store_weights_fp8(model: nn.Module, compute_dtype: torch.dtype = torch.float16, *,
+                      skip: Iterable[str] = ()) -> int:
+    """Keep every Linear/Conv2d weight of ``model`` in float8_e4m3fn (in place); returns how many.
+
+    Each weight becomes a buffer ``weight_fp8`` with a scale per output
+    channel ``weight_scale`` in ``compute_dtype`` (``amax / 448``, so small SD weights keep their
+    mantissa instead of falling into fp8 subnormals); a forward pre-hook rebuilds the
+    weight in ``compute_dtype`` for the call and a forward hook frees it again.
+    Biases, norms and embeddings stay as they are: put the model in ``compute_dtype`` first. ``skip``: module-name
+    prefixes to leave alone (e.g. ``("vae",)``). Moves with ``.to(device)`` work;
+    ``.half()``/``.float()`` would widen the fp8 buffers (run them before).
+    """
+    if FP8 is None:  # pragma: no cover - torch < 2.1
+        raise RuntimeError("this PyTorch has no float8_e4m3fn dtype; update PyTorch to store weights in fp8")
+    skip = tuple(skip)
+    count = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or hasattr(module, "weight_fp8"):
+            continue
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        weight = module.weight
+        if not isinstance(weight, nn.Parameter):
+            continue
+        with torch.no_grad():
+            w32 = weight.detach().float()
+            amax = w32.abs().flatten(1).amax(1).clamp(min=1e-12)  # one scale per output channel
+            # scales stay normal numbers of the compute dtype (fp16 flushes below 2^-14 lose bits)
+            scale = (amax / FP8_MAX).clamp(min=torch.finfo(compute_dtype).tiny).view(-1, *([1] * (w32.ndim - 1)))
+            scale = scale.to(compute_dtype)
+            packed = (w32 / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        del module.weight  # removes the Parameter
+        module.register_buffer("weight_fp8", packed)
+        module.register_buffer("weight_scale", scale)
+        module.fp8_compute_dtype = compute_dtype
+        module.weight = None
+        module.register_forward_pre_hook(_fp8_pre_hook)
+        module.register_forward_hook(_fp8_post_hook)
+        count += 1
+    return count
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes held by ``model``'s parameters and buffers (what stays resident between calls)."""
+    seen = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+# --------------------------------------------------------------------------- #
+# sequential offload
+# --------------------------------------------------------------------------- #
+class SequentialOffload(ModelPlacement):
+    """Only the model in use on ``device``; every other model it has activated waits on ``offload_device``.
+
+    Pass it as ``DiffStyle360Pipeline(..., placement=SequentialOffload("cuda"))``:
+    the pipeline calls :meth:`activate` before each model runs (back-view model,
+    then main model). Models are remembered weakly. Others are moved off
+    *before* the next one is moved on, so the peak holds one model.
+    """
+
+    def __init__(self, device: Union[str, torch.device], offload_device: Union[str, torch.device] = "cpu",
+                 *, release_cache: bool = True):
+        self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device)
+        self.release_cache = release_cache
+        self._where: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+    def register(self, *models: nn.Module) -> "SequentialOffload":
+        """Models the placement manages besides those it activates (assumed on the device until moved)."""
+        for model in models:
+            if model is not None and model not in self._where:
+                self._where[model] = True
+        return self
+
+    @property
+    def models(self) -> List[nn.Module]:
+        return list(self._where.keys())
+
+    def activate(self, model: nn.Module) -> None:
+        moved_off = False
+        for other, on_device in list(self._where.items()):
+            if other is not model and on_device:
+                self._park(other)
+                self._where[other] = False
+                moved_off = True
+        if moved_off and self.release_cache and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._load(model)  # a no-op copy-wise when it is there already
+        self._where[model] = True
+
+    def _load(self, model: nn.Module) -> None:
+        model.to(self.device)
+
+    def _park(self, model: nn.Module) -> None:
+        model.to(self.offload_device)
+
+    def offload_all(self) -> None:
+        """Move every model off the device (e.g. before another host model runs)."""
+        for model in self.models:
+            self._park(model)
+            self._where[model] = False
+        if self.release_cache and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+__all__ = [
+    "COMPILE_ENV",
+    "CompileRecord",
+    "SequentialOffload",
+    "compile_enabled",
+    "compile_model",
+    "compile_regions",
+    "is_compiled",
+    "store_weights_fp8",
+    "uncompile_model",
+    "weight_bytes",
+]

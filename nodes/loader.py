@@ -1,0 +1,256 @@
+"""Load Appearance Modules: a weight set from ``models/diffstyle360/`` as a lazy, cached model handle.
+
+The node reads nothing but folder listings. The models are read the first time
+a node runs them and then kept in a small module-level cache keyed by folder,
+file sizes and times, dtype, device and style module, so re-running a graph (or
+a second loader on the same set) never reads the weights again; the back-view
+model is read only when a back view has to be generated.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from diffstyle360_core import catalog
+from diffstyle360_core.cameras import CameraSet, find_condition_folder, load_condition_set
+from diffstyle360_core.config import BACK_VIEW, MAIN, BackboneConfig
+from diffstyle360_core.devices import DTYPE_CHOICES
+from diffstyle360_core.pipeline import DiffStyle360Pipeline
+
+from . import host
+from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
+
+TRAINING_FREE = "none (training-free)"
+NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
+#: Models kept in memory at once (main, main + style module, back view: one graph's worth).
+CACHE_SIZE = 3
+
+_cache: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+def load_model(folder: Path, device, dtype):
+    """Read a converted model folder (the one place weights are read; tests count calls here)."""
+    from diffstyle360_core.weights import load_model as read
+
+    return read(folder, device=device, dtype=dtype)
+
+
+def load_style_module(base, path: Path):
+    """A model with the style module at ``path``, sharing every frozen part with ``base`` (base unchanged)."""
+    from diffstyle360_core.weights import load_style_module as read
+
+    return read(base, path)
+_cache_lock = threading.RLock()
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _signature(folder: Path) -> Tuple:
+    """Name, size and mtime of every file a converted folder is read from (a re-converted set reloads)."""
+    entries = []
+    for path in sorted(folder.glob("*")):
+        if path.is_file() and path.suffix in (".safetensors", ".json"):
+            st = path.stat()
+            entries.append((path.name, st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
+def _file_signature(path: Optional[Path]) -> Tuple:
+    if path is None:
+        return ()
+    st = path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def _cached(key: tuple, build):
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    value = build()
+    with _cache_lock:
+        _cache[key] = value
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return value
+
+
+# --------------------------------------------------------------------------------------------- listings
+def weight_sets() -> Dict[str, catalog.WeightSet]:
+    return catalog.list_weight_sets(host.model_roots())
+
+
+def style_module_choices(sets: Dict[str, catalog.WeightSet]) -> Dict[str, Path]:
+    """Widget label → file, for every style module found next to a weight set or loose in a models folder."""
+    found: Dict[str, Path] = {}
+    for ws in sets.values():
+        for rel in ws.style_modules:
+            found.setdefault(f"{ws.name}/{rel}", ws.path / rel)
+    for root in host.model_roots():
+        root_path = Path(root)
+        if root_path.is_dir():
+            for path in sorted(root_path.glob("*.safetensors")):
+                found.setdefault(path.name, path)
+    return found
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """What flows on a DS360_MODEL link: where the weights are and how to run them; models load on demand."""
+
+    weight_set: str
+    path: Path
+    dtype_choice: str = "auto"
+    style_module: Optional[Path] = None
+    _cameras: Optional[CameraSet] = field(default=None, repr=False)
+
+    # ---- cheap facts (config.json only)
+    def has(self, kind: str) -> bool:
+        return (self.path / kind / "config.json").is_file()
+
+    def config(self, kind: str) -> BackboneConfig:
+        if not self.has(kind):
+            other = MAIN if kind == BACK_VIEW else BACK_VIEW
+            what = "back-view model (back_view/)" if kind == BACK_VIEW else "main model (main/)"
+            hint = (" Connect a content_back image (and a back image per style) so no back view has to be generated, "
+                    "or convert back_head-230000.th into it." if kind == BACK_VIEW
+                    else " Convert model_state-340000.th into it (README, Weights).")
+            present = f" (it has only {other}/)" if self.has(other) else ""
+            raise DiffStyle360Error(f"weight set '{self.weight_set}' at {self.path} has no {what}{present}.{hint}")
+        return BackboneConfig.load(self.path / kind)
+
+    @property
+    def image_size(self) -> int:
+        kind = MAIN if self.has(MAIN) else BACK_VIEW
+        return self.config(kind).image_size
+
+    # ---- models (cached)
+    def _dtype(self, device: torch.device) -> torch.dtype:
+        return host.resolve_dtype_choice(self.dtype_choice, device)
+
+    def _load(self, kind: str):
+        """(cache key, model) of ``kind``, read from disk only when not cached."""
+        self.config(kind)  # clear error if the folder is missing
+        folder = self.path / kind
+        device = host.offload_device()
+        dtype = self._dtype(host.torch_device())
+        key = ("model", str(folder.resolve()), _signature(folder), str(dtype), str(device))
+        return key, _cached(key, lambda: load_model(folder, device=device, dtype=dtype))
+
+    def main_model(self):
+        base_key, base = self._load(MAIN)
+        if self.style_module is None:
+            return base
+        if not self.style_module.is_file():
+            raise DiffStyle360Error(f"style module {self.style_module} not found; pick another in the loader.")
+        key = ("styled", base_key, _file_signature(self.style_module))
+        return _cached(key, lambda: load_style_module(base, self.style_module))
+
+    def back_view_model(self):
+        return self._load(BACK_VIEW)[1]
+
+    def cameras(self) -> CameraSet:
+        """The weight set's camera-condition set at the model's resolution (read once per handle)."""
+        if self._cameras is None:
+            size = self.image_size
+            folder = find_condition_folder(self.path)
+            key = ("cameras", str(folder.resolve()), _signature_images(folder), size)
+            self._cameras = _cached_cameras(key, lambda: load_condition_set(folder, size))
+        return self._cameras
+
+    def pipeline(self, *, main: bool = True, back_view: bool = True) -> DiffStyle360Pipeline:
+        return DiffStyle360Pipeline(
+            self.main_model() if main else None,
+            self.back_view_model() if back_view else None,
+            cameras=self.cameras(),
+            placement=host.placement(),
+        )
+
+
+_camera_cache: "OrderedDict[tuple, CameraSet]" = OrderedDict()
+
+
+def _signature_images(folder: Path) -> Tuple:
+    return tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
+
+
+def _cached_cameras(key: tuple, build) -> CameraSet:
+    with _cache_lock:
+        if key not in _camera_cache:
+            _camera_cache[key] = build()
+            while len(_camera_cache) > 4:
+                _camera_cache.popitem(last=False)
+        return _camera_cache[key]
+
+
+class LoadAppearanceModules:
+    DESCRIPTION = (
+        "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and back-view "
+        "models plus the camera-condition set) and an optional trained style module. Nothing is read here: the "
+        "models load the first time a sampler needs them and stay cached, so re-running a graph is instant; the "
+        "back-view model loads only when a back view has to be generated."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The DiffStyle360 models (loaded on first use).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        sets = weight_sets()
+        names = sorted(sets) or [NO_WEIGHT_SETS]
+        styles = [TRAINING_FREE] + sorted(style_module_choices(sets))
+        return {
+            "required": {
+                "weight_set": (names, {"tooltip": (
+                    "A folder under models/diffstyle360/ holding main/, back_view/ and cam_condition/ "
+                    "(README, Weights; `python -m diffstyle360_core make-tiny` writes a tiny demo set).")}),
+                "style_module": (styles, {"default": TRAINING_FREE, "tooltip": (
+                    "A trained DiffStyle360 style appearance module (.safetensors), or none: training-free, the "
+                    "content appearance module also reads the style image (the paper's first ablation).")}),
+                "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": (
+                    "Weight precision: auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on the CPU); "
+                    "fp32 is the most exact, fp16/bf16 halve the memory.")}),
+            }
+        }
+
+    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto"):
+        with user_errors("Load Appearance Modules"):
+            sets = weight_sets()
+            if weight_set not in sets:
+                roots = ", ".join(host.model_roots())
+                known = ", ".join(sorted(sets)) or "none"
+                raise DiffStyle360Error(
+                    f"Load Appearance Modules: no weight set '{weight_set}' in {roots} (found: {known}); put a "
+                    "converted set there (README, Weights) and press R to refresh the list."
+                )
+            if dtype not in DTYPE_CHOICES:
+                raise DiffStyle360Error(f"Load Appearance Modules: dtype must be one of {DTYPE_CHOICES}, got {dtype!r}.")
+            style_path = None
+            if style_module != TRAINING_FREE:
+                choices = style_module_choices(sets)
+                if style_module not in choices:
+                    raise DiffStyle360Error(
+                        f"Load Appearance Modules: style module '{style_module}' not found; pick one from the list "
+                        f"or '{TRAINING_FREE}'."
+                    )
+                style_path = choices[style_module]
+            ws = sets[weight_set]
+            return (ModelHandle(weight_set, ws.path, dtype, style_path),)
+
+
+def list_loaded() -> List[str]:  # for debugging and tests
+    with _cache_lock:
+        return [k[0] + ":" + str(k[1]) for k in _cache]

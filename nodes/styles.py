@@ -1,0 +1,201 @@
+"""Key Scale, Style Mask and Style Blend: how the style enters Style Fusion Attention (§3.3, §3.5, §4).
+
+A DS360_STYLE link carries a :class:`StyleStack`, a tuple of the core's
+``Style`` entries: one per masked region (Style Mask appends to an upstream
+stack) or one blended style (Style Blend). A plain IMAGE on the sampler's style
+input is one global style and needs none of these nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+
+from diffstyle360_core import options
+from diffstyle360_core.fusion import alpha_weights
+from diffstyle360_core.options import FusionSettings, tau_by_resolution
+from diffstyle360_core.pipeline import Style
+
+from .common import (CATEGORY, FUSION, IMAGE_OR_STYLE, STYLE, DiffStyle360Error, choice, number, parse_weights,
+                     single_mask, user_errors)
+
+#: Sum-to-one tolerance of blend weights (the core's check uses the same order of magnitude).
+_WEIGHT_SUM_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class StyleStack:
+    """What flows on a DS360_STYLE link: the core Style entries, in the order they were added."""
+
+    styles: Tuple[Style, ...]
+
+    def core(self):
+        """The sampler's ``style`` argument: one Style, or a list of masked Styles."""
+        return self.styles[0] if len(self.styles) == 1 else list(self.styles)
+
+
+# --------------------------------------------------------------------------------------------- Key Scale
+_LEVELS = (
+    ("tau_res64", 0, "64x64 latents (the finest: down_blocks.0, up_blocks.3; fine texture)"),
+    ("tau_res32", 1, "32x32 latents (down_blocks.1, up_blocks.2)"),
+    ("tau_res16", 2, "16x16 latents (down_blocks.2, up_blocks.1)"),
+    ("tau_res8", 3, "8x8 latents (the coarsest: mid_block; overall shape and colour)"),
+)
+
+
+class KeyScale:
+    DESCRIPTION = (
+        "Style Fusion Attention settings: the key scale tau (how strongly attention is pulled toward the style; "
+        "paper default 1.05, explored 1.00-1.10), optionally a different tau per latent resolution, the key/value "
+        "pairing and how style masks act. Without this node the sampler uses tau 1.05, paper pairing and mask mode."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "settings"
+    RETURN_TYPES = (FUSION,)
+    RETURN_NAMES = ("fusion",)
+    OUTPUT_TOOLTIPS = ("Fusion settings for the Style Fusion Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        low, high = options.PAPER_TAU_RANGE
+        required = {
+            "tau": number(options.TAU, (
+                f"Key scale tau (§3.5): multiplies the style keys before the softmax. >1 = stronger style, less "
+                f"identity; <1 = the other way. The paper uses {low:.2f}-{high:.2f} (default {options.TAU.default})."
+            )),
+            "pairing": choice(options.PAIRINGS, (
+                "paper: keys [K_l, AdaIN(K_c,K_s), tau*K_s] with values [V_l, V_s, V_c], the paper's equation as "
+                "written; aligned: each key with its own value. A trained style module must use the pairing it was "
+                "trained with.")),
+            "mask_mode": choice(options.MASK_MODES, (
+                "How a style mask acts. paper: masks the keys only (style can leak outside the mask); confined: "
+                "outside the mask the layer is exactly DiffPortrait360's content attention.")),
+        }
+        for name, _, where in _LEVELS:
+            required[name] = ("FLOAT", {
+                "default": 0.0, "min": 0.0, "max": options.TAU.high, "step": 0.01, "round": 0.001,
+                "tooltip": f"tau for the attention layers at {where}; 0 = use tau.",
+            })
+        return {"required": required}
+
+    def settings(self, tau, pairing, mask_mode, tau_res64=0.0, tau_res32=0.0, tau_res16=0.0, tau_res8=0.0):
+        with user_errors("Key Scale"):
+            levels = dict(zip((lv for _, lv, _ in _LEVELS), (tau_res64, tau_res32, tau_res16, tau_res8)))
+            per_level = {lv: (None if float(v) == 0.0 else v) for lv, v in levels.items()}
+            spec = tau_by_resolution(tau, per_level)
+            return (FusionSettings(tau=spec, pairing=pairing, mask_mode=mask_mode).checked(),)
+
+
+# --------------------------------------------------------------------------------------------- Style Mask
+class StyleMask:
+    DESCRIPTION = (
+        "Local stylization (§4): attaches a mask painted on the style image (white = use this style there) and "
+        "optionally one for the style's back view. Chain several Style Mask nodes through 'previous' to give "
+        "different regions different styles (masks must not overlap). Use ComfyUI's mask nodes (Load Image's "
+        "mask, InvertMask, GrowMask, FeatherMask...) to make the masks."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "attach"
+    RETURN_TYPES = (STYLE,)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("The masked style, after the styles of 'previous'; connect to the sampler's style input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style": (IMAGE_OR_STYLE, {"tooltip": (
+                    "The style image (or a Style Blend output) this mask belongs to.")}),
+                "mask": ("MASK", {"tooltip": (
+                    "Where this style applies, drawn on the style image (1 = stylize); same aspect ratio as the "
+                    "style image.")}),
+            },
+            "optional": {
+                "back_mask": ("MASK", {"tooltip": (
+                    "Mask on the style's back view; without it nothing is stylized from the back of this style.")}),
+                "style_back": ("IMAGE", {"tooltip": (
+                    "The style's back view (e.g. from Back-View Generate, so you can paint back_mask on it); "
+                    "generated by the back-view model when not connected.")}),
+                "previous": (STYLE, {"tooltip": "Styles of other regions to keep (chain Style Mask nodes)."}),
+            },
+        }
+
+    def attach(self, style, mask, back_mask=None, style_back=None, previous=None):
+        with user_errors("Style Mask"):
+            front = single_mask(mask, "mask")
+            back = single_mask(back_mask, "back_mask") if back_mask is not None else None
+            if isinstance(style, StyleStack):
+                if len(style.styles) != 1 or style.styles[0].mask is not None:
+                    raise DiffStyle360Error(
+                        "Style Mask: the style input must be one image or one Style Blend, not an already masked "
+                        "style; chain masked styles through 'previous' instead."
+                    )
+                base = style.styles[0]
+                if style_back is not None:
+                    if len(base.images) != 1:
+                        raise DiffStyle360Error(
+                            "Style Mask: style_back works with a single style image, not a blend of several.")
+                    base = dataclasses.replace(base, backs=[style_back])
+                entry = dataclasses.replace(base, mask=front, back_mask=back)
+            elif torch.is_tensor(style):
+                entry = Style(images=[style], backs=[style_back] if style_back is not None else None,
+                              mask=front, back_mask=back)
+            else:
+                raise DiffStyle360Error(f"Style Mask: style must be an IMAGE or a style, got {type(style).__name__}.")
+            before = previous.styles if isinstance(previous, StyleStack) else ()
+            return (StyleStack(before + (entry,)),)
+
+
+# --------------------------------------------------------------------------------------------- Style Blend
+class StyleBlend:
+    DESCRIPTION = (
+        "Style interpolation (§4): the style images are projected separately and their keys and values blended, "
+        "K_s = (1-alpha) K_s1 + alpha K_s2. alpha 0 gives style 1, alpha 1 style 2, exactly. For three or four "
+        "styles give one weight per style (summing to 1)."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "blend"
+    RETURN_TYPES = (STYLE,)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("The blended style; connect to the sampler's style input (or to a Style Mask).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style_1": ("IMAGE", {"tooltip": "First style image (weight 1-alpha)."}),
+                "style_2": ("IMAGE", {"tooltip": "Second style image (weight alpha)."}),
+                "alpha": number(options.ALPHA, "Blend factor: 0 = style_1 only, 1 = style_2 only, 0.5 = halfway."),
+            },
+            "optional": {
+                "style_3": ("IMAGE", {"tooltip": "Optional third style (needs weights)."}),
+                "style_4": ("IMAGE", {"tooltip": "Optional fourth style (needs weights)."}),
+                "weights": ("STRING", {"default": "", "tooltip": (
+                    "One weight per connected style, comma-separated, summing to 1 (e.g. '0.5, 0.3, 0.2'); "
+                    "overrides alpha. Leave empty to use alpha with two styles.")}),
+            },
+        }
+
+    def blend(self, style_1, style_2, alpha, style_3=None, style_4=None, weights=""):
+        with user_errors("Style Blend"):
+            images = [im for im in (style_1, style_2, style_3, style_4) if im is not None]
+            given = parse_weights(weights)
+            if given is None:
+                if len(images) > 2:
+                    raise DiffStyle360Error(
+                        f"Style Blend: {len(images)} styles are connected; give one weight per style in 'weights' "
+                        "(e.g. '0.5, 0.3, 0.2')."
+                    )
+                w = list(alpha_weights(options.ALPHA.check(alpha)))
+            else:
+                if len(given) != len(images):
+                    raise DiffStyle360Error(
+                        f"Style Blend: {len(given)} weights for {len(images)} connected styles; give one per style."
+                    )
+                w = [options.ALPHA.check(x, f"weight {i + 1}") for i, x in enumerate(given)]
+                if abs(sum(w) - 1.0) > _WEIGHT_SUM_TOL:
+                    raise DiffStyle360Error(f"Style Blend: the weights must sum to 1, they sum to {sum(w):g}.")
+            return (StyleStack((Style(images=images, weights=w),)),)

@@ -1,0 +1,458 @@
+"""The seven ComfyUI nodes on the tiny weights, without ComfyUI (nodes/host.py's fallback).
+
+Outputs, shapes and ranges, one-sentence errors, the interrupt, progress calls,
+the model cache, and the host wiring (ModelPatcher + load_models_gpu) through a
+fake of ComfyUI's memory manager.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nodes
+from diffstyle360_core import options
+from diffstyle360_core.options import FusionSettings
+from nodes import host, loader, sampling
+from nodes.common import DiffStyle360Error
+from nodes.styles import StyleStack
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "workflows" / "images"
+N = nodes.NODE_CLASS_MAPPINGS
+STEPS = 2  # tiny runs: every test stays fast on 2 CPU cores
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+def comfy_image(name: str) -> torch.Tensor:
+    a = np.asarray(Image.open(IMAGES / name).convert("RGB"), np.float32) / 255.0
+    return torch.from_numpy(a)[None]
+
+
+def comfy_mask(name: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(IMAGES / name).convert("L"), np.float32) / 255.0)[None]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_weights, tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy_models")
+    os.symlink(tiny_weights, root / "tiny")
+    partial = root / "main_only"  # a weight set without a back-view model
+    partial.mkdir()
+    os.symlink(Path(tiny_weights) / "main", partial / "main")
+    os.symlink(Path(tiny_weights) / "cam_condition", partial / "cam_condition")
+    host.set_fallback_models_dir(root)
+    loader.clear_cache()
+    yield root
+    loader.clear_cache()
+
+
+@pytest.fixture
+def model(models_dir):
+    return N["DiffStyle360LoadAppearanceModules"]().load("tiny", loader.TRAINING_FREE, "auto")[0]
+
+
+@pytest.fixture
+def cams(model):
+    return N["DiffStyle360TurntableCamera"]().cameras(model, 2, 0.0, 360.0)[0]
+
+
+@pytest.fixture
+def bars():
+    host.RecordingProgressBar.instances.clear()
+    yield host.RecordingProgressBar.instances
+    host.RecordingProgressBar.instances.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_interrupt_left():
+    host.request_interrupt(False)
+    yield
+    host.request_interrupt(False)
+
+
+def sample(model, cams, style=None, **kw):
+    args = dict(seed=3, steps=STEPS, cfg=3.0, eta=0.5, scheduler="ddim", window=8, window_mode="independent",
+                overlap=4, windows_per_batch=4, crop="center", decode_chunk=4)
+    args.update(kw)
+    return N["DiffStyle360StyleFusionSampler"]().sample(model, comfy_image("astronaut.png"), cams, style=style,
+                                                        **args)
+
+
+def assert_image(x, n, size=64):
+    assert torch.is_tensor(x) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert tuple(x.shape) == (n, size, size, 3)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and torch.isfinite(x).all()
+
+
+def assert_one_sentence(err: BaseException, *words):
+    text = str(err)
+    assert isinstance(err, DiffStyle360Error), type(err)
+    assert "\n" not in text and "Traceback" not in text and len(text) < 600, text
+    for w in words:
+        assert w.lower() in text.lower(), (w, text)
+
+
+# --------------------------------------------------------------------------------------------- node schemas
+def test_seven_frozen_node_ids_with_descriptions_and_tooltips():
+    assert set(N) == {
+        "DiffStyle360LoadAppearanceModules", "DiffStyle360BackViewGenerate", "DiffStyle360TurntableCamera",
+        "DiffStyle360KeyScale", "DiffStyle360StyleMask", "DiffStyle360StyleBlend", "DiffStyle360StyleFusionSampler",
+    }
+    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(N)
+    for name, cls in N.items():
+        assert cls.CATEGORY == "DiffStyle360", name
+        assert len(cls.DESCRIPTION) > 80, name
+        assert callable(getattr(cls(), cls.FUNCTION)), name
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS), name
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for inp, entry in spec.get(section, {}).items():
+                assert len(entry) == 2 and entry[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+
+
+def test_widget_ranges_are_the_core_options():
+    sampler = N["DiffStyle360StyleFusionSampler"].INPUT_TYPES()["required"]
+    for key, rng in (("seed", options.SEED), ("steps", options.STEPS), ("cfg", options.CFG), ("eta", options.ETA),
+                     ("window", options.WINDOW), ("overlap", options.OVERLAP),
+                     ("windows_per_batch", options.WINDOWS_PER_BATCH), ("decode_chunk", options.DECODE_CHUNK)):
+        opts = sampler[key][1]
+        assert (opts["default"], opts["min"], opts["max"]) == (rng.default, rng.low, rng.high), key
+        assert sampler[key][0] == ("INT" if rng.integer else "FLOAT"), key
+    assert sampler["scheduler"][0] == list(options.SCHEDULERS)
+    assert sampler["window_mode"][0] == list(options.WINDOW_MODES)
+    assert sampler["crop"][0] == list(options.CROP_MODES)
+    assert sampler["seed"][1]["max"] == 2**64 - 1
+    ks = N["DiffStyle360KeyScale"].INPUT_TYPES()["required"]
+    assert (ks["tau"][1]["default"], ks["tau"][1]["min"], ks["tau"][1]["max"]) == (1.05, options.TAU.low,
+                                                                                   options.TAU.high)
+    assert ks["pairing"][0] == list(options.PAIRINGS) and ks["mask_mode"][0] == list(options.MASK_MODES)
+    assert N["DiffStyle360StyleBlend"].INPUT_TYPES()["required"]["alpha"][1]["default"] == options.ALPHA.default
+    assert N["DiffStyle360TurntableCamera"].INPUT_TYPES()["required"]["views"][1]["default"] == options.VIEWS.default
+    # the sampler's style input takes a plain IMAGE or a DS360_STYLE
+    assert N["DiffStyle360StyleFusionSampler"].INPUT_TYPES()["optional"]["style"][0] == "IMAGE,DS360_STYLE"
+
+
+def test_loader_lists_weight_sets_and_style_modules(models_dir):
+    spec = N["DiffStyle360LoadAppearanceModules"].INPUT_TYPES()["required"]
+    assert {"tiny", "main_only"} <= set(spec["weight_set"][0])
+    styles = spec["style_module"][0]
+    assert styles[0] == loader.TRAINING_FREE and "tiny/style_module-tiny.safetensors" in styles
+    assert spec["dtype"][0] == ["auto", "fp16", "bf16", "fp32"]
+
+
+# --------------------------------------------------------------------------------------------- loading and cache
+def test_loading_is_lazy_cached_and_back_view_only_when_needed(models_dir, monkeypatch, bars):
+    loader.clear_cache()
+    reads = []
+    real = loader.load_model
+
+    def counting(folder, device, dtype):
+        reads.append(Path(folder).name)
+        return real(folder, device, dtype)
+
+    monkeypatch.setattr(loader, "load_model", counting)
+    load = N["DiffStyle360LoadAppearanceModules"]()
+    handle = load.load("tiny", loader.TRAINING_FREE, "auto")[0]
+    cams = N["DiffStyle360TurntableCamera"]().cameras(handle, 2, 0.0, 360.0)[0]
+    assert reads == []  # loader and cameras read no weights
+
+    back = comfy_image("style_posterized.png")
+    views, backs = sample(handle, cams, content_back=back, steps=1)  # no style, back given: no back-view model
+    assert reads == ["main"]
+    assert_image(backs, 1)
+
+    again = load.load("tiny", loader.TRAINING_FREE, "auto")[0]  # the graph re-run: a new handle
+    assert again.main_model() is handle.main_model()
+    assert reads == ["main"]
+
+    N["DiffStyle360BackViewGenerate"]().generate(handle, back, 1, 1, 3.0, 0.5, "ddim", "center")
+    assert again.back_view_model() is handle.back_view_model()
+    assert reads == ["main", "back_view"]
+
+    # a different dtype is another model; a re-converted (touched) folder is read again
+    load.load("tiny", loader.TRAINING_FREE, "bf16")[0].main_model()
+    assert reads == ["main", "back_view", "main"]
+    config = Path(models_dir, "tiny", "main", "unet.safetensors")
+    st = config.stat()
+    try:
+        os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        handle.main_model()
+        assert reads == ["main", "back_view", "main", "main"]
+    finally:
+        os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_trained_style_module_is_a_separate_model_sharing_frozen_parts(models_dir):
+    load = N["DiffStyle360LoadAppearanceModules"]()
+    free = load.load("tiny", loader.TRAINING_FREE, "auto")[0].main_model()
+    trained = load.load("tiny", "tiny/style_module-tiny.safetensors", "auto")[0].main_model()
+    assert trained is not free
+    assert trained.style_appearance is not None and free.style_appearance is None  # cached base unchanged
+    assert trained.unet is free.unet
+
+
+# --------------------------------------------------------------------------------------------- nodes
+def test_back_view_generate_batch_and_progress(model, bars):
+    fronts = torch.cat([comfy_image("astronaut.png"), comfy_image("style_ink.png")])
+    (backs,) = N["DiffStyle360BackViewGenerate"]().generate(model, fronts, 5, STEPS, 3.0, 0.5, "ddim", "center")
+    assert_image(backs, 2)
+    assert len(bars) == 1 and [c[0] for c in bars[0].calls] == list(range(1, STEPS + 1))
+    assert bars[0].calls[-1][:2] == (STEPS, STEPS)
+    kind, preview, size = bars[0].calls[0][2]
+    assert kind == "JPEG" and isinstance(preview, Image.Image) and size == 512
+
+
+def test_turntable_camera_views_yaw_range_and_user_conditions(model):
+    node = N["DiffStyle360TurntableCamera"]()
+    cams, preview = node.cameras(model, 4, 0.0, 360.0)
+    assert cams.yaws_deg == [0.0, 90.0, 180.0, 270.0]
+    assert_image(preview, 4)
+    cams, _ = node.cameras(model, 3, 90.0, 270.0)
+    assert len(cams) == 3 and cams.yaws_deg[0] == 90.0 and cams.yaws_deg == sorted(cams.yaws_deg)
+    assert all(90.0 <= y <= 270.0 for y in cams.yaws_deg)
+    cams, _ = node.cameras(model, 2, 315.0, 45.0)  # through the front
+    assert cams.yaws_deg[0] == 315.0 and len(cams) == 2
+    user = torch.rand(3, 80, 80, 3)
+    cams, preview = node.cameras(model, 32, 0.0, 360.0, conditions=user)
+    assert len(cams) == 3 and cams.source == "user"
+    assert_image(preview, 3)
+    with pytest.raises(DiffStyle360Error) as err:
+        node.cameras(model, 40, 0.0, 360.0)
+    assert_one_sentence(err.value, "views")
+
+
+def test_sampler_one_style_outputs_and_progress_across_phases(model, cams, bars):
+    views, backs = sample(model, cams, style=comfy_image("style_posterized.png"), decode_chunk=1)
+    assert_image(views, 2)
+    assert_image(backs, 2)  # content back, style back
+    assert len(bars) == 1
+    calls = bars[0].calls
+    total = STEPS + STEPS + math.ceil(2 / 1)  # back views (one batched run) + turntable + decode chunks
+    assert [c[0] for c in calls] == list(range(1, total + 1)) and {c[1] for c in calls} == {total}
+    previews = [c[2] for c in calls]
+    assert all(p is not None and p[0] == "JPEG" for p in previews[:2 * STEPS])
+    assert previews[-1] is None  # decode steps carry no latents
+
+
+def test_sampler_without_style_gives_plain_novel_views(model, cams, bars):
+    back = comfy_image("style_ink.png")
+    views, backs = sample(model, cams, content_back=back)
+    assert_image(views, 2)
+    assert_image(backs, 1)
+    assert [c[0] for c in bars[0].calls] == list(range(1, STEPS + 1 + 1))  # turntable + one decode chunk
+
+
+def test_style_mask_chain_and_blend_reach_the_sampler(model, cams):
+    sm = N["DiffStyle360StyleMask"]()
+    (a,) = sm.attach(comfy_image("style_posterized.png"), comfy_mask("mask_hair.png"))
+    (ab,) = sm.attach(comfy_image("style_ink.png"), comfy_mask("mask_lower_face.png")[0],  # [H,W] accepted
+                      back_mask=comfy_mask("mask_hair.png"), previous=a)
+    assert isinstance(ab, StyleStack) and len(ab.styles) == 2 and ab.styles[1].back_mask is not None
+
+    (blend,) = N["DiffStyle360StyleBlend"]().blend(comfy_image("style_posterized.png"), comfy_image("style_ink.png"),
+                                                   0.25)
+    assert list(blend.styles[0].weights) == [0.75, 0.25]
+    (three,) = N["DiffStyle360StyleBlend"]().blend(comfy_image("style_posterized.png"), comfy_image("style_ink.png"),
+                                                   0.5, style_3=comfy_image("astronaut.png"), weights="0.5, 0.3,0.2")
+    assert list(three.styles[0].weights) == [0.5, 0.3, 0.2]
+    (masked_blend,) = sm.attach(blend, comfy_mask("mask_hair.png"))
+    assert masked_blend.styles[0].weights == blend.styles[0].weights and masked_blend.styles[0].mask is not None
+    with pytest.raises(DiffStyle360Error):  # one back image cannot belong to a blend of two
+        sm.attach(blend, comfy_mask("mask_hair.png"), style_back=comfy_image("style_ink.png"))
+    # a masked blend (hair) and a masked image with its own back (lower face), in one run
+    (chain,) = sm.attach(comfy_image("style_ink.png"), comfy_mask("mask_lower_face.png"),
+                         style_back=comfy_image("astronaut.png"), previous=masked_blend)
+    views, backs = sample(model, cams, style=chain, content_back=comfy_image("astronaut.png"), steps=1)
+    assert_image(views, 2)
+    assert_image(backs, 4)  # content back as given, the two blended styles' backs, the given style back
+
+
+def test_key_scale_settings_reach_the_core(model, cams):
+    ks = N["DiffStyle360KeyScale"]()
+    (plain,) = ks.settings(1.1, "aligned", "confined")
+    assert isinstance(plain, FusionSettings) and plain.tau == 1.1 and plain.mask_mode == "confined"
+    (per_level,) = ks.settings(1.05, "paper", "paper", tau_res64=1.2, tau_res8=0.9)
+    assert per_level.tau_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1") == 1.2
+    assert per_level.tau_for("up_blocks.3.attentions.2.transformer_blocks.0.attn1") == 1.2
+    assert per_level.tau_for("mid_block.attentions.0.transformer_blocks.0.attn1") == 0.9
+    assert per_level.tau_for("down_blocks.1.attentions.0.transformer_blocks.0.attn1") == 1.05
+    with pytest.raises(DiffStyle360Error) as err:
+        ks.settings(1.05, "paper", "paper", tau_res32=0.2)
+    assert_one_sentence(err.value, "tau")
+    seen = {}
+
+    def spy(self, content, style=None, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt  # stop before any model runs
+
+    from diffstyle360_core.pipeline import DiffStyle360Pipeline
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DiffStyle360Pipeline, "stylize", spy)
+        with pytest.raises(KeyboardInterrupt):
+            sample(model, cams, style=comfy_image("style_ink.png"), fusion=per_level)
+    assert seen["tau"] == per_level.tau and seen["pairing"] == "paper" and seen["mask_mode"] == "paper"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DiffStyle360Pipeline, "stylize", spy)
+        with pytest.raises(KeyboardInterrupt):
+            sample(model, cams, style=comfy_image("style_ink.png"))
+    assert (seen["tau"], seen["pairing"], seen["mask_mode"]) == (1.05, "paper", "paper")  # no Key Scale node
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_user_errors_are_one_sentence(model, cams, models_dir):
+    load = N["DiffStyle360LoadAppearanceModules"]()
+    with pytest.raises(DiffStyle360Error) as err:
+        load.load("nowhere", loader.TRAINING_FREE, "auto")
+    assert_one_sentence(err.value, "no weight set 'nowhere'", str(models_dir))
+
+    two = torch.cat([comfy_image("astronaut.png")] * 2)
+    with pytest.raises(DiffStyle360Error) as err:
+        N["DiffStyle360StyleFusionSampler"]().sample(model, two, cams, 1, STEPS, 3.0, 0.5, "ddim", 8,
+                                                     "independent", 4, 4)
+    assert_one_sentence(err.value, "content", "one image")
+
+    with pytest.raises(DiffStyle360Error) as err:
+        sample(model, cams, steps=5000)
+    assert_one_sentence(err.value, "steps")
+
+    with pytest.raises(DiffStyle360Error) as err:
+        N["DiffStyle360StyleMask"]().attach(comfy_image("style_ink.png"), torch.ones(2, 64, 64))
+    assert_one_sentence(err.value, "batch of 2 masks")
+
+    sm = N["DiffStyle360StyleMask"]()
+    (a,) = sm.attach(comfy_image("style_posterized.png"), comfy_mask("mask_hair.png"))
+    (ab,) = sm.attach(comfy_image("style_ink.png"), comfy_mask("mask_hair.png"), previous=a)
+    with pytest.raises(DiffStyle360Error) as err:
+        sample(model, cams, style=ab)
+    assert_one_sentence(err.value, "overlap")
+
+    with pytest.raises(DiffStyle360Error) as err:  # LoadImage's mask of an image without alpha: all zeros
+        sample(model, cams, style=sm.attach(comfy_image("style_ink.png"), torch.zeros(1, 64, 64))[0])
+    assert_one_sentence(err.value, "selects nothing")
+
+    with pytest.raises(DiffStyle360Error) as err:
+        sample(model, cams, style=sm.attach(comfy_image("style_ink.png"), torch.ones(1, 64, 32))[0])
+    assert_one_sentence(err.value, "aspect ratio")
+
+    blend = N["DiffStyle360StyleBlend"]()
+    img = comfy_image("style_ink.png")
+    with pytest.raises(DiffStyle360Error) as err:
+        blend.blend(img, img, 0.5, style_3=img)
+    assert_one_sentence(err.value, "weights")
+    with pytest.raises(DiffStyle360Error) as err:
+        blend.blend(img, img, 0.5, weights="0.7, 0.7")
+    assert_one_sentence(err.value, "sum to 1")
+
+    partial = load.load("main_only", loader.TRAINING_FREE, "auto")[0]
+    with pytest.raises(DiffStyle360Error) as err:
+        sample(partial, cams, style=img)
+    assert_one_sentence(err.value, "back-view model", "content_back")
+    with pytest.raises(DiffStyle360Error) as err:
+        N["DiffStyle360BackViewGenerate"]().generate(partial, img, 1, STEPS, 3.0, 0.5, "ddim", "center")
+    assert_one_sentence(err.value, "back-view model")
+
+
+def test_broken_weight_file_is_reported_not_crashed(tiny_weights, tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_weights, broken, symlinks=True)
+    (broken / "main" / "unet.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(host, "_fallback_models_dir", tmp_path)
+    handle = N["DiffStyle360LoadAppearanceModules"]().load("broken", loader.TRAINING_FREE, "auto")[0]
+    cams = N["DiffStyle360TurntableCamera"]().cameras(handle, 2, 0.0, 360.0)[0]
+    with pytest.raises(DiffStyle360Error) as err:
+        sample(handle, cams, content_back=comfy_image("astronaut.png"))
+    assert_one_sentence(err.value, "unet.safetensors")
+
+
+def test_out_of_memory_passes_through_unchanged(model, cams, monkeypatch):
+    from diffstyle360_core.pipeline import DiffStyle360Pipeline
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(DiffStyle360Pipeline, "stylize", oom)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        sample(model, cams, style=comfy_image("style_ink.png"))
+
+
+# --------------------------------------------------------------------------------------------- interrupt
+def test_interrupt_mid_run_raises_the_host_exception_and_leaves_models_clean(model, cams, monkeypatch):
+    calls = []
+
+    class CancelAfterTwo(host.RecordingProgressBar):
+        def update_absolute(self, value, total=None, preview=None):
+            super().update_absolute(value, total, preview)
+            calls.append(value)
+            if len(calls) == 2:
+                host.request_interrupt()  # the user presses Cancel during step 2
+
+    monkeypatch.setattr(host, "progress_bar", CancelAfterTwo)
+    with pytest.raises(host.InterruptProcessingException):
+        sample(model, cams, style=comfy_image("style_posterized.png"))
+    assert calls == [1, 2]  # stopped at the next step's check
+    main = model.main_model()
+    assert main.fusion.call is None
+    for module in (main.appearance, main.style_module):
+        assert module._bank.features == {} and not module._bank.recording
+    host.check_interrupt()  # the flag was consumed: the next run is not cancelled
+
+
+# --------------------------------------------------------------------------------------------- host wiring
+def test_fallback_host():
+    assert not host.IN_COMFYUI
+    assert host.torch_device().type == "cpu" and host.intermediate_device().type == "cpu"
+    assert host.resolve_dtype_choice("auto", torch.device("cpu")) == torch.float32
+    assert host.resolve_dtype_choice("bf16", torch.device("cpu")) == torch.bfloat16
+    host.request_interrupt()
+    with pytest.raises(host.InterruptProcessingException):
+        host.check_interrupt()
+    host.check_interrupt()  # consumed
+
+
+def test_models_go_through_the_hosts_memory_manager(model, cams, monkeypatch):
+    """With ComfyUI present every model is wrapped in one ModelPatcher and loaded with load_models_gpu."""
+    loaded, wrapped = [], []
+
+    class FakePatcher:
+        def __init__(self, m, load_device, offload_device):
+            wrapped.append(m)
+            self.model, self.load_device, self.offload_device = m, load_device, offload_device
+
+    cpu = torch.device("cpu")
+    fake_mm = types.SimpleNamespace(
+        get_torch_device=lambda: cpu, unet_offload_device=lambda: cpu, intermediate_device=lambda: cpu,
+        unet_dtype=lambda device, model_params=0, supported_dtypes=(): torch.float32,
+        load_models_gpu=lambda models, force_full_load=False: loaded.append((models[0].model, force_full_load)),
+        throw_exception_if_processing_interrupted=lambda: None,
+        InterruptProcessingException=host.InterruptProcessingException,
+    )
+    monkeypatch.setattr(host, "IN_COMFYUI", True)
+    monkeypatch.setattr(host, "_mm", fake_mm)
+    monkeypatch.setattr(host, "_patcher", types.SimpleNamespace(ModelPatcher=FakePatcher))
+    monkeypatch.setattr(host, "_utils", types.SimpleNamespace(ProgressBar=host.RecordingProgressBar))
+    monkeypatch.setattr(host, "preview_settings", lambda: None)
+    main, back = model.main_model(), model.back_view_model()
+    for m in (main, back):
+        monkeypatch.setitem(m.__dict__, host.HostPlacement.ATTRIBUTE, None)  # no patcher yet; removed afterwards
+    sample(model, cams, style=comfy_image("style_posterized.png"), steps=1)
+    host.HostPlacement().activate(main)
+    assert {id(m) for m in wrapped} == {id(main), id(back)} and len(wrapped) == 2  # one patcher per model
+    assert {id(m) for m, _ in loaded} == {id(main), id(back)} and all(full for _, full in loaded)
+    assert isinstance(main.__dict__[host.HostPlacement.ATTRIBUTE], FakePatcher)
+    # the core's sharing copy (a style module over the same frozen parts) inherits the patcher: it gets its own
+    from diffstyle360_core.weights import sharing_copy
+
+    styled = sharing_copy(main)
+    assert styled.__dict__[host.HostPlacement.ATTRIBUTE] is main.__dict__[host.HostPlacement.ATTRIBUTE]
+    assert host.HostPlacement().patcher(styled).model is styled
+    assert main.__dict__[host.HostPlacement.ATTRIBUTE].model is main
