@@ -106,6 +106,10 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                    help="transparent images: drop the alpha channel (official) or composite onto white/black")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: cuda, then mps, else cpu)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 or fp32")
+    p.add_argument("--offload", action="store_true",
+                   help="keep only the model in use on the GPU (the other waits in CPU memory): less VRAM, same result")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the repeated blocks (same result; pays off for long runs, compiles ~2 min once)")
 
 
 DESCRIPTION = """DiffStyle360: 360° head stylization from one portrait and one style image.
@@ -300,6 +304,24 @@ def _open_output(folder: str) -> RunOutput:
 # --------------------------------------------------------------------------- #
 # commands
 # --------------------------------------------------------------------------- #
+def _placement(args, device):
+    """(where models load, placement): with --offload they wait on the CPU and move to the GPU in turn."""
+    if not getattr(args, "offload", False):
+        return device, None
+    from .acceleration import SequentialOffload
+
+    return "cpu", SequentialOffload(device)
+
+
+def _maybe_compile(args, *models) -> None:
+    if getattr(args, "compile", False):
+        from .acceleration import compile_model
+
+        for model in models:
+            if model is not None:
+                compile_model(model)
+
+
 def _stylize(args) -> None:
     checked = _check_stylize_options(args)  # no torch yet
     sampler, windows = checked["sampler"], checked["windows"]
@@ -333,9 +355,11 @@ def _stylize(args) -> None:
     with run:
         from .pipeline import DiffStyle360Pipeline, Style, alpha_weights
 
-        main = loading.load_main(args.weights, device=device, dtype=dtype, style_module=args.style_module)
-        back = loading.load_back_view(args.weights, device=device, dtype=dtype) if need_backs else None
-        pipe = DiffStyle360Pipeline(main, back, cameras)
+        load_device, placement = _placement(args, device)
+        main = loading.load_main(args.weights, device=load_device, dtype=dtype, style_module=args.style_module)
+        back = loading.load_back_view(args.weights, device=load_device, dtype=dtype) if need_backs else None
+        _maybe_compile(args, main, back)
+        pipe = DiffStyle360Pipeline(main, back, cameras, placement=placement)
         style = None
         if args.style:
             style = Style(images=images["styles"],
@@ -391,8 +415,10 @@ def _back_view(args) -> None:
     with run:
         from .pipeline import DiffStyle360Pipeline
 
-        back_model = loading.load_back_view(args.weights, device=device, dtype=dtype)
-        pipe = DiffStyle360Pipeline(None, back_model, cameras)
+        load_device, placement = _placement(args, device)
+        back_model = loading.load_back_view(args.weights, device=load_device, dtype=dtype)
+        _maybe_compile(args, back_model)
+        pipe = DiffStyle360Pipeline(None, back_model, cameras, placement=placement)
         back = pipe.back_view(images["content"], seed=sampler.seed, steps=sampler.steps, cfg=sampler.cfg,
                               eta=sampler.eta, scheduler=sampler.scheduler, crop=args.crop,
                               progress=ProgressBar({"back views": "back view"}))

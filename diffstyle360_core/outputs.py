@@ -364,16 +364,16 @@ def _fsync_tree(path: Path) -> None:
             _fsync_tree(child)
         _fsync_dir(path)
         return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(path)
 
 
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":  # pragma: no cover - directories cannot be opened on Windows
         return
+    _fsync_path(path)
+
+
+def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -59,6 +59,23 @@ def test_stylize_end_to_end_with_progress_labels_and_back_view_path(tiny_weights
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no lock or temp folder left
 
 
+def test_offload_moves_each_model_in_turn_and_changes_nothing(tiny_weights, tmp_path, monkeypatch):
+    import numpy as np
+
+    from diffstyle360_core import acceleration
+
+    activated = []
+    real = acceleration.SequentialOffload.activate
+    monkeypatch.setattr(acceleration.SequentialOffload, "activate",
+                        lambda self, model: activated.append(model.config.kind) or real(self, model))
+    plain, offloaded = tmp_path / "plain", tmp_path / "offloaded"
+    assert main(_stylize(tiny_weights, plain, "--views", "2")) == 0
+    assert main(_stylize(tiny_weights, offloaded, "--views", "2", "--offload")) == 0
+    assert activated[0] == "back_view" and "main" in activated  # back views first, then the main model
+    for a, b in zip(_pngs(plain), _pngs(offloaded)):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
 def test_without_style_plain_novel_views(tiny_weights, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_stylize(tiny_weights, out, "--views", "2", "--content-back", str(STYLE), style=False)) == 0

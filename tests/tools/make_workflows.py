@@ -209,6 +209,20 @@ def training_free_vs_trained() -> dict:
                      "DiffStyle360 style module, same seed (paper §4 ablation).")
 
 
+def side_by_side(g, samplers, pos):
+    """Three samplers' turntables stitched left to right (ImageStitch twice), for sweeps."""
+    x, y = pos
+    first = g.add("ImageStitch", (x, y), direction="right", match_image_size=True, spacing_width=8,
+                  spacing_color="white")
+    g.connect(samplers[0].out(0), first, "image1")
+    g.connect(samplers[1].out(0), first, "image2")
+    second = g.add("ImageStitch", (x, y + 200), direction="right", match_image_size=True, spacing_width=8,
+                   spacing_color="white")
+    g.connect(first, second, "image1")
+    g.connect(samplers[2].out(0), second, "image2")
+    return second
+
+
 def tau_sweep() -> dict:
     g = Graph()
     m = loader(g, (40, 40))
@@ -221,14 +235,7 @@ def tau_sweep() -> dict:
         s = sampler(g, m, content, cam, (800, 40 + 480 * i), style=style, title=f"Sampler, tau = {tau:.2f}")
         g.connect(ks, s, "fusion")
         outs.append(s)
-    st1 = g.add("ImageStitch", (1180, 40), direction="right", match_image_size=True, spacing_width=8,
-                spacing_color="white")
-    g.connect(outs[0].out(0), st1, "image1")
-    g.connect(outs[1].out(0), st1, "image2")
-    st2 = g.add("ImageStitch", (1180, 240), direction="right", match_image_size=True, spacing_width=8,
-                spacing_color="white")
-    g.connect(st1, st2, "image1")
-    g.connect(outs[2].out(0), st2, "image2")
+    st2 = side_by_side(g, outs, (1180, 40))
     save_turntable(g, st2.out(0), (1180, 440), "DiffStyle360/tau_sweep", "tau 1.00 | 1.05 | 1.10")
     return g.to_json("Key scale sweep (paper §3.5): tau 1.00, 1.05 and 1.10 side by side, same seed.")
 
@@ -272,14 +279,7 @@ def interpolation() -> dict:
         g.connect(s2.out(0), bl, "style_2")
         outs.append(sampler(g, m, content, cam, (800, 40 + 480 * i), style=bl.out(0),
                             title=f"Sampler, alpha = {alpha:g}"))
-    st1 = g.add("ImageStitch", (1180, 40), direction="right", match_image_size=True, spacing_width=8,
-                spacing_color="white")
-    g.connect(outs[0].out(0), st1, "image1")
-    g.connect(outs[1].out(0), st1, "image2")
-    st2 = g.add("ImageStitch", (1180, 240), direction="right", match_image_size=True, spacing_width=8,
-                spacing_color="white")
-    g.connect(st1, st2, "image1")
-    g.connect(outs[2].out(0), st2, "image2")
+    st2 = side_by_side(g, outs, (1180, 40))
     save_turntable(g, st2.out(0), (1180, 440), "DiffStyle360/interpolation", "alpha 0 | 0.5 | 1")
     return g.to_json("Style interpolation (paper §4): alpha = 0 (style 1), 0.5, 1 (style 2) side by side.")
 
