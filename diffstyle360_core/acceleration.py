@@ -89,13 +89,13 @@ def _compiled_forward(cls: type, key: tuple):
 
 def _raise_recompile_limits(per_code: int = 256, total: int = 4096) -> None:
     """Each block class gets one compiled graph per distinct input shape: lift dynamo's low default caps."""
-    cfg = torch._dynamo.config
+    dynamo_config = torch._dynamo.config
     for name, value in (("recompile_limit", per_code), ("cache_size_limit", per_code),
                         ("accumulated_recompile_limit", total), ("accumulated_cache_size_limit", total)):
-        if name in getattr(cfg, "_allowed_keys", ()) or hasattr(cfg, name):
+        if name in getattr(dynamo_config, "_allowed_keys", ()) or hasattr(dynamo_config, name):
             try:
-                if getattr(cfg, name) < value:
-                    setattr(cfg, name, value)
+                if getattr(dynamo_config, name) < value:
+                    setattr(dynamo_config, name, value)
             except (AttributeError, TypeError):  # pragma: no cover - renamed or removed in this torch
                 pass
 

@@ -63,14 +63,14 @@ LAST_LINE = "speedup_vs_official_schedule"
 # --------------------------------------------------------------------------- #
 def small_config(kind: str = MAIN):
     """SD1.5 topology at widths 64/128/192/192, 128 px: a CPU-sized stand-in with real proportions."""
-    cfg = tiny_config(kind)
-    cfg.unet = sd15_unet(channels=(64, 128, 192, 192), context_dim=64, heads=8, groups=32, sample_size=16)
-    cfg.controlnet = sd15_controlnet(cfg.unet, hint_channels=(16, 32, 64, 64))
-    cfg.text_encoder["hidden_size"] = 64
-    cfg.image_size = 128
-    if cfg.temporal is not None:
-        cfg.temporal.num_heads, cfg.temporal.norm_num_groups = 8, 32
-    return cfg
+    config = tiny_config(kind)
+    config.unet = sd15_unet(channels=(64, 128, 192, 192), context_dim=64, heads=8, groups=32, sample_size=16)
+    config.controlnet = sd15_controlnet(config.unet, hint_channels=(16, 32, 64, 64))
+    config.text_encoder["hidden_size"] = 64
+    config.image_size = 128
+    if config.temporal is not None:
+        config.temporal.num_heads, config.temporal.norm_num_groups = 8, 32
+    return config
 
 
 SIZES: Dict[str, Callable] = {"tiny": tiny_config, "small": small_config, "sd15": official_config}

@@ -122,9 +122,9 @@ def sd15_unet(channels=(320, 640, 1280, 1280), context_dim=768, heads=8, groups=
 def sd15_controlnet(unet: dict, hint_channels=(16, 32, 96, 256)) -> dict:
     keys = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block",
             "cross_attention_dim", "attention_head_dim", "norm_num_groups")
-    cfg = {k: copy.deepcopy(unet[k]) for k in keys}
-    cfg.update(conditioning_channels=3, conditioning_embedding_out_channels=list(hint_channels))
-    return cfg
+    net = {k: copy.deepcopy(unet[k]) for k in keys}
+    net.update(conditioning_channels=3, conditioning_embedding_out_channels=list(hint_channels))
+    return net
 
 
 def sd15_vae(channels=(128, 256, 512, 512), groups=32, sample_size=512) -> dict:

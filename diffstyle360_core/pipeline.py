@@ -133,6 +133,15 @@ class References:
         self.styles, self.style_backs = [], []
 
 
+def _style_slices(refs: "References") -> list:
+    """Per style region: (its rows among the flattened style latents, blend weights, mask)."""
+    slices, start = [], 0
+    for latents, weights, mask in refs.styles:
+        slices.append((slice(start, start + len(latents)), weights, mask))
+        start += len(latents)
+    return slices
+
+
 class _Progress:
     """Turns per-phase step hooks into :class:`ProgressEvent` calls with an overall count."""
 
@@ -498,10 +507,7 @@ class DiffStyle360Pipeline:
             z_guide = _encode_reference(model, guide.to(device, dtype), sampler.seed).float().cpu()
             noise = guide_frame_noise(z_guide, noise, model.config.schedule)
         style_latents = [lat for latents, _, _ in refs.styles for lat in latents]
-        slices, start = [], 0
-        for latents, weights, mask in refs.styles:
-            slices.append((slice(start, start + len(latents)), weights, mask))
-            start += len(latents)
+        slices = _style_slices(refs)  # no loop variable of this frame holds a reference tensor
 
         def references_at(t: int) -> FusionCall:
             content_bank, style_banks = model.reference_banks(refs.content, style_latents, t)

@@ -163,7 +163,7 @@ def denoise_views(
     state = _LoopState()
     state.x = latents.float() * float(scheduler.init_noise_sigma)
     total = len(scheduler.timesteps)
-    model_in = None
+    model_in = idx = xb = hb = uncond = kwargs = None
     try:
         for step, t in enumerate(scheduler.timesteps):
             t_int = int(t)
@@ -190,5 +190,6 @@ def denoise_views(
             if on_step is not None:  # a CPU copy: whatever the host keeps of it holds no GPU memory
                 on_step(step + 1, total, state.x.detach().to("cpu", copy=True))
         return state.x
-    finally:
-        state.x = state.eps = state.references = model_in = None
+    finally:  # drop every device tensor this frame holds: a kept traceback must not pin GPU memory
+        state.x = state.eps = state.references = None
+        latents = hints = counts = model_in = idx = xb = hb = uncond = kwargs = None  # noqa: F841

@@ -293,6 +293,14 @@ def test_interrupt_in_progress_leaves_nothing_behind(pipe, images, monkeypatch):
         return scheduler
 
     monkeypatch.setattr(pipeline_module, "make_scheduler", spying)
+    real_encode = pipeline_module._encode_reference
+
+    def encoding(*args, **kwargs):  # reference latents (content, styles) must go too
+        latents = real_encode(*args, **kwargs)
+        produced.append(weakref.ref(latents))
+        return latents
+
+    monkeypatch.setattr(pipeline_module, "_encode_reference", encoding)
 
     def interrupt(event):
         assert event.latents.device.type == "cpu"  # what a host keeps holds no GPU memory
