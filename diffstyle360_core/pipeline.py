@@ -80,7 +80,9 @@ class ProgressEvent:
     ``step``/``total`` count within the phase, ``overall_step``/``overall_total``
     across the whole call (what a single progress bar shows). ``latents`` is a
     CPU copy of the phase's current x_t ``[B,4,h,w]`` (for previews; keeping it
-    holds no GPU memory), None while decoding.
+    holds no GPU memory), None while decoding. ``denoised`` is the scheduler's
+    current estimate of the clean latents x_0 (CPU copy; DDIM and Euler give one,
+    the multistep solvers do not): what a preview should show.
     """
 
     phase: str
@@ -89,6 +91,7 @@ class ProgressEvent:
     overall_step: int
     overall_total: int
     latents: Optional[torch.Tensor] = None
+    denoised: Optional[torch.Tensor] = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -152,9 +155,9 @@ class _Progress:
         base = self.done
         self.done += steps
 
-        def hook(step: int, total: int, latents: Optional[torch.Tensor]) -> None:
+        def hook(step: int, total: int, latents: Optional[torch.Tensor], denoised=None) -> None:
             if self.callback is not None:
-                self.callback(ProgressEvent(name, step, total, base + step, self.total, latents))
+                self.callback(ProgressEvent(name, step, total, base + step, self.total, latents, denoised))
 
         return hook
 

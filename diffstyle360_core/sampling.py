@@ -26,7 +26,7 @@ import torch
 from .config import ScheduleConfig
 from .options import SCHEDULERS, WINDOW_MODES, InputError, check_choice
 
-StepHook = Callable[[int, int, torch.Tensor], None]
+StepHook = Callable[..., None]  # on_step(step, total, x, denoised)
 
 
 def _scheduler_config(schedule: ScheduleConfig) -> dict:
@@ -146,7 +146,8 @@ def denoise_views(
     t (once per step). ``hints`` [N,3,H,W] are the pose conditions of the N
     views. ``guidance`` == 1 skips the unconditional branch. ``eta`` is DDIM's
     stochasticity (other schedulers are deterministic). ``on_step(step, total,
-    x)`` runs after each step with a CPU copy of x (progress, previews, interrupt);
+    x, denoised)`` runs after each step with CPU copies of x and of the scheduler's
+    x_0 estimate (None for solvers that give none) (progress, previews, interrupt);
     an exception raised there propagates after the loop's tensors are released.
     """
     n = latents.shape[0]
@@ -163,7 +164,7 @@ def denoise_views(
     state = _LoopState()
     state.x = latents.float() * float(scheduler.init_noise_sigma)
     total = len(scheduler.timesteps)
-    model_in = idx = xb = hb = uncond = kwargs = None
+    model_in = idx = xb = hb = uncond = kwargs = out = denoised = None
     try:
         for step, t in enumerate(scheduler.timesteps):
             t_int = int(t)
@@ -185,11 +186,15 @@ def denoise_views(
             kwargs = {}
             if stochastic:
                 kwargs = dict(eta=eta, variance_noise=randn_rows(state.x.shape, generators).to(device))
-            state.x = scheduler.step(state.eps / counts, t, state.x, **kwargs).prev_sample.float()
-            state.eps = None
-            if on_step is not None:  # a CPU copy: whatever the host keeps of it holds no GPU memory
-                on_step(step + 1, total, state.x.detach().to("cpu", copy=True))
+            out = scheduler.step(state.eps / counts, t, state.x, **kwargs)
+            state.x, state.eps = out.prev_sample.float(), None
+            denoised = getattr(out, "pred_original_sample", None)
+            out = None
+            if on_step is not None:  # CPU copies: whatever the host keeps of them holds no GPU memory
+                on_step(step + 1, total, state.x.detach().to("cpu", copy=True),
+                        None if denoised is None else denoised.detach().float().to("cpu", copy=True))
+            denoised = None
         return state.x
     finally:  # drop every device tensor this frame holds: a kept traceback must not pin GPU memory
         state.x = state.eps = state.references = None
-        latents = hints = counts = model_in = idx = xb = hb = uncond = kwargs = None  # noqa: F841
+        latents = hints = counts = model_in = idx = xb = hb = uncond = kwargs = out = denoised = None  # noqa: F841

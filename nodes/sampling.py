@@ -49,7 +49,10 @@ class ProgressBridge:
     def __call__(self, event) -> None:
         host.check_interrupt()
         preview = None
-        latents = getattr(event, "latents", None)
+        # the x_0 estimate when the scheduler gives one (what KSampler previews), else the noisy latents
+        latents = getattr(event, "denoised", None)
+        if latents is None:
+            latents = getattr(event, "latents", None)
         if self.preview_size and latents is not None and latents.ndim == 4 and latents.shape[1] == 4:
             preview = latent_preview(latents, self.preview_size)
         self.events += 1

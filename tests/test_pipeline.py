@@ -264,6 +264,9 @@ def test_progress_reports_phases_and_overall_steps(pipe, images):
     assert [e.overall_step for e in events] == list(range(1, 9))
     assert all(e.overall_total == 8 for e in events)
     assert events[3].latents.shape == (4, 4, 8, 8) and events[-1].latents is None
+    # DDIM's x_0 estimate (what a preview shows), not the noisy x_t of the same step
+    assert events[3].denoised.shape == (4, 4, 8, 8) and events[-1].denoised is None
+    assert not torch.allclose(events[3].denoised, events[3].latents, atol=1e-3)
     events.clear()
     pipe.stylize(content, Style(images=[style], backs=[back]), content_back=back, views=2, steps=2,
                  progress=events.append)

@@ -196,8 +196,9 @@ class SpyScheduler:
 def test_step_hook_sees_every_step_and_an_exception_in_it_frees_the_loop():
     seen = []
 
-    def hook(step, total, x):
+    def hook(step, total, x, denoised):
         seen.append((step, total, x.device.type))
+        assert denoised is not None and denoised.shape == x.shape and denoised.device.type == "cpu"  # DDIM's x_0
         if step == 2:
             raise KeyboardInterrupt
 
