@@ -102,7 +102,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                    help="ddim = the official sampler (exact); the others are faster solvers, not exact")
     p.add_argument("--crop", choices=list(O.CROP_MODES), default="center",
                    help="center: centre-crop non-square images to a square; none: stretch them (official)")
-    p.add_argument("--transparent", choices=["drop", "white", "black"], default="drop",
+    p.add_argument("--transparent", choices=list(O.ALPHA_MODES), default="drop",
                    help="transparent images: drop the alpha channel (official) or composite onto white/black")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: cuda, then mps, else cpu)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 or fp32")
@@ -144,10 +144,12 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--guide-frames", default=None,
                    help="folder with one guide frame per view, or per view of the full set (3D-aware noise)")
     p.add_argument("--tau", type=float, default=O.TAU.default, help="key scale τ (§3.5); paper range 1.00–1.10")
-    p.add_argument("--pairing", choices=list(O.PAIRINGS), default=O.PAIRINGS[0],
-                   help="values paired with the fused keys: the paper's literal order or each key with its own")
-    p.add_argument("--mask-mode", choices=list(O.MASK_MODES), default=O.MASK_MODES[0],
-                   help="paper: mask the keys as the paper does (style may leak); confined: keep style inside the mask")
+    p.add_argument("--pairing", choices=list(O.PAIRINGS), default=None,
+                   help="values paired with the fused keys: the paper's literal order or each key with its own "
+                        "(default: what --style-module was trained with, else paper)")
+    p.add_argument("--mask-mode", choices=list(O.MASK_MODES), default=None,
+                   help="paper: mask the keys as the paper does (style may leak); confined: keep style inside the mask "
+                        "(default: what --style-module was trained with, else paper)")
     p.add_argument("--window", type=int, default=None, help="views per view-consistency window (trained: 8)")
     p.add_argument("--window-mode", choices=list(O.WINDOW_MODES), default=O.WINDOW_MODES[0])
     p.add_argument("--overlap", type=int, default=O.OVERLAP.default,

@@ -113,7 +113,8 @@ class FusionCall:
     _cache: Dict[str, tuple] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self.settings = self.settings.checked()
+        if not self.settings._table:  # checked settings carry their τ table: validate only unchecked ones
+            self.settings = self.settings.checked()
 
     def projected(self, name: str, attn: nn.Module):
         """K/V of the references through this layer's W_K/W_V (cached for this call)."""

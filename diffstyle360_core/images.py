@@ -51,7 +51,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .outputs import RunOutput
 
-from .options import ASPECT_TOL, InputError
+from .options import ALPHA_MODES, ASPECT_TOL, CROP_MODES, InputError
 
 __all__ = [
     "ImageInputError",
@@ -69,10 +69,6 @@ __all__ = [
 
 #: Smallest accepted image side in pixels (before crop and resize).
 MIN_SIDE = 32
-#: ``crop`` argument values.
-CROP_MODES = ("center", "none")
-#: ``alpha`` argument values: drop the alpha channel (official) or composite onto white / black.
-ALPHA_MODES = ("drop", "white", "black")
 #: A mask whose largest value is below this selects nothing.
 MASK_EMPTY = 1e-3
 #: File suffixes read as images by folder loaders.

@@ -92,6 +92,8 @@ PAIRINGS = ("paper", "aligned")
 MASK_MODES = ("paper", "confined")
 WINDOW_MODES = ("independent", "circular")
 CROP_MODES = ("center", "none")
+#: Transparent images: drop the alpha channel (as the official code) or composite onto white / black.
+ALPHA_MODES = ("drop", "white", "black")
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

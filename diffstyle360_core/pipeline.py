@@ -152,8 +152,11 @@ class _Progress:
         self.callback, self.total, self.done = callback, total, 0
 
     def phase(self, name: str, steps: int):
+        """A step hook for one phase, or None when nobody listens (the loop then copies nothing to the CPU)."""
         base = self.done
         self.done += steps
+        if self.callback is None:
+            return None
 
         def hook(step: int, total: int, latents: Optional[torch.Tensor], denoised=None) -> None:
             if self.callback is not None:
@@ -173,8 +176,9 @@ def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int)
     sits in the argument list, and keeps the diffusion noise independent of how
     many references there are (so α = 0/1 reproduces a single style exactly).
     """
-    generator = torch.Generator().manual_seed(mix_seed(seed, _digest(images)))
-    return model.encode(images, generator)
+    generator = torch.Generator().manual_seed(mix_seed(seed, _digest(images)))  # CPU images: no device sync
+    device, dtype = model_device_dtype(model)
+    return model.encode(images.to(device, dtype), generator)
 
 
 def _as_style_list(style) -> List[Style]:
@@ -266,6 +270,13 @@ class DiffStyle360Pipeline:
     def image_size(self) -> int:
         return (self.main or self.back_view_model).config.image_size
 
+    @staticmethod
+    def _trained_fusion(model: DiffStyle360Model, pairing: Optional[str], mask_mode: Optional[str]) -> tuple:
+        """Pairing and mask mode: as given, else what a trained style module was trained with, else the paper's."""
+        trained = getattr(model, "style_module_settings", None) or {}
+        return (pairing if pairing is not None else trained.get("pairing", FusionSettings.pairing),
+                mask_mode if mask_mode is not None else trained.get("mask_mode", FusionSettings.mask_mode))
+
     def _main_model(self) -> DiffStyle360Model:
         if self.main is None:
             raise InputError("no main model loaded (weights/main); load the weight set's main model")
@@ -345,7 +356,8 @@ class DiffStyle360Pipeline:
         tracker = _Progress(progress, sampler.steps)
         return self._generate_backs(x, hint, sampler, tracker.phase("back views", sampler.steps))
 
-    def back_view(self, front, *, seed=42, steps=50, cfg=3.0, eta=0.5, scheduler="ddim", camera=None,
+    def back_view(self, front, *, seed=SamplerOptions.seed, steps=SamplerOptions.steps, cfg=SamplerOptions.cfg,
+                  eta=SamplerOptions.eta, scheduler=SamplerOptions.scheduler, camera=None,
                   crop="center", progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """One front portrait → its back view ``[1,3,H,W]`` in [-1,1] (facts §1, Step 2)."""
         sampler = SamplerOptions(seed, steps, cfg, eta, scheduler)
@@ -457,10 +469,9 @@ class DiffStyle360Pipeline:
         seed = sampler.seed
         refs = References(None, [], x_back, style_backs, seed)
         try:
-            refs.content = _encode_reference(model, torch.cat([x_content, x_back.to(x_content)]).to(device, dtype),
-                                             seed)
+            refs.content = _encode_reference(model, torch.cat([x_content, x_back.to(x_content)]), seed)
             for spec, backs in zip(styles, style_backs):
-                latents = [_encode_reference(model, torch.cat([f, b.to(f)]).to(device, dtype), seed)
+                latents = [_encode_reference(model, torch.cat([f, b.to(f)]), seed)
                            for f, b in zip(spec.fronts, backs)]
                 mask = spec.mask.to(device) if spec.mask is not None else None
                 refs.styles.append((latents, spec.weights, mask))
@@ -507,7 +518,7 @@ class DiffStyle360Pipeline:
         generator = torch.Generator().manual_seed(sampler.seed)
         noise = torch.randn((n, 4, latent, latent), generator=generator)
         if guide is not None:
-            z_guide = _encode_reference(model, guide.to(device, dtype), sampler.seed).float().cpu()
+            z_guide = _encode_reference(model, guide, sampler.seed).float().cpu()
             noise = guide_frame_noise(z_guide, noise, model.config.schedule)
         style_latents = [lat for latents, _, _ in refs.styles for lat in latents]
         slices = _style_slices(refs)  # no loop variable of this frame holds a reference tensor
@@ -547,10 +558,16 @@ class DiffStyle360Pipeline:
         parts = latents.split(chunk)
         hook = tracker.phase("decode", len(parts))
         out = []
-        for i, part in enumerate(parts):
-            out.append(model.decode(part.to(device, dtype), chunk=chunk))
-            hook(i + 1, len(parts), None)
-        return torch.cat(out)
+        try:
+            for i, part in enumerate(parts):
+                out.append(model.decode(part.to(device, dtype), chunk=chunk))
+                if hook is not None:
+                    hook(i + 1, len(parts), None)
+            return torch.cat(out)
+        except BaseException:  # a cancel while decoding: this frame must not pin the latents or decoded views
+            out = parts = part = latents = None
+            empty_cache(device)
+            raise
 
     # --------------------------------------------------------------- stylize
     @torch.no_grad()
@@ -563,8 +580,8 @@ class DiffStyle360Pipeline:
         views: Optional[int] = None,
         cameras: Optional[CameraSet] = None,
         tau=FusionSettings.tau,
-        pairing: str = FusionSettings.pairing,
-        mask_mode: str = FusionSettings.mask_mode,
+        pairing: Optional[str] = None,
+        mask_mode: Optional[str] = None,
         seed: int = SamplerOptions.seed,
         steps: int = SamplerOptions.steps,
         cfg: float = SamplerOptions.cfg,
@@ -586,7 +603,9 @@ class DiffStyle360Pipeline:
         overlap), or None for plain DiffPortrait360 novel views. ``views`` picks
         N evenly spaced cameras of the condition set (default: all); ``cameras``
         gives them explicitly. ``tau`` is the key scale τ (§3.5): a float or a
-        per-layer mapping (:class:`~.options.FusionSettings`). ``mask_mode``:
+        per-layer mapping (:class:`~.options.FusionSettings`). ``pairing`` and
+        ``mask_mode`` default to what a loaded trained style module was trained with
+        (else "paper"). ``mask_mode``:
         "paper" masks keys only, as the paper writes it (style can leak outside
         the mask), "confined" also keeps style values and attention inside it.
         ``window`` views go through the view-consistency modules together
@@ -601,7 +620,7 @@ class DiffStyle360Pipeline:
         """
         model = self._main_model()
         sampler = SamplerOptions(seed, steps, cfg, eta, scheduler).checked()
-        fusion = FusionSettings(tau, pairing, mask_mode).checked()
+        fusion = FusionSettings(tau, *self._trained_fusion(model, pairing, mask_mode)).checked()
         win = WindowOptions(window, window_mode, overlap, windows_per_batch).checked(model.config.temporal.max_views)
         crop = check_choice("crop", crop, CROP_MODES)
         chunk = DECODE_CHUNK.check(decode_chunk)

@@ -161,6 +161,11 @@ def denoise_views(
     device = latents.device
     counts = counts.to(device).view(-1, 1, 1, 1)
     stochastic = scheduler.__class__.__name__ == "DDIMScheduler" and eta > 0
+    groups = []  # (views per window, rows, their pose hints): fixed for the run
+    for group in batches:
+        rows = torch.tensor([v for w in group for v in w], device=device)
+        hb = hints.index_select(0, rows.to(hints.device)) if hints is not None else None
+        groups.append((len(group[0]) if num_views_per_window is None else num_views_per_window, rows, hb))
     state = _LoopState()
     state.x = latents.float() * float(scheduler.init_noise_sigma)
     total = len(scheduler.timesteps)
@@ -171,11 +176,8 @@ def denoise_views(
             state.references = references_at(t_int)
             model_in = scheduler.scale_model_input(state.x, t)
             state.eps = torch.zeros(state.x.shape, dtype=torch.float32, device=device)
-            for group in batches:
-                idx = torch.tensor([v for w in group for v in w], device=device)
+            for views, idx, hb in groups:
                 xb = model_in.index_select(0, idx)
-                hb = hints.index_select(0, idx.to(hints.device)) if hints is not None else None
-                views = len(group[0]) if num_views_per_window is None else num_views_per_window
                 eps = model.predict_noise(xb, t_int, hb, num_views=views, references=state.references).float()
                 if guidance != 1.0:
                     uncond = model.predict_noise(xb, t_int, None, num_views=views, references=None).float()
@@ -197,4 +199,5 @@ def denoise_views(
         return state.x
     finally:  # drop every device tensor this frame holds: a kept traceback must not pin GPU memory
         state.x = state.eps = state.references = None
-        latents = hints = counts = model_in = idx = xb = hb = uncond = kwargs = out = denoised = None  # noqa: F841
+        latents = hints = counts = groups = None  # noqa: F841
+        model_in = idx = xb = hb = uncond = kwargs = out = denoised = None  # noqa: F841

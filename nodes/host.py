@@ -228,10 +228,3 @@ class HostPlacement(ModelPlacement):
 
 def placement() -> ModelPlacement:
     return HostPlacement()
-
-
-def soft_empty_cache() -> None:
-    if IN_COMFYUI:
-        _mm.soft_empty_cache()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -9,12 +9,11 @@ model is read only when a back view has to be generated.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -249,8 +248,3 @@ class LoadAppearanceModules:
                 style_path = choices[style_module]
             ws = sets[weight_set]
             return (ModelHandle(weight_set, ws.path, dtype, style_path),)
-
-
-def list_loaded() -> List[str]:  # for debugging and tests
-    with _cache_lock:
-        return [k[0] + ":" + str(k[1]) for k in _cache]

@@ -172,14 +172,17 @@ class StyleFusionSampler:
                fusion=None, guide_frames=None):
         with user_errors("Style Fusion Sampler"):
             sampler = sampler_options(seed, steps, cfg, eta, scheduler)
-            settings = (fusion if isinstance(fusion, FusionSettings) else FusionSettings()).checked()
+            settings = fusion.checked() if isinstance(fusion, FusionSettings) else None
             pipe = model.pipeline(main=True, back_view=_needs_back_model(content_back, style))
             progress = ProgressBridge(sampler.steps)
             result = pipe.stylize(
                 content, _core_style(style), content_back=content_back, cameras=cameras,
-                tau=settings.tau, pairing=settings.pairing, mask_mode=settings.mask_mode,
+                # no Key Scale: τ 1.05, and the pairing / mask mode a trained style module was trained with
+                tau=settings.tau if settings else options.TAU.default,
+                pairing=settings.pairing if settings else None, mask_mode=settings.mask_mode if settings else None,
                 seed=sampler.seed, steps=sampler.steps, cfg=sampler.cfg, eta=sampler.eta,
-                scheduler=sampler.scheduler, window=window, window_mode=window_mode, overlap=overlap,
+                scheduler=sampler.scheduler, window=window, window_mode=window_mode,
+                overlap=overlap if window_mode == "circular" else None,  # the widget always has a value
                 windows_per_batch=windows_per_batch, guide_frames=guide_frames, crop=crop, decode_chunk=decode_chunk,
                 progress=progress,
             )

@@ -17,13 +17,12 @@ import torch
 from diffstyle360_core import options
 from diffstyle360_core.fusion import alpha_weights
 from diffstyle360_core.options import FusionSettings, tau_by_resolution
+from diffstyle360_core.fusion import WEIGHT_SUM_TOL
 from diffstyle360_core.pipeline import Style
 
 from .common import (CATEGORY, FUSION, IMAGE_OR_STYLE, STYLE, DiffStyle360Error, choice, number, parse_weights,
                      single_mask, user_errors)
 
-#: Sum-to-one tolerance of blend weights (the core's check uses the same order of magnitude).
-_WEIGHT_SUM_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,8 @@ class KeyScale:
     DESCRIPTION = (
         "Style Fusion Attention settings: the key scale tau (how strongly attention is pulled toward the style; "
         "paper default 1.05, explored 1.00-1.10), optionally a different tau per latent resolution, the key/value "
-        "pairing and how style masks act. Without this node the sampler uses tau 1.05, paper pairing and mask mode."
+        "pairing and how style masks act. Without this node the sampler uses tau 1.05 and the pairing and mask mode "
+        "a trained style module was trained with (paper for training-free)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "settings"
@@ -77,7 +77,7 @@ class KeyScale:
         for name, _, where in _LEVELS:
             required[name] = ("FLOAT", {
                 "default": 0.0, "min": 0.0, "max": options.TAU.high, "step": 0.01, "round": 0.001,
-                "tooltip": f"tau for the attention layers at {where}; 0 = use tau.",
+                "tooltip": f"tau for the attention layers at {where}; 0 = use tau, else {options.TAU.low}-{options.TAU.high}.",
             })
         return {"required": required}
 
@@ -196,6 +196,6 @@ class StyleBlend:
                         f"Style Blend: {len(given)} weights for {len(images)} connected styles; give one per style."
                     )
                 w = [options.ALPHA.check(x, f"weight {i + 1}") for i, x in enumerate(given)]
-                if abs(sum(w) - 1.0) > _WEIGHT_SUM_TOL:
+                if abs(sum(w) - 1.0) > WEIGHT_SUM_TOL:  # the core's tolerance
                     raise DiffStyle360Error(f"Style Blend: the weights must sum to 1, they sum to {sum(w):g}.")
             return (StyleStack((Style(images=images, weights=w),)),)

@@ -1,7 +1,6 @@
 """The command line end to end on the `make-tiny` set, its checks before any model loads, Ctrl-C and
 out-of-memory handling, and the library's input checks at the API boundary (issue 10)."""
 
-import shutil
 import sys
 import time
 import types

@@ -11,6 +11,7 @@ from diffstyle360_core.training.config import ConfigError
 from diffstyle360_core.training.dataset import StylizationDataset
 from diffstyle360_core.training.recipe import (StyleTrainingStep, draw_randomness, encode_batch, prepare_model,
                                                step_generator)
+from diffstyle360_core.loading import load_cameras
 from diffstyle360_core.weights import load_model
 
 VIEWS = 8  # one window of the view-consistency modules: the smallest batch that exercises everything
@@ -300,3 +301,22 @@ def test_config_yaml_and_flag_overrides(tmp_path):
         TrainConfig(learning_rate=-1).checked()
     with pytest.raises(ConfigError, match="needs weights, data, out"):
         train(TrainConfig(), progress=False)
+
+
+def test_trained_pairing_is_the_default_and_an_explicit_choice_wins(trained, tiny_weights, monkeypatch):
+    import diffstyle360_core.pipeline as pipeline_module
+    from diffstyle360_core.weights import load_style_module
+
+    model = load_style_module(_fresh(tiny_weights), trained.module_path)
+    assert model.style_module_settings["pairing"] == "paper"
+    model.style_module_settings = {**model.style_module_settings, "pairing": "aligned", "mask_mode": "confined"}
+    seen = []
+    real = pipeline_module.FusionSettings.checked
+    monkeypatch.setattr(pipeline_module.FusionSettings, "checked",
+                        lambda self: seen.append((self.pairing, self.mask_mode)) or real(self))
+    pipe = pipeline_module.DiffStyle360Pipeline(model, None, load_cameras(tiny_weights, 64))
+    image = torch.rand(1, 64, 64, 3)
+    style = pipeline_module.Style(images=[image], backs=[image])
+    pipe.stylize(image, style, content_back=image, views=1, steps=1)
+    pipe.stylize(image, style, content_back=image, views=1, steps=1, pairing="paper")
+    assert seen[0] == ("aligned", "confined") and ("paper", "confined") in seen

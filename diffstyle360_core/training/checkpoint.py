@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -123,7 +123,3 @@ def load_trained_module(model, path, *, component: Optional[str] = None):
         if kind != component:
             raise ValueError(f"{path} holds a {kind} module, not {component}")
     return new.eval()
-
-
-def trained_module_path(out: Union[str, os.PathLike], mode: str = "style_module") -> Path:
-    return Path(os.fspath(out)) / FILE_NAMES[mode]

@@ -16,7 +16,6 @@ continues exactly where the interrupted one would have been.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -327,7 +326,3 @@ def _release_accelerate_state(accelerator) -> None:
         GradientState._reset_state()
     except Exception:  # noqa: BLE001 - private API; a stale state only matters for a second run
         pass
-
-
-def mean_loss(losses: List[float]) -> float:
-    return sum(losses) / len(losses) if losses else math.nan
