@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from .. import options as O
 from ..options import MASK_MODES, PAIRINGS, InputError, InputTypeError, check_choice
 
 MODES = ("style_module", "finetune_appearance")
@@ -162,6 +163,12 @@ class TrainConfig:
             except (InputError, InputTypeError) as err:
                 fail(str(err))
 
+        def ranged(name, option_range):  # the inference option's own range (diffstyle360_core.options)
+            try:
+                setattr(self, name, option_range.check(getattr(self, name), name))
+            except (InputError, InputTypeError) as err:
+                fail(str(err))
+
         for name in ("weights", "data", "out", "resume", "device"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -172,7 +179,7 @@ class TrainConfig:
         choice("pairing", PAIRINGS)
         choice("mask_mode", MASK_MODES)
         choice("mixed_precision", MIXED_PRECISION)
-        number("tau", 0.5, 2.0)
+        ranged("tau", O.TAU)
         integer("steps", 1)
         number("learning_rate", 0.0, 1.0, open_low=True)
         number("adam_beta1", 0.0, 1.0)
@@ -186,15 +193,15 @@ class TrainConfig:
         integer("views_per_sample", 1, 1024)
         integer("view_stride", 1, 1024)
         if self.window is not None:
-            integer("window", 1, 24)
+            ranged("window", O.WINDOW)
         integer("num_workers", 0, 64)
         integer("checkpoint_every", 0)
         integer("keep_checkpoints", 1)
         integer("log_every", 1)
         integer("preview_every", 0)
         integer("preview_views", 1, 64)
-        integer("preview_steps", 1, 1000)
-        number("preview_cfg", 0.0, 30.0)
+        ranged("preview_steps", O.STEPS)
+        ranged("preview_cfg", O.CFG)
         if not isinstance(self.gradient_checkpointing, bool):
             fail(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         if not isinstance(self.extra, dict):
@@ -204,8 +211,7 @@ class TrainConfig:
     def require_paths(self) -> None:
         missing = [n for n in ("weights", "data", "out") if getattr(self, n) is None]
         if missing:
-            flags = ", ".join(f"--{n}" for n in missing)
-            raise ConfigError(f"training needs {', '.join(missing)}: set them in the YAML config or pass {flags}")
+            raise ConfigError(f"training needs {', '.join(missing)}: set them in the config (YAML file or arguments)")
 
 
 def default_config_yaml() -> str:
