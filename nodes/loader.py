@@ -31,7 +31,12 @@ NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
 #: Models kept in memory at once (main, main + style module, back view: one graph's worth).
 CACHE_SIZE = 3
 
+#: Camera-condition sets kept at once (small; one per weight set and resolution in use).
+CAMERA_CACHE_SIZE = 4
+
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
+_camera_cache: "OrderedDict[tuple, CameraSet]" = OrderedDict()
+_cache_lock = threading.RLock()
 
 
 def load_model(folder: Path, device, dtype):
@@ -46,12 +51,12 @@ def load_style_module(base, path: Path):
     from diffstyle360_core.weights import load_style_module as read
 
     return read(base, path)
-_cache_lock = threading.RLock()
 
 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+        _camera_cache.clear()
 
 
 def _signature(folder: Path) -> Tuple:
@@ -71,17 +76,18 @@ def _file_signature(path: Optional[Path]) -> Tuple:
     return (str(path), st.st_size, st.st_mtime_ns)
 
 
-def _cached(key: tuple, build):
+def _cached(key: tuple, build, cache: "OrderedDict" = _cache, size: int = CACHE_SIZE):
+    """``cache[key]``, built on a miss; the least recently used entries go beyond ``size``."""
     with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
     value = build()
     with _cache_lock:
-        _cache[key] = value
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
     return value
 
 
@@ -165,7 +171,7 @@ class ModelHandle:
             size = self.image_size
             folder = find_condition_folder(self.path)
             key = ("cameras", str(folder.resolve()), _signature_images(folder), size)
-            self._cameras = _cached_cameras(key, lambda: load_condition_set(folder, size))
+            self._cameras = _cached(key, lambda: load_condition_set(folder, size), _camera_cache, CAMERA_CACHE_SIZE)
         return self._cameras
 
     def pipeline(self, *, main: bool = True, back_view: bool = True) -> DiffStyle360Pipeline:
@@ -177,20 +183,8 @@ class ModelHandle:
         )
 
 
-_camera_cache: "OrderedDict[tuple, CameraSet]" = OrderedDict()
-
-
 def _signature_images(folder: Path) -> Tuple:
     return tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
-
-
-def _cached_cameras(key: tuple, build) -> CameraSet:
-    with _cache_lock:
-        if key not in _camera_cache:
-            _camera_cache[key] = build()
-            while len(_camera_cache) > 4:
-                _camera_cache.popitem(last=False)
-        return _camera_cache[key]
 
 
 class LoadAppearanceModules:
