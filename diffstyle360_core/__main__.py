@@ -198,9 +198,7 @@ def _register_plugin(module: str, sub) -> Dict[str, Callable]:
 # cheap checks (no model code imported, no weights loaded)
 # --------------------------------------------------------------------------- #
 def _check_sampler(args) -> "O.SamplerOptions":
-    for rng, value in ((O.SEED, args.seed), (O.STEPS, args.steps), (O.CFG, args.cfg), (O.ETA, args.eta)):
-        rng.check(value, FLAGS[rng.name])
-    return O.SamplerOptions(args.seed, args.steps, args.cfg, args.eta, args.scheduler).checked()
+    return O.SamplerOptions(args.seed, args.steps, args.cfg, args.eta, args.scheduler).checked()  # main() names flags
 
 
 def _main_config(weights: str) -> Optional[dict]:
@@ -223,24 +221,14 @@ def _check_stylize_options(args) -> dict:
     O.FPS.check(args.fps, "--fps")
     if args.alpha is not None:
         O.ALPHA.check(args.alpha, "--alpha")
-    if args.window is not None:
-        O.WINDOW.check(args.window, "--window")
-    O.OVERLAP.check(args.overlap, "--overlap")
-    O.WINDOWS_PER_BATCH.check(args.windows_per_batch, "--windows-per-batch")
     for yaw in args.yaw_range or ():
         O.YAW.check(yaw, "--yaw-range")
     config = _main_config(args.weights) or {}
     temporal = config.get("temporal") if isinstance(config.get("temporal"), dict) else {}
-    max_views = temporal.get("max_views")
-    trained = temporal.get("window", O.WINDOW.default)
-    try:
-        windows = O.WindowOptions(args.window, args.window_mode, args.overlap, args.windows_per_batch).checked(
-            max_window=max_views if isinstance(max_views, int) else None)
-    except O.InputError as err:
-        raise O.InputError(_flagged(str(err))) from None
-    if args.window is None and isinstance(trained, int) and args.overlap >= trained:
-        raise O.InputError(f"--overlap must be in [0, window-1] = [0, {trained - 1}] (window {trained}, "
-                           f"as trained), got {args.overlap}")
+    max_views, trained = temporal.get("max_views"), temporal.get("window")
+    windows = O.WindowOptions(args.window, args.window_mode, args.overlap, args.windows_per_batch).checked(
+        max_window=max_views if isinstance(max_views, int) else None,
+        trained_window=trained if isinstance(trained, int) else None)
     styles = args.style
     if len(styles) > 2:
         raise O.InputError(f"give one --style, or two with --alpha to blend them; got {len(styles)}")
@@ -263,7 +251,7 @@ def _check_stylize_options(args) -> dict:
             raise FileNotFoundError(f"{flag} folder {folder} not found")
     if args.style_module and not Path(args.style_module).is_file():
         raise FileNotFoundError(f"--style-module file {args.style_module} not found")
-    return {"sampler": sampler, "tau": tau, "windows": windows, "config": config}
+    return {"sampler": sampler, "tau": tau, "windows": windows}
 
 
 def _read_images(args, size: int) -> dict:
@@ -290,11 +278,8 @@ def _read_images(args, size: int) -> dict:
 def _device_dtype(args):
     from .devices import resolve_device, resolve_dtype
 
-    try:
-        device = resolve_device(args.device)
-        return device, resolve_dtype(args.dtype, device)
-    except O.InputError as err:
-        raise O.InputError(_flagged(str(err))) from None
+    device = resolve_device(args.device)  # main() puts the flag name in front of a core message
+    return device, resolve_dtype(args.dtype, device)
 
 
 def _open_output(folder: str) -> RunOutput:

@@ -230,6 +230,11 @@ def _normalize_dtype(a: np.ndarray, name: str, *, kind: str = "image") -> np.nda
         return a.astype(np.uint8)
     if not np.issubdtype(a.dtype, np.floating):
         raise ImageInputError(f"{name}: unsupported {kind} dtype {a.dtype}; use uint8 or float")
+    return _float_01(a, name, kind, "Pass 0..1 images (divide 0..255 data by 255; map -1..1 data with (x+1)/2).")
+
+
+def _float_01(a: np.ndarray, name: str, kind: str, hint: str) -> np.ndarray:
+    """Float data checked to be finite and within 0..1 (rounding slack clipped) -> float32."""
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
         raise ImageInputError(
@@ -239,8 +244,7 @@ def _normalize_dtype(a: np.ndarray, name: str, *, kind: str = "image") -> np.nda
         lo, hi = float(a.min()), float(a.max())
         if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
             raise ImageInputError(
-                f"{name}: float {kind} values must be in 0..1, got min {lo:.4g}, max {hi:.4g}. "
-                "Pass 0..1 images (divide 0..255 data by 255; map -1..1 data with (x+1)/2)."
+                f"{name}: float {kind} values must be in 0..1, got min {lo:.4g}, max {hi:.4g}. {hint}"
             )
     return np.clip(a, 0.0, 1.0)
 
@@ -520,17 +524,8 @@ def _mask_values(a: np.ndarray, name: str) -> np.ndarray:
         return a.astype(np.float32) if hi <= 1 else a.astype(np.float32) / 255.0
     if not np.issubdtype(a.dtype, np.floating):
         raise ImageInputError(f"{name}: unsupported mask dtype {a.dtype}; use float 0..1, bool or integer 0/1")
-    a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
-        raise ImageInputError(f"{name}: mask contains NaN or infinite values; check the node or code that made it.")
-    if a.size:
-        lo, hi = float(a.min()), float(a.max())
-        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-            raise ImageInputError(
-                f"{name}: float mask values must be in 0..1, got min {lo:.4g}, max {hi:.4g}. "
-                "Divide 0..255 data by 255 (or pass it as uint8), and clamp or threshold other data."
-            )
-    return np.clip(a, 0.0, 1.0)
+    return _float_01(a, name, "mask",
+                     "Divide 0..255 data by 255 (or pass it as uint8), and clamp or threshold other data.")
 
 
 def _check_not_empty(m: np.ndarray, name: str, cropped: bool = False) -> None:

@@ -133,7 +133,8 @@ class WindowOptions:
     overlap: Optional[int] = None  # None: half the window (4 for the trained 8); always checked when given
     windows_per_batch: int = WINDOWS_PER_BATCH.default
 
-    def checked(self, max_window: Optional[int] = None) -> "WindowOptions":
+    def checked(self, max_window: Optional[int] = None, trained_window: Optional[int] = None) -> "WindowOptions":
+        """Validated copy; ``max_window``/``trained_window`` come from the model's config when it is known."""
         window = None if self.window is None else WINDOW.check(self.window)
         if window is not None and max_window is not None and window > max_window:
             raise InputError(
@@ -143,7 +144,7 @@ class WindowOptions:
         overlap = None
         if self.overlap is not None:  # checked even in independent mode, where it does not apply
             overlap = OVERLAP.check(self.overlap)
-            effective = WINDOW.default if window is None else window
+            effective = window if window is not None else (trained_window or WINDOW.default)
             if overlap >= effective:
                 raise InputError(f"overlap must be in [0, window-1] = [0, {effective - 1}], got {overlap}")
         return WindowOptions(window, check_choice("window_mode", self.mode, WINDOW_MODES), overlap,

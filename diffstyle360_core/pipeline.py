@@ -136,6 +136,11 @@ class References:
         self.styles, self.style_backs = [], []
 
 
+def _window_limits(model: DiffStyle360Model) -> tuple:
+    """(most views per window, views per window as trained) of the model's view-consistency modules."""
+    return model.config.temporal.max_views, model.config.temporal.window
+
+
 def _style_slices(refs: "References") -> list:
     """Per style region: (its rows among the flattened style latents, blend weights, mask)."""
     slices, start = [], 0
@@ -443,19 +448,20 @@ class DiffStyle360Pipeline:
         sampler = sampler.checked()
         crop = check_choice("crop", crop, CROP_MODES)
         inputs = self._read_inputs(content, content_back, _as_style_list(style), model.config.image_size, crop)
-        missing = self._missing_backs(*inputs)
+        missing = self._fronts_without_backs(*inputs)
         tracker = _Progress(progress, sampler.steps if missing else 0)
         return self._prepare(inputs, sampler, tracker)
 
     @staticmethod
-    def _missing_backs(x_content, x_back, styles) -> int:
-        return int(x_back is None) + sum(b is None for s in styles for b in s.backs)
+    def _fronts_without_backs(x_content, x_back, styles) -> List[torch.Tensor]:
+        """The front images whose back view must be generated (content first, then styles in order)."""
+        return ([x_content] if x_back is None else []) + [f for s in styles for f, b in zip(s.fronts, s.backs)
+                                                          if b is None]
 
     def _prepare(self, inputs, sampler: SamplerOptions, tracker: _Progress) -> References:
         x_content, x_back, styles = inputs
         model = self._main_model()
-        todo = ([x_content] if x_back is None else []) + [f for s in styles for f, b in zip(s.fronts, s.backs)
-                                                          if b is None]
+        todo = self._fronts_without_backs(*inputs)
         generated: List[torch.Tensor] = []
         if todo:
             hint = self._back_camera(None, self.image_size)
@@ -489,7 +495,7 @@ class DiffStyle360Pipeline:
         """Denoise one latent per camera with the references; returns x_0 ``[N,4,h,w]`` float32."""
         model = self._main_model()
         sampler, fusion = sampler.checked(), fusion.checked()
-        windows = windows.checked(model.config.temporal.max_views)
+        windows = windows.checked(*_window_limits(model))
         cams = self._cameras(cameras, None, model.config.image_size)
         guide = self._guide(guide_frames, len(cams), model.config.image_size, crop)
         tracker = _Progress(progress, sampler.steps)
@@ -621,14 +627,14 @@ class DiffStyle360Pipeline:
         model = self._main_model()
         sampler = SamplerOptions(seed, steps, cfg, eta, scheduler).checked()
         fusion = FusionSettings(tau, *self._trained_fusion(model, pairing, mask_mode)).checked()
-        win = WindowOptions(window, window_mode, overlap, windows_per_batch).checked(model.config.temporal.max_views)
+        win = WindowOptions(window, window_mode, overlap, windows_per_batch).checked(*_window_limits(model))
         crop = check_choice("crop", crop, CROP_MODES)
         chunk = DECODE_CHUNK.check(decode_chunk)
         size = model.config.image_size
         cams = self._cameras(cameras, views, size)
         inputs = self._read_inputs(content, content_back, _as_style_list(style), size, crop)
         guide = self._guide(guide_frames, len(cams), size, crop)
-        back_steps = sampler.steps if self._missing_backs(*inputs) else 0
+        back_steps = sampler.steps if self._fronts_without_backs(*inputs) else 0
         tracker = _Progress(progress, back_steps + sampler.steps + math.ceil(len(cams) / chunk))
         refs = self._prepare(inputs, sampler, tracker)
         try:

@@ -70,6 +70,10 @@ def test_window_options_check_overlap_even_when_it_does_not_apply():
     assert WindowOptions(window=2).checked().resolved(8) == (2, 1)
     with pytest.raises(InputError, match="overlap"):
         WindowOptions(window=4, overlap=4, mode="independent").checked()
+    # without a window, the overlap bound is the model's trained window (when known), not the default 8
+    assert WindowOptions(overlap=5).checked(trained_window=8).resolved(8) == (8, 5)
+    with pytest.raises(InputError, match=r"overlap must be in \[0, window-1\] = \[0, 5\]"):
+        WindowOptions(overlap=6).checked(trained_window=6)
     with pytest.raises(InputError, match="window must be at most 12"):
         WindowOptions(window=16).checked(max_window=12)
     with pytest.raises(InputTypeError, match="windows_per_batch"):
