@@ -1,16 +1,21 @@
-"""Speed and memory switches for a built model: regional compile, fp8 weight storage, sequential offload.
+"""Speed and memory switches for a built model: compile, fp8 weight storage, sequential offload.
 
 None of these changes what the model computes beyond rounding; each is opt-in.
 
-* :func:`compile_model` compiles the *repeated blocks* (diffusers ``ResnetBlock2D``,
-  ``Downsample2D``/``Upsample2D``, the cross-attention ``attn2`` and feed-forward of
-  every ``BasicTransformerBlock``, the time embedding, the ControlNet hint encoder
-  and our :class:`~.temporal.ViewConsistencyModule`) of the main UNet, the
-  appearance modules and the pose ControlNet. One compiled function per block
-  class serves every instance of that class (weights are graph inputs), so
-  compile time grows with the number of distinct *shapes*, not with depth. The
-  ``attn1`` layers (Style Fusion readers / bank writers, which carry per-call
-  Python state) stay eager. ``DIFFSTYLE360_COMPILE=0`` turns compiling off.
+* :func:`compile_model` with ``scope="regional"`` (default) compiles the
+  *repeated blocks* (diffusers ``ResnetBlock2D``, ``Transformer2DModel`` with
+  its Style Fusion / bank-writer self-attention, norms and projections,
+  ``Downsample2D``/``Upsample2D``, the time embedding, the ControlNet hint
+  encoder and our :class:`~.temporal.ViewConsistencyModule`) of the main UNet,
+  the appearance modules and the pose ControlNet. One compiled function per
+  block class serves every instance of that class (weights are graph inputs),
+  so compile time grows with the number of distinct *shapes*, not with depth.
+  ``scope="full"`` compiles each whole model call instead (ControlNet + UNet
+  walk of a denoiser call, one appearance-module pass) as one graph: longer to
+  compile, fusion across blocks, and the shape of graph CUDA graphs need
+  (``mode="reduce-overhead"``). Both rely on the attention layers reading
+  their per-call reference slots as plain tensors (:class:`~.attention.FusionSlot`),
+  so no Python state splits a graph. ``DIFFSTYLE360_COMPILE=0`` turns compiling off.
 * :func:`store_weights_fp8` keeps Linear/Conv weights in ``torch.float8_e4m3fn``
   with one scale per output channel and casts them to the compute dtype on every call
   (as ComfyUI's fp8 weight dtypes do, plus the scales): half the weight memory
@@ -31,6 +36,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .unet_walk import CompiledForward
+
 try:
     from .pipeline import ModelPlacement
 except ImportError:  # pragma: no cover - only while the pipeline is being rewritten
@@ -44,14 +51,17 @@ COMPILE_ENV = "DIFFSTYLE360_COMPILE"
 #: Blocks compiled whole (matched by class name, so diffusers' module paths may move).
 COMPILE_BLOCKS = frozenset({
     "ResnetBlock2D",
+    "Transformer2DModel",
     "Downsample2D",
     "Upsample2D",
     "TimestepEmbedding",
     "ControlNetConditioningEmbedding",
     "ViewConsistencyModule",
 })
-#: Children compiled inside blocks that also hold Python-state processors (attn1).
-COMPILE_CHILDREN = {"BasicTransformerBlock": ("attn2", "ff")}
+#: ``regional``: the repeated blocks; ``full``: each whole model call as one graph.
+SCOPES = ("regional", "full")
+#: torch.compile modes that replay CUDA graphs (outputs must be copied out of the graph's memory pool).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: Parts of a DiffStyle360Model compiled by default (the VAE runs once per view: not worth its compile time).
 DEFAULT_PARTS = ("unet", "appearance", "style_appearance", "pose_controlnet", "temporal")
 
@@ -73,18 +83,18 @@ class CompileRecord:
         return len(self.modules)
 
 
-_COMPILED_FORWARDS: Dict[tuple, object] = {}  # (class, key) -> compiled function: one per process
+_COMPILED_FORWARDS: Dict[tuple, object] = {}  # (function, key) -> compiled function: one per process
 
 
-def _compiled_forward(cls: type, key: tuple):
-    """``torch.compile(cls.forward)`` made once per class and settings (the per-process cache)."""
-    if (cls, key) not in _COMPILED_FORWARDS:
-        mode, dynamic, backend = key
+def _compiled(fn, key: tuple):
+    """``torch.compile(fn)`` made once per function and settings (the per-process cache)."""
+    if (fn, key) not in _COMPILED_FORWARDS:
+        mode, dynamic, backend, _scope = key
         kwargs = dict(dynamic=dynamic, backend=backend)
         if mode is not None:
             kwargs["mode"] = mode
-        _COMPILED_FORWARDS[(cls, key)] = torch.compile(cls.forward, **kwargs)
-    return _COMPILED_FORWARDS[(cls, key)]
+        _COMPILED_FORWARDS[(fn, key)] = torch.compile(fn, **kwargs)
+    return _COMPILED_FORWARDS[(fn, key)]
 
 
 def _raise_recompile_limits(per_code: int = 256, total: int = 4096) -> None:
@@ -117,68 +127,83 @@ def compile_regions(model: nn.Module, parts: Sequence[str] = DEFAULT_PARTS) -> L
             full = f"{root_name}.{name}" if root_name and name else (root_name or name)
             if any(t == "" or full == t or full.startswith(t + ".") for t in taken):  # inside a region
                 continue
-            cls = type(module).__name__
-            picked = []
-            if cls in COMPILE_BLOCKS:
-                picked = [(full, module)]
-            elif cls in COMPILE_CHILDREN:
-                picked = [(f"{full}.{c}", getattr(module, c)) for c in COMPILE_CHILDREN[cls]
-                          if isinstance(getattr(module, c, None), nn.Module) and _plain_child(getattr(module, c))]
-            for sub_name, sub in picked:
-                taken.append(sub_name)
-                if id(sub) not in seen:
-                    seen.add(id(sub))
-                    found.append((sub_name, sub))
+            if type(module).__name__ in COMPILE_BLOCKS:
+                taken.append(full)
+                if id(module) not in seen:
+                    seen.add(id(module))
+                    found.append((full, module))
     return found
 
 
-def _plain_child(module: nn.Module) -> bool:
-    """An attention child is compiled only with diffusers' own processor (ours carry per-call state)."""
-    processor = getattr(module, "processor", None)
-    return processor is None or type(processor).__module__.startswith("diffusers.")
+def whole_call_targets(model: nn.Module) -> List[Tuple[str, nn.Module, object]]:
+    """``(name, module, eager forward)`` of every whole model call ``scope="full"`` compiles.
+
+    The denoiser call of a :class:`~.model.DiffStyle360Model` (ControlNet + UNet
+    walk) and the pass of each appearance module it holds (content, style).
+    """
+    from .appearance import AppearanceModule, reference_walk
+    from .model import DiffStyle360Model, denoiser_forward
+
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, DiffStyle360Model):
+            found.append((name, module, denoiser_forward))
+        elif isinstance(module, AppearanceModule):
+            found.append((name, module, reference_walk))
+    return found
 
 
 def compile_model(
     model: nn.Module,
     *,
+    scope: str = "regional",
     mode: Optional[str] = None,
     dynamic: Optional[bool] = False,
     backend: str = "inductor",
     parts: Sequence[str] = DEFAULT_PARTS,
     enabled: Optional[bool] = None,
 ) -> CompileRecord:
-    """Regional ``torch.compile`` of ``model``'s repeated blocks, in place; returns what was compiled.
+    """``torch.compile`` of ``model``'s repeated blocks (``scope="regional"``) or whole calls (``"full"``), in place.
 
-    Compiling the same model again with the same settings is a no-op; other
-    settings replace the earlier ones. Compiled code is cached per process by
-    torch (per block class and input shape), so a second model of the same
+    Compiling the same model again with the same settings is a no-op (it only
+    compiles what was added since, e.g. a style module); other settings replace
+    the earlier ones. Compiled code is cached per process by torch (per block
+    class or forward function, and input shape), so a second model of the same
     architecture, or the same model after :func:`uncompile_model`, reuses it.
     ``dynamic=False`` specialises every shape (one graph per window-batch size,
     the fastest kernels); ``None`` lets torch generalise after a shape changes.
+    ``mode="reduce-overhead"`` with ``scope="full"`` replays CUDA graphs (outputs
+    are copied out of the graph pool). ``parts`` limits the regional scope.
     ``enabled=None`` follows ``DIFFSTYLE360_COMPILE``; when off nothing changes
-    and the record has no regions. The modules' deep copies (``add_style_module``)
-    stay compiled and run their own weights.
+    and the record has no regions. Deep copies of compiled modules
+    (``add_style_module``) stay compiled and run their own weights.
     """
+    if scope not in SCOPES:
+        raise ValueError(f"compile scope must be one of {SCOPES}, got {scope!r}")
     if enabled is None:
         enabled = compile_enabled()
-    key = (mode, dynamic, backend)
+    key = (mode, dynamic, backend, scope)
     record = getattr(model, "_ds360_compile", None)
     if not enabled:
         return record if record is not None else CompileRecord(key)
-    if record is not None and record.key == key:
-        missing = [m for _, m in compile_regions(model, parts) if "forward" not in m.__dict__]
-        if not missing:
-            return record  # already compiled with these settings
-    elif record is not None:
+    if record is not None and record.key != key:
         uncompile_model(model)
+        record = None
     _raise_recompile_limits()
-    record = CompileRecord(key)
-    for _, module in compile_regions(model, parts):
-        if "forward" in module.__dict__:  # compiled earlier (e.g. a part shared with another model)
-            record.modules.append(module)
-            continue
-        module.forward = types.MethodType(_compiled_forward(type(module), key), module)
-        record.modules.append(module)
+    record = record or CompileRecord(key)
+    if scope == "regional":
+        for _, module in compile_regions(model, parts):
+            if "forward" not in module.__dict__:  # not compiled earlier (e.g. by a model sharing the part)
+                module.forward = types.MethodType(_compiled(type(module).forward, key), module)
+            if all(m is not module for m in record.modules):
+                record.modules.append(module)
+    else:
+        cuda_graphs = mode in CUDA_GRAPH_MODES
+        for _, module, forward in whole_call_targets(model):
+            if module.compiled_forward is None:
+                module.compiled_forward = CompiledForward(_compiled(forward, key), cuda_graphs)
+            if all(m is not module for m in record.modules):
+                record.modules.append(module)
     object.__setattr__(model, "_ds360_compile", record)  # plain attribute, not a submodule
     return record
 
@@ -191,18 +216,25 @@ def uncompile_model(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        if is_compiled(module):
+        if _compiled_block(module):
             del module.forward
+            count += 1
+        if getattr(module, "compiled_forward", None) is not None:
+            module.compiled_forward = None
             count += 1
     model.__dict__.pop("_ds360_compile", None)
     return count
 
 
-def is_compiled(module: nn.Module) -> bool:
-    """True when ``module`` runs a forward compiled by :func:`compile_model`."""
+def _compiled_block(module: nn.Module) -> bool:
     fn = module.__dict__.get("forward")
     compiled = set(map(id, _COMPILED_FORWARDS.values()))
     return isinstance(fn, types.MethodType) and id(fn.__func__) in compiled
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """True when ``module`` runs a forward compiled by :func:`compile_model` (a block, or a whole call)."""
+    return _compiled_block(module) or getattr(module, "compiled_forward", None) is not None
 
 
 # --------------------------------------------------------------------------- #
@@ -335,6 +367,7 @@ class SequentialOffload(ModelPlacement):
 
 __all__ = [
     "COMPILE_ENV",
+    "SCOPES",
     "CompileRecord",
     "SequentialOffload",
     "compile_enabled",
@@ -344,4 +377,5 @@ __all__ = [
     "store_weights_fp8",
     "uncompile_model",
     "weight_bytes",
+    "whole_call_targets",
 ]

@@ -9,14 +9,19 @@ have no ``out.*``).
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
 from .attention import ReferenceBank, install_bank_writers
-from .unet_walk import walk_unet
+from .unet_walk import CompiledForward, run_forward, timestep_tensor, walk_unet
+
+
+def reference_walk(unet: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> None:
+    """The reference UNet's forward up to its last decoder layer; the bank writers record on the way."""
+    walk_unet(unet, latents, timestep, context, output_head=False)
 
 
 class AppearanceModule(nn.Module):
@@ -32,16 +37,21 @@ class AppearanceModule(nn.Module):
         self.unet.conv_out = None
         self._bank = ReferenceBank()
         self.layer_names = install_bank_writers(self.unet, self._bank)
+        self.compiled_forward: Optional[CompiledForward] = None  # set by compile_model(scope="full")
 
     def forward(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Bank ``{attn1 layer name: [R, tokens, C]}`` for R clean reference latents at timestep t."""
-        self._bank.features = {}
+        self._bank.clear()
         self._bank.recording = True
         try:
-            walk_unet(self.unet, latents, timestep, context, output_head=False)
+            run_forward(self.compiled_forward, reference_walk, self.unet, latents,
+                        timestep_tensor(timestep, latents.device), context)
+            bank = self._bank.features
+            if self.compiled_forward is not None and self.compiled_forward.cuda_graphs:
+                bank = {name: features.clone() for name, features in bank.items()}  # out of the graph's pool
         finally:
             self._bank.recording = False
-        bank, self._bank.features = self._bank.features, {}
+            self._bank.clear()
         if len(bank) != len(self.layer_names):
             raise RuntimeError(f"reference UNet wrote {len(bank)} of {len(self.layer_names)} attention banks")
         return bank

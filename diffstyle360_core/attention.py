@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from .fusion import ASPECT_TOL, blend_styles, multi_style_fusion_attention, style_fusion_attention
+from .fusion import ASPECT_TOL, ReferenceKV, attend_with_references, blend_styles, reference_attention_inputs
 from .options import FusionSettings
 
 Bank = Dict[str, torch.Tensor]
@@ -58,11 +58,24 @@ def _check_self_attention(attn: nn.Module, hidden: torch.Tensor, encoder_hidden_
 
 
 class ReferenceBank:
-    """Per-layer hidden states written by one appearance-module forward."""
+    """The bank writers of one reference UNet; :attr:`features` gathers what they recorded.
+
+    Each writer keeps its own capture (an attribute, not a shared dict keyed by
+    layer name), so a compiled transformer block serves every layer of a shape.
+    """
 
     def __init__(self):
-        self.features: Bank = {}
+        self.writers: List["BankWriterProcessor"] = []
         self.recording = False
+
+    @property
+    def features(self) -> Bank:
+        """``{layer name: hidden states}`` recorded by the last forward, in forward order."""
+        return {w.name: w.captured for w in self.writers if w.captured is not None}
+
+    def clear(self) -> None:
+        for writer in self.writers:
+            writer.captured = None
 
 
 class BankWriterProcessor:
@@ -71,12 +84,13 @@ class BankWriterProcessor:
     def __init__(self, bank: ReferenceBank, name: str):
         self.bank = bank
         self.name = name
+        self.captured: Optional[torch.Tensor] = None
         self.plain = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         _check_self_attention(attn, hidden_states, encoder_hidden_states)
         if self.bank.recording:
-            self.bank.features[self.name] = hidden_states
+            self.captured = hidden_states
         return self.plain(attn, hidden_states, None, attention_mask, temb)
 
 
@@ -110,14 +124,19 @@ class FusionCall:
     content: Optional[Bank] = None
     styles: List[StyleEntry] = field(default_factory=list)
     settings: FusionSettings = field(default_factory=FusionSettings)
-    _cache: Dict[str, tuple] = field(default_factory=dict, repr=False)
+    _cache: Dict[str, Optional[ReferenceKV]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if not self.settings._table:  # checked settings carry their τ table: validate only unchecked ones
             self.settings = self.settings.checked()
 
-    def projected(self, name: str, attn: nn.Module):
-        """K/V of the references through this layer's W_K/W_V (cached for this call)."""
+    def reference_kv(self, name: str, attn: nn.Module) -> Optional[ReferenceKV]:
+        """Layer ``name``'s reference slots (K/V after the latent tokens), cached for this call.
+
+        The references go through this layer's W_K/W_V, styles are blended and
+        masked, and AdaIN / τ / pairing are applied here, once per denoising step:
+        none of it depends on the latents.
+        """
         if name in self._cache:
             return self._cache[name]
         k_c = v_c = None
@@ -135,15 +154,41 @@ class FusionCall:
             if entry.mask is not None:
                 mask = mask_to_tokens(entry.mask, k_s.shape[1])  # float32: half precision breaks Σm ≤ 1
             styles.append((k_s, v_s, mask))
-        self._cache[name] = (k_c, v_c, styles)
+        settings = self.settings
+        self._cache[name] = reference_attention_inputs(
+            k_c, v_c, styles, tau=settings.tau_for(name), pairing=settings.pairing,
+            mask_mode=settings.mask_mode, trusted_masks=True,  # dtype: the projections' (the layer's compute dtype)
+        )
         return self._cache[name]
 
 
 class FusionSlot:
-    """The call in flight: set by ``DiffStyle360Model.predict_noise`` for one forward, then emptied."""
+    """Hands the call in flight to the main UNet's readers, for one forward (``predict_noise``).
+
+    :meth:`bind` gives every reader its layer's reference slots as plain tensors
+    (``reader.inputs``), so the attention layers hold no Python logic that a
+    compiled block would have to guard on; :meth:`release` empties them again.
+    """
 
     def __init__(self):
         self.call: Optional[FusionCall] = None
+        self.readers: List[tuple] = []  # (layer name, attention module, reader), set by install_fusion_readers
+
+    def bind(self, call: Optional[FusionCall]) -> None:
+        self.call = call
+        for name, attn, reader in self.readers:
+            reader.inputs = call.reference_kv(name, attn) if call is not None else None
+
+    def release(self) -> None:
+        self.bind(None)
+
+    def snapshot(self) -> Dict[str, Optional[ReferenceKV]]:
+        """What each reader holds now (gradient checkpointing re-installs it for the recompute)."""
+        return {name: reader.inputs for name, _, reader in self.readers}
+
+    def restore(self, inputs: Dict[str, Optional[ReferenceKV]]) -> None:
+        for name, _, reader in self.readers:
+            reader.inputs = inputs.get(name)
 
 
 def mask_to_tokens(mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -171,49 +216,43 @@ def mask_to_tokens(mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 class StyleFusionProcessor:
-    """Main-UNet ``attn1``: latent queries over latent, content and style keys (§3.3, §3.5)."""
+    """Main-UNet ``attn1``: latent queries over latent, content and style keys (§3.3, §3.5).
 
-    def __init__(self, slot: FusionSlot, name: str):
-        self.slot = slot
+    ``inputs`` (the layer's :class:`~.fusion.ReferenceKV`, bound by
+    :class:`FusionSlot` for one forward) is all it reads: None is stock
+    self-attention (the CFG unconditional branch).
+    """
+
+    def __init__(self, name: str):
         self.name = name
+        self.inputs: Optional[ReferenceKV] = None
         self.plain = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         _check_self_attention(attn, hidden_states, encoder_hidden_states)
-        call = self.slot.call
-        if call is None or (call.content is None and not call.styles):
+        refs = self.inputs
+        if refs is None:
             return self.plain(attn, hidden_states, None, attention_mask, temb)
         q = attn.to_q(hidden_states)
         k_l, v_l = _project(attn, hidden_states)
-        k_c, v_c, styles = call.projected(self.name, attn)
-        settings = call.settings
-        if not styles:
-            out = style_fusion_attention(q, k_l, v_l, k_c, v_c, None, None, heads=attn.heads)
-        elif len(styles) == 1:
-            k_s, v_s, mask = styles[0]
-            out = style_fusion_attention(
-                q, k_l, v_l, k_c, v_c, k_s, v_s, heads=attn.heads, tau=settings.tau_for(self.name),
-                style_mask=mask, pairing=settings.pairing, mask_mode=settings.mask_mode, trusted_masks=True,
-            )
-        else:
-            out = multi_style_fusion_attention(
-                q, k_l, v_l, k_c, v_c, styles, heads=attn.heads, tau=settings.tau_for(self.name),
-                pairing=settings.pairing, mask_mode=settings.mask_mode, trusted_masks=True,
-            )
+        out = attend_with_references(q, k_l, v_l, refs, attn.heads)
         return _finish(attn, out, hidden_states)
 
 
 def install_bank_writers(unet: nn.Module, bank: ReferenceBank) -> List[str]:
     """Give every ``attn1`` of a reference UNet a bank writer; returns the layer names."""
     names = self_attention_names(unet)
-    _set_processors(unet, {n: BankWriterProcessor(bank, n) for n in names})
+    bank.writers = [BankWriterProcessor(bank, n) for n in names]
+    _set_processors(unet, dict(zip(names, bank.writers)))
     return names
 
 
 def install_fusion_readers(unet: nn.Module, slot: FusionSlot) -> List[str]:
     """Give every ``attn1`` of the main UNet a Style Fusion reader; returns the layer names."""
     names = self_attention_names(unet)
-    _set_processors(unet, {n: StyleFusionProcessor(slot, n) for n in names})
+    modules = dict(unet.named_modules())
+    slot.readers = [(n, modules[n], StyleFusionProcessor(n)) for n in names]
+    _set_processors(unet, {n: reader for n, _, reader in slot.readers})
     return names
 
 

@@ -22,7 +22,7 @@ stateless; it never imports ComfyUI.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ __all__ = [
     "multi_style_fusion_attention",
     "blend_styles",
     "alpha_weights",
+    "ReferenceKV",
+    "reference_attention_inputs",
+    "attend_with_references",
 ]
 
 #: Tolerance on ``Σ m_i <= 1`` for multi-style masks (masks resized by
@@ -269,25 +272,30 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool, trusted
     return tau, masks
 
 
-def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper", eps=1e-5):
-    """Assemble (K, V, bias) of §3.3/§3.5 (with §4 masks); inputs already validated.
+class ReferenceKV(NamedTuple):
+    """The reference part of SFA's keys/values: everything after ``K_l``/``V_l`` (latent-independent).
 
-    ``bias`` is None except for ``mask_mode="confined"`` with masks: an additive
-    logit bias ``[B or 1, T]`` that is log(M) on the style slot (0 elsewhere).
+    ``k``/``v`` ``[B or 1, slots·N_ref, C]``; ``bias`` ``[B or 1, slots·N_ref]`` (log M on the style slot
+    of ``mask_mode="confined"``, 0 elsewhere) or None. Built once per layer and denoising step
+    (:func:`reference_attention_inputs`) and shared by every window of views.
     """
-    B = k_l.shape[0]
-    dt = k_l.dtype
-    if k_c is None:  # no references: plain self-attention
-        return k_l, v_l, None
-    if not styles:  # content only: DiffPortrait360 / back-view model
-        return (
-            torch.cat([k_l, _expand(k_c.to(dt), B)], dim=1),
-            torch.cat([v_l, _expand(v_c.to(dt), B)], dim=1),
-            None,
-        )
-    bias = None
 
-    wd = _work_dtype(k_l.dtype, k_c.dtype, *(s[0].dtype for s in styles))
+    k: torch.Tensor
+    v: torch.Tensor
+    bias: Optional[torch.Tensor] = None
+
+
+def _reference_kv(k_c, v_c, styles, tau, pairing, masks, mask_mode, dtype, eps=1e-5) -> Optional[ReferenceKV]:
+    """The reference slots of §3.3/§3.5 (with §4 masks) in ``dtype``; inputs already validated.
+
+    None when there are no references (plain self-attention).
+    """
+    if k_c is None:
+        return None
+    if not styles:  # content only: DiffPortrait360 / back-view model
+        return ReferenceKV(k_c.to(dtype), v_c.to(dtype))
+    bias = None
+    wd = _work_dtype(dtype, k_c.dtype, *(s[0].dtype for s in styles))
     if len(styles) == 1 and masks[0] is None:
         # Plain SFA: K̂ = AdaIN(K_c, K_s), style slot τ·K_s, style values V_s.
         k_s, v_s, _ = styles[0]
@@ -303,7 +311,7 @@ def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper"
         # values is V_c and style-slot logits get log M (−∞ where no style claims a
         # token), so nothing of a style reaches outside its mask.
         n_ref = k_c.shape[1]
-        ones = torch.ones((1, n_ref, 1), dtype=wd, device=k_l.device)
+        ones = torch.ones((1, n_ref, 1), dtype=wd, device=k_c.device)
         weights = [ones if m is None else m.to(wd).unsqueeze(-1) for m in masks]
         mask_sum = sum(weights)
         slot_a = sum(w * _adain(k_c, k_s, eps) for w, (k_s, _, _) in zip(weights, styles))
@@ -313,7 +321,7 @@ def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper"
         if mask_mode == "confined":
             claimed = sum(w * v_s.to(wd) for w, (_, v_s, _) in zip(weights, styles))
             v_hat = claimed + (1.0 - mask_sum) * v_c.to(wd)
-            zeros = torch.zeros((mask_sum.shape[0], k_l.shape[1] + n_ref), dtype=wd, device=k_l.device)
+            zeros = torch.zeros((mask_sum.shape[0], n_ref), dtype=wd, device=k_c.device)
             bias = torch.cat([zeros, torch.log(mask_sum.squeeze(-1))], dim=1)
         elif len(styles) == 1:
             v_hat = styles[0][1]  # m·V_s + (1 − m)·V_s == V_s: values unchanged
@@ -321,14 +329,82 @@ def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper"
             vs = [st[1].to(wd) for st in styles]
             claimed = sum(w * v for w, v in zip(weights, vs))
             v_hat = claimed + (1.0 - mask_sum) * (sum(vs) / len(vs))
+    slot_a, slot_s, v_hat, v_c = _same_batch(slot_a.to(dtype), slot_s.to(dtype), v_hat.to(dtype), v_c.to(dtype))
+    K = torch.cat([slot_a, slot_s], dim=1)
+    V = torch.cat([v_hat, v_c] if pairing == "paper" else [v_c, v_hat], dim=1)
+    return ReferenceKV(K, V, bias)
 
-    K = torch.cat([k_l, _expand(slot_a.to(dt), B), _expand(slot_s.to(dt), B)], dim=1)
-    v_c_, v_hat_ = _expand(v_c.to(dt), B), _expand(v_hat.to(dt), B)
-    if pairing == "paper":
-        V = torch.cat([v_l, v_hat_, v_c_], dim=1)
-    else:
-        V = torch.cat([v_l, v_c_, v_hat_], dim=1)
+
+def _same_batch(*tensors: torch.Tensor):
+    """Broadcast batch-1 tensors to the largest batch among them (references of batch B and 1 mixed)."""
+    batch = max(t.shape[0] for t in tensors)
+    return [_expand(t, batch) for t in tensors]
+
+
+def _with_latents(k_l: torch.Tensor, v_l: torch.Tensor, refs: Optional[ReferenceKV]):
+    """``(K, V, bias)`` = latent keys/values followed by the reference slots (bias None or ``[B or 1, T]``)."""
+    if refs is None:
+        return k_l, v_l, None
+    B, N = k_l.shape[:2]
+    dt = k_l.dtype
+    K = torch.cat([k_l, _expand(refs.k.to(dt), B)], dim=1)
+    V = torch.cat([v_l, _expand(refs.v.to(dt), B)], dim=1)
+    bias = None
+    if refs.bias is not None:
+        zeros = refs.bias.new_zeros((refs.bias.shape[0], N))
+        bias = torch.cat([zeros, refs.bias], dim=1)
     return K, V, bias
+
+
+def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper", eps=1e-5):
+    """Assemble (K, V, bias) of §3.3/§3.5 (with §4 masks); inputs already validated.
+
+    ``bias`` is None except for ``mask_mode="confined"`` with masks: an additive
+    logit bias ``[B or 1, T]`` that is log(M) on the style slot (0 elsewhere).
+    """
+    refs = _reference_kv(k_c, v_c, styles, tau, pairing, masks, mask_mode, k_l.dtype, eps)
+    return _with_latents(k_l, v_l, refs)
+
+
+def reference_attention_inputs(
+    k_c: Optional[torch.Tensor],
+    v_c: Optional[torch.Tensor],
+    styles: Optional[Sequence[StyleTriple]] = None,
+    *,
+    tau: float = 1.0,
+    pairing: str = "paper",
+    mask_mode: str = "paper",
+    dtype: Optional[torch.dtype] = None,
+    trusted_masks: bool = False,
+) -> Optional[ReferenceKV]:
+    """The latent-independent part of SFA's ``(K, V, bias)``: the reference slots, validated.
+
+    Everything SFA adds after ``K_l``/``V_l`` depends only on the references and
+    the settings, so a layer builds it once per denoising step and every window
+    of views reuses it (:func:`attend_with_references`). ``dtype``: the layer's
+    compute dtype (default ``k_c``'s). None when ``k_c`` is None.
+    """
+    _check_mask_mode(mask_mode)
+    if k_c is None:
+        if styles:
+            raise ValueError(
+                "k_c: content references are required when a style is given "
+                "(eq. 1 normalizes the content keys with the style keys)"
+            )
+        return None
+    _check_3d("k_c", k_c, "[B or 1, N_ref, C]")
+    dtype = dtype or k_c.dtype
+    probe = k_c.new_empty((k_c.shape[0], 1, k_c.shape[-1]), dtype=dtype)  # stands in for the latents
+    tau, masks = _validate_kv(probe, probe, k_c, v_c, list(styles or ()), tau, pairing, single=False,
+                              trusted_masks=trusted_masks)
+    return _reference_kv(k_c, v_c, list(styles or ()), tau, pairing, masks, mask_mode, dtype)
+
+
+def attend_with_references(q: torch.Tensor, k_l: torch.Tensor, v_l: torch.Tensor,
+                           refs: Optional[ReferenceKV], heads: int) -> torch.Tensor:
+    """Eq. (2) with reference slots built by :func:`reference_attention_inputs` (no checks: the per-layer hot path)."""
+    K, V, bias = _with_latents(k_l, v_l, refs)
+    return _attend(q, K, V, heads, bias)
 
 
 def fusion_keys_values(

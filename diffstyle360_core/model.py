@@ -21,7 +21,30 @@ from .attention import FusionCall, FusionSlot, install_fusion_readers
 from .config import CLIP_CONTEXT_LENGTH, BackboneConfig
 from .pose_control import PoseControlNet
 from .temporal import build_view_consistency_modules
-from .unet_walk import walk_unet
+from .unet_walk import CompiledForward, run_forward, timestep_tensor, walk_unet
+
+
+def denoiser_forward(model: "DiffStyle360Model", noisy: torch.Tensor, timestep: torch.Tensor,
+                     hints: Optional[torch.Tensor], num_views: Optional[int]) -> torch.Tensor:
+    """One ε prediction with the references already bound: pose ControlNet residuals + the UNet walk.
+
+    A plain function of tensors (the attention layers read their bound
+    reference slots), so ``compile_model(scope="full")`` can trace it as one graph.
+    """
+    control = None
+    if hints is not None:
+        control = model.pose_controlnet(noisy, timestep, model.text_embedding, hints.to(noisy))
+    temporal = model.temporal
+    return walk_unet(
+        model.unet,
+        noisy,
+        timestep,
+        model.text_embedding.to(noisy.dtype),
+        temporal_down=temporal["down"] if temporal is not None else None,
+        temporal_up=temporal["up"] if temporal is not None else None,
+        num_views=num_views,
+        control=control,
+    )
 
 class DiffStyle360Model(nn.Module):
     def __init__(self, config: BackboneConfig):
@@ -45,6 +68,7 @@ class DiffStyle360Model(nn.Module):
         self.pose_controlnet = PoseControlNet(config.controlnet)
         self.vae = AutoencoderKL(**config.vae)
         self.register_buffer("text_embedding", torch.zeros(1, CLIP_CONTEXT_LENGTH, config.context_dim))
+        self.compiled_forward: Optional[CompiledForward] = None  # set by compile_model(scope="full")
 
     # ----- style appearance module (§3.2) -------------------------------------------------
     def add_style_module(self) -> AppearanceModule:
@@ -133,20 +157,10 @@ class DiffStyle360Model(nn.Module):
         discarded, facts §1).
         """
         noisy = noisy.to(self.vae.dtype)
-        control = None
-        if references is not None and hints is not None:
-            control = self.pose_controlnet(noisy, timestep, self.text_embedding, hints.to(noisy))
-        self.fusion.call = references
+        timestep = timestep_tensor(timestep, noisy.device)
+        self.fusion.bind(references)
         try:
-            return walk_unet(
-                self.unet,
-                noisy,
-                timestep,
-                self.text_embedding.to(noisy.dtype),
-                temporal_down=self.temporal["down"] if self.temporal is not None else None,
-                temporal_up=self.temporal["up"] if self.temporal is not None else None,
-                num_views=num_views,
-                control=control,
-            )
+            return run_forward(self.compiled_forward, denoiser_forward, self, noisy, timestep,
+                               hints if references is not None else None, num_views)
         finally:
-            self.fusion.call = None
+            self.fusion.release()

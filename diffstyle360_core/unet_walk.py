@@ -12,7 +12,7 @@ forward (tested).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,35 @@ class ControlResiduals:
 
     down: Sequence[torch.Tensor]
     mid: torch.Tensor
+
+
+@dataclass
+class CompiledForward:
+    """A whole forward compiled as one graph (``acceleration.compile_model(scope="full")``).
+
+    ``cuda_graphs``: the graph replays from a CUDA graph, whose output memory
+    the next replay reuses, so :func:`run_forward` copies outputs out of it.
+    """
+
+    fn: Callable
+    cuda_graphs: bool = False
+
+
+def run_forward(compiled: Optional[CompiledForward], eager: Callable, *args):
+    """``eager(*args)``, or its compiled graph when there is one (same arguments, same result)."""
+    if compiled is None:
+        return eager(*args)
+    if compiled.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()  # earlier outputs were copied out: their memory may be reused
+    out = compiled.fn(*args)
+    return out.clone() if compiled.cuda_graphs and torch.is_tensor(out) else out
+
+
+def timestep_tensor(timestep, device: torch.device) -> torch.Tensor:
+    """``timestep`` as an int64 tensor on ``device`` (a Python int would make compiled graphs specialise per step)."""
+    if torch.is_tensor(timestep):
+        return timestep.to(device)
+    return torch.tensor([timestep], dtype=torch.int64, device=device)
 
 
 def time_embedding(unet: nn.Module, sample: torch.Tensor, timestep) -> torch.Tensor:

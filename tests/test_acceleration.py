@@ -56,14 +56,15 @@ def _eps(model, x, hints, refs, style, t=421):
     return cond, uncond
 
 
-def test_regions_are_the_repeated_blocks_and_never_attn1(tiny_main):
+def test_regions_are_the_repeated_blocks_with_their_fusion_attention(tiny_main):
     regions = compile_regions(tiny_main)
     kinds = {type(m).__name__ for _, m in regions}
-    assert {"ResnetBlock2D", "ViewConsistencyModule", "FeedForward", "Attention", "Downsample2D",
-            "Upsample2D", "TimestepEmbedding", "ControlNetConditioningEmbedding"} <= kinds
+    assert kinds == {"ResnetBlock2D", "ViewConsistencyModule", "Transformer2DModel", "Downsample2D",
+                     "Upsample2D", "TimestepEmbedding", "ControlNetConditioningEmbedding"}
     names = [n for n, _ in regions]
-    assert not any(n.endswith("attn1") for n in names)  # fusion readers / bank writers stay eager
-    assert all(n.endswith("attn2") for n, m in regions if type(m).__name__ == "Attention")
+    # every attention layer sits inside a compiled transformer, the Style Fusion readers included
+    attn1 = [n for n, _ in tiny_main.named_modules() if n.endswith("attn1") and not n.startswith("vae.")]
+    assert attn1 and all(any(a.startswith(r + ".") for r in names) for a in attn1)
     for part in ("unet.", "appearance.", "pose_controlnet.", "temporal."):
         assert any(n.startswith(part) for n in names), part
     assert not any(n.startswith("vae.") for n in names)  # VAE is not compiled by default
@@ -71,7 +72,7 @@ def test_regions_are_the_repeated_blocks_and_never_attn1(tiny_main):
         assert not any(b != a and b.startswith(a + ".") for b in names)
 
 
-PARTS = ("pose_controlnet", "temporal")  # ResnetBlock2D, attn2, ff, Downsample2D, embeddings, view modules
+PARTS = ("unet", "pose_controlnet", "temporal")  # the denoiser call; the appearance module stays eager
 
 
 def test_compiled_equals_eager_and_is_cached(tiny_main, monkeypatch):
@@ -82,17 +83,20 @@ def test_compiled_equals_eager_and_is_cached(tiny_main, monkeypatch):
     inputs = _inputs(model, views=2)
     eager = _eps(model, *inputs)
     graphs_before = counters["stats"]["unique_graphs"]
+    breaks_before = sum(counters["graph_break"].values())
     record = compile_model(model, backend="eager", parts=PARTS)
     try:
         assert record.regions == len(compile_regions(model, PARTS)) > 20
         assert all(is_compiled(m) for m in record.modules)
-        assert not is_compiled(model.unet.down_blocks[0].resnets[0])  # only the parts asked for
+        assert not is_compiled(model.appearance.unet.down_blocks[0].resnets[0])  # only the parts asked for
         compiled = _eps(model, *inputs)
         graphs = counters["stats"]["unique_graphs"] - graphs_before
         # dynamo really traced the regions, and one graph serves several instances of a block
         assert 0 < graphs < record.regions
+        # the Style Fusion attention traces inside its transformer block without splitting the graph
+        assert sum(counters["graph_break"].values()) == breaks_before
         for e, c in zip(eager, compiled):
-            torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
+            assert torch.equal(c, e)  # the eager backend runs the traced ops one by one: bit-identical
         # compiling again with the same settings is a no-op; a second call builds no new graph
         assert compile_model(model, backend="eager", parts=PARTS) is record
         before = counters["stats"]["unique_graphs"]
@@ -111,6 +115,58 @@ def test_compiled_equals_eager_and_is_cached(tiny_main, monkeypatch):
         torch.testing.assert_close(again[0], eager[0], rtol=1e-5, atol=1e-5)
     finally:
         uncompile_model(model)
+
+
+def test_full_scope_traces_each_call_as_one_graph_equal_to_eager(tiny_main, monkeypatch):
+    """scope="full": the appearance pass and the cond/uncond denoiser calls are one graph each, no breaks."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    model = tiny_main
+    inputs = _inputs(model, views=2)
+    eager = _eps(model, *inputs)
+    graphs_before = counters["stats"]["unique_graphs"]
+    breaks_before = sum(counters["graph_break"].values())
+    record = compile_model(model, scope="full", backend="eager")
+    try:
+        assert [type(m).__name__ for m in record.modules] == ["DiffStyle360Model", "AppearanceModule"]
+        assert is_compiled(model) and is_compiled(model.appearance)
+        assert not any(is_compiled(m) for _, m in compile_regions(model))  # no regional wrappers as well
+        compiled = _eps(model, *inputs)
+        assert counters["stats"]["unique_graphs"] - graphs_before == 3  # appearance, cond, uncond
+        assert sum(counters["graph_break"].values()) == breaks_before
+        for e, c in zip(eager, compiled):
+            assert torch.equal(c, e)
+        before = counters["stats"]["unique_graphs"]
+        _eps(model, *inputs, t=21)  # another timestep is a graph input, not a recompile
+        assert counters["stats"]["unique_graphs"] == before
+        # a style module added later is compiled by compiling again (same settings: nothing else changes)
+        model.add_style_module()
+        try:
+            assert compile_model(model, scope="full", backend="eager") is record
+            assert is_compiled(model.style_appearance) and record.regions == 3
+        finally:
+            model.style_appearance = None
+    finally:
+        uncompile_model(model)
+    assert not is_compiled(model) and not is_compiled(model.appearance)
+
+
+def test_cuda_graph_outputs_are_copied_out_of_the_graph_pool():
+    """With CUDA graphs a replay reuses its output memory: run_forward hands out copies."""
+    from diffstyle360_core.unet_walk import CompiledForward, run_forward
+
+    kept = torch.ones(3)
+    graph = CompiledForward(fn=lambda x: kept, cuda_graphs=True)
+    out = run_forward(graph, None, torch.zeros(1))
+    assert torch.equal(out, kept) and out.data_ptr() != kept.data_ptr()
+    assert run_forward(CompiledForward(fn=lambda x: kept), None, torch.zeros(1)) is kept
+    assert run_forward(None, lambda x: x + 1, torch.zeros(1)).item() == 1.0
+
+
+def test_compile_scope_is_checked(tiny_main):
+    with pytest.raises(ValueError, match="scope"):
+        compile_model(tiny_main, scope="everything", backend="eager")
 
 
 def test_deep_copy_of_a_compiled_module_runs_its_own_weights(tiny_main):

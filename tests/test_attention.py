@@ -16,7 +16,12 @@ from diffstyle360_core.attention import (
     self_attention_names,
 )
 from diffstyle360_core.config import tiny_config
-from diffstyle360_core.fusion import blend_styles, style_fusion_attention
+from diffstyle360_core.fusion import (
+    blend_styles,
+    multi_style_fusion_attention,
+    reference_attention_inputs,
+    style_fusion_attention,
+)
 from diffstyle360_core.options import FusionSettings
 
 
@@ -40,7 +45,7 @@ def test_reader_without_references_is_the_stock_processor_exactly():
     assert len(names) == 16
     assert torch.equal(_run(unet, x, ctx), stock)
     # a call with no references (CFG unconditional branch) is also the stock UNet
-    slot.call = FusionCall()
+    slot.bind(FusionCall())
     assert torch.equal(_run(unet, x, ctx), stock)
 
 
@@ -88,7 +93,7 @@ def _tokens(name):
     return next(v for k, v in table.items() if name.startswith(k))
 
 
-def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend(monkeypatch):
+def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend():
     unet = tiny_unet()
     slot = FusionSlot()
     names = install_fusion_readers(unet, slot)
@@ -98,35 +103,33 @@ def test_reader_matches_functional_sfa_on_every_layer_with_tau_mask_and_blend(mo
     mask = torch.zeros(2, 64, 64)
     mask[0, 16:48, 8:40] = 1.0
     taus = {n: 1.0 + 0.01 * i for i, n in enumerate(names)}  # a different τ per layer
-    slot.call = FusionCall(content, [StyleEntry(banks=[style1, style2], weights=[0.7, 0.3], mask=mask)],
-                           FusionSettings(tau=taus, pairing="aligned"))
+    slot.bind(FusionCall(content, [StyleEntry(banks=[style1, style2], weights=[0.7, 0.3], mask=mask)],
+                         FusionSettings(tau=taus, pairing="aligned")))
 
-    import diffstyle360_core.attention as attention_module
-
-    calls = []
-    real = attention_module.style_fusion_attention
-
-    def spy(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw):
-        calls.append((q, k_l, v_l, k_c, v_c, k_s, v_s, kw))
-        return real(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw)
-
-    monkeypatch.setattr(attention_module, "style_fusion_attention", spy)
     x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
-    _run(unet, x, ctx)
-    assert len(calls) == 16
     mods = dict(unet.named_modules())
-    for name, (q, k_l, v_l, k_c, v_c, k_s, v_s, kw) in zip(names, calls):
-        attn = mods[name]
-        assert kw["tau"] == pytest.approx(taus[name])
-        assert kw["pairing"] == "aligned"
-        assert torch.allclose(k_c, attn.to_k(content[name]))
-        expect_ks = blend_styles([attn.to_k(style1[name]), attn.to_k(style2[name])], [0.7, 0.3])
-        expect_vs = blend_styles([attn.to_v(style1[name]), attn.to_v(style2[name])], [0.7, 0.3])
-        assert torch.allclose(k_s, expect_ks) and torch.allclose(v_s, expect_vs)
-        m = kw["style_mask"]
-        assert m.shape == (1, k_s.shape[1])
-        assert torch.allclose(m, mask_to_tokens(mask, k_s.shape[1]))
-        assert float(m.max()) > 0.2 and float(m[0, k_s.shape[1] // 2 :].max()) == 0.0  # back plane empty
+    outputs = {}
+    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, (i[0], o))) for n in names]
+    _run(unet, x, ctx)
+    for h in hooks:
+        h.remove()
+    assert list(outputs) == names  # every layer ran with its own slots
+    with torch.no_grad():
+        for name in names:
+            attn, reader = mods[name], mods[name].processor
+            k_c, v_c = attn.to_k(content[name]), attn.to_v(content[name])
+            k_s = blend_styles([attn.to_k(style1[name]), attn.to_k(style2[name])], [0.7, 0.3])
+            v_s = blend_styles([attn.to_v(style1[name]), attn.to_v(style2[name])], [0.7, 0.3])
+            m = mask_to_tokens(mask, k_s.shape[1])
+            assert float(m.max()) > 0.2 and float(m[0, k_s.shape[1] // 2 :].max()) == 0.0  # back plane empty
+            # what the layer holds is the functional SFA input built with this layer's τ, pairing and mask
+            expect = reference_attention_inputs(k_c, v_c, [(k_s, v_s, m)], tau=taus[name], pairing="aligned")
+            assert torch.allclose(reader.inputs.k, expect.k, atol=1e-6)
+            assert torch.allclose(reader.inputs.v, expect.v, atol=1e-6)
+            hidden, got = outputs[name]
+            ref = multi_style_fusion_attention(attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden), k_c, v_c,
+                                               [(k_s, v_s, m)], heads=attn.heads, tau=taus[name], pairing="aligned")
+            assert torch.allclose(got, attn.to_out[0](ref), atol=1e-5)
 
 
 def test_reader_output_equals_functional_call():
@@ -135,7 +138,7 @@ def test_reader_output_equals_functional_call():
     names = install_fusion_readers(unet, slot)
     content = _reference_banks(names, unet, seed=1)
     style = _reference_banks(names, unet, seed=2)
-    slot.call = FusionCall(content, [StyleEntry(banks=[style])], FusionSettings(tau=1.05))
+    slot.bind(FusionCall(content, [StyleEntry(banks=[style])], FusionSettings(tau=1.05)))
     name = names[3]
     attn = dict(unet.named_modules())[name]
     h = torch.randn(2, _tokens(name), attn.to_q.in_features)
@@ -150,15 +153,20 @@ def test_reader_output_equals_functional_call():
     assert torch.allclose(got, ref, atol=1e-6)
 
 
-def test_projection_cache_is_per_call():
+def test_reference_slots_are_cached_per_call_and_released():
     unet = tiny_unet()
-    names = install_fusion_readers(unet, FusionSlot())
+    slot = FusionSlot()
+    names = install_fusion_readers(unet, slot)
     attn = dict(unet.named_modules())[names[0]]
     call = FusionCall(_reference_banks(names, unet, seed=1))
-    first = call.projected(names[0], attn)
-    assert call.projected(names[0], attn) is first
+    first = call.reference_kv(names[0], attn)
+    assert call.reference_kv(names[0], attn) is first
     other = FusionCall(_reference_banks(names, unet, seed=2))
-    assert not torch.equal(other.projected(names[0], attn)[0], first[0])
+    assert not torch.equal(other.reference_kv(names[0], attn).k, first.k)
+    slot.bind(call)
+    assert attn.processor.inputs is first and slot.call is call
+    slot.release()
+    assert slot.call is None and all(reader.inputs is None for _, _, reader in slot.readers)
 
 
 def test_per_resolution_tau_reaches_the_layers_of_that_resolution():

@@ -14,16 +14,15 @@ granularity the walk calls modules:
 Only activations are dropped; gradients are unchanged (tested against a run
 without checkpointing). The frozen content appearance module and the pose
 ControlNet build no autograd graph and need nothing. The Style Fusion layers
-read the references of the call in flight from the model's fusion slot, which
-is empty again when the backward pass recomputes a block; each region therefore
-re-installs the call it saw (``context_fn`` of ``torch.utils.checkpoint``).
+hold the reference slots of the call in flight only while it runs; they are
+empty again when the backward pass recomputes a block, so each region
+re-installs the slots it saw (``context_fn`` of ``torch.utils.checkpoint``).
 Regions run normally when autograd is off (previews, inference).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import types
 from typing import List
 
@@ -38,23 +37,18 @@ _CONTEXT = "_diffstyle360_checkpoint_context"
 
 
 def _fusion_context(model):
-    """context_fn: forward runs as is; the recompute sees the FusionCall (and projection cache) of the forward."""
+    """context_fn: forward runs as is; the recompute sees the reference slots the forward's readers held."""
     slot = model.fusion
-    call = slot.call
-    snapshot = None
-    if call is not None:
-        # A copy with the projection cache as it was when the region started, so the recompute
-        # projects (or reuses) exactly what the forward did.
-        snapshot = dataclasses.replace(call, _cache=dict(call._cache))
+    snapshot = slot.snapshot()
 
     @contextlib.contextmanager
     def recompute():
-        previous = slot.call
-        slot.call = dataclasses.replace(snapshot, _cache=dict(snapshot._cache)) if snapshot is not None else None
+        previous = slot.snapshot()
+        slot.restore(snapshot)
         try:
             yield
         finally:
-            slot.call = previous
+            slot.restore(previous)
 
     return contextlib.nullcontext(), recompute()
 
