@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One-shot GPU bench for issue 8: run ONCE on a lent H100/H200 (device tool), ~8 minutes at most.
+# One-shot GPU bench for issue 8: run ONCE on a lent H100/H200 (device tool), ~9 minutes at most.
 #
-#   device run:  command "bash bench/gpu_run.sh", carry ["bench/out/wheels"], timeout_s 540
+#   device run:  command "bash bench/gpu_run.sh", carry ["bench/out/wheels"], timeout_s 580
 #   (bench/out/ is git-ignored; put the diffusers wheel there first, see bench/RESULTS.md)
 #
 # Writes everything to $OUT/bench_gpu.txt (bench/out/ when $OUT is unset) and prints a short
@@ -25,7 +25,7 @@ BACKEND=${DS360_BENCH_COMPILE_BACKEND:-inductor}
 MEM_VIEWS=${DS360_BENCH_MEMORY_VIEWS:-8,16,32,64}
 MEM_WPB=${DS360_BENCH_MEMORY_WPB:-1,4}
 MEM_FP8_VIEWS=${DS360_BENCH_MEMORY_FP8_VIEWS:-32,64}
-BUDGET=${DS360_BENCH_BUDGET_S:-470}   # whole script, seconds
+BUDGET=${DS360_BENCH_BUDGET_S:-530}   # whole script, seconds (device call: timeout_s 580)
 PY=${PYTHON:-python3}
 OUTDIR=${OUT:-bench/out}
 mkdir -p "$OUTDIR"
@@ -70,21 +70,24 @@ BENCH=("$PY" -m diffstyle360_core.bench --size "$SIZE" --device "$DEVICE" --view
        --fast-steps "$FAST_STEPS" --windows-per-batch "$WPB" --compile-backend "$BACKEND")
 [ "$DEVICE" = cuda ] && BENCH+=(--dtype fp16) || BENCH+=(--threads 1)  # 1 thread: shared CPU boxes
 
-# 1. eager variants: official schedule, fast solvers, offload, layout, fp8 storage (estimated 1.5 min, H100)
-part eager 120 "${BENCH[@]}" --variants default,official,dpmpp_2m,unipc,euler,offload,channels_last,fp8
-# 2. peak VRAM table: resident / sequential offload / offload + fp8, back views included
-MEM=("$PY" -m diffstyle360_core.bench --size "$SIZE" --device "$DEVICE" --memory-table
-     --memory-views "$MEM_VIEWS" --memory-wpb "$MEM_WPB" --memory-fp8-views "$MEM_FP8_VIEWS" --memory-steps 1)
-[ "$DEVICE" = cuda ] && MEM+=(--dtype fp16) || MEM+=(--memory-dry-run --threads 1)
-part memory 110 "${MEM[@]}"
-
-# 3. compiled exact path (+ the 20-step solver on it); compile time is the warm-up column. Static shapes:
-#    ~60 graphs (one per block class x shape), estimated 1.5-3 min of inductor compile on the GPU box
-part compiled 240 "${BENCH[@]}" --variants default,compiled,compiled+dpmpp_2m
+# 1. eager variants: official schedule, the 20-step solver, cuDNN autotuning (about 1 min on an H200)
+part eager 110 "${BENCH[@]}" --variants default,official,dpmpp_2m,cudnn_benchmark
+# 2. regional compile (repeated blocks incl. the Style Fusion transformers) + the 20-step solver on it;
+#    compile time is the warm-up column (one graph per block class x shape)
+part compiled 190 "${BENCH[@]}" --variants default,compiled,compiled+dpmpp_2m
+# 3. whole-call graphs replayed as CUDA graphs (scope="full", mode="reduce-overhead"), then without CUDA graphs
+part cudagraphs 280 "${BENCH[@]}" --variants default,compiled_cudagraphs,compiled_cudagraphs+dpmpp_2m,compiled_full
+# 4. peak VRAM table (measured 2026-11-26; rerun with DS360_BENCH_MEMORY=1 when the budget allows)
+if [ "${DS360_BENCH_MEMORY:-0}" = 1 ]; then
+  MEM=("$PY" -m diffstyle360_core.bench --size "$SIZE" --device "$DEVICE" --memory-table
+       --memory-views "$MEM_VIEWS" --memory-wpb "$MEM_WPB" --memory-fp8-views "$MEM_FP8_VIEWS" --memory-steps 1)
+  [ "$DEVICE" = cuda ] && MEM+=(--dtype fp16) || MEM+=(--memory-dry-run --threads 1)
+  part memory 110 "${MEM[@]}"
+fi
 
 say ""
 say "=== summary (full log: $LOG)"
-grep -E "^(# DiffStyle360|FLOP|fastest|speedup_vs|=== .*rc=|default |compiled|official |dpmpp_2m |unipc |euler |offload |channels_last |fp8 |resident |offload\+fp8 )" "$LOG" \
+grep -E "^(# DiffStyle360|FLOP|fastest|speedup_vs|=== .*rc=|default |compiled|official |dpmpp_2m |unipc |euler |offload |channels_last |cudnn_benchmark |fp8 |resident |offload\+fp8 )" "$LOG" \
   | grep -v "^=== summary" | awk '!seen[$0]++' | tail -70
 echo "total $(( $(date +%s) - START ))s"
 exit 0

@@ -9,7 +9,11 @@ Variants (``--variants``, comma separated; ``default`` always runs first):
 
 * ``default``: eager, DDIM (the official sampler), the pipeline as shipped.
 * ``compiled``: :func:`~.acceleration.compile_model` (regional compile); exact
-  within rounding. ``compiled+<scheduler>`` also switches the sampler.
+  within rounding. ``compiled_full``: ``scope="full"`` (each model call one
+  graph). ``compiled_cudagraphs``: ``scope="full"`` with
+  ``mode="reduce-overhead"`` (CUDA graphs; CUDA only). ``<any of them>+<scheduler>``
+  also switches the sampler.
+* ``cudnn_benchmark``: ``torch.backends.cudnn.benchmark`` on (CUDA only).
 * ``dpmpp_2m``, ``unipc``, ``euler``: the fast solvers at ``--fast-steps`` (20)
   steps. Not exact: their Δ against 50-step-style DDIM is expected.
 * ``offload``: :class:`~.acceleration.SequentialOffload` (CUDA only).
@@ -49,10 +53,15 @@ import torch
 from .config import BACK_VIEW, MAIN, official_config, sd15_controlnet, sd15_unet, tiny_config
 
 SCHEDULER_VARIANTS = ("dpmpp_2m", "unipc", "euler")
-ALL_VARIANTS = ("default", "compiled", *SCHEDULER_VARIANTS, "offload", "channels_last", "official", "fp8")
+#: compiled variants: (compile scope, torch.compile mode; None = --compile-mode)
+COMPILE_VARIANTS = {"compiled": ("regional", None), "compiled_full": ("full", None),
+                    "compiled_cudagraphs": ("full", "reduce-overhead")}
+ALL_VARIANTS = ("default", *COMPILE_VARIANTS, *SCHEDULER_VARIANTS, "offload", "channels_last", "cudnn_benchmark",
+                "official", "fp8")
 DEFAULT_VARIANTS = ("default", "compiled", *SCHEDULER_VARIANTS, "offload", "official", "fp8")
 CUDA_ONLY = {"offload": "nothing to offload to without a GPU", "fp8": "fp8 storage is a GPU memory saver",
-             "channels_last": "layout effect is a cuDNN matter"}
+             "channels_last": "layout effect is a cuDNN matter", "cudnn_benchmark": "cuDNN autotuning",
+             "compiled_cudagraphs": "CUDA graphs need a GPU"}
 OFFICIAL_STEPS = 50
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAST_LINE = "speedup_vs_official_schedule"
@@ -304,20 +313,20 @@ class Row:
         return None if self.flops_per_step is None else self.flops_per_step / self.s_step / 1e12
 
 
-HEADER = (f"{'variant':<20}{'exact':<7}{'steps':>6}{'s/step':>9}{'denoise s':>11}{'total s':>9}"
+HEADER = (f"{'variant':<30}{'exact':<7}{'steps':>6}{'s/step':>9}{'denoise s':>11}{'total s':>9}"
           f"{'extrap. s@steps':>20}{'peak GiB':>14}{'TFLOP/s':>9}{'max|Δ| vs default':>19}  note")
 
 
 def format_row(row: Row) -> str:
     if row.note.startswith("skipped") or math.isnan(row.denoise_s):
-        return f"{row.variant:<20}{'-':<7}{'-':>6}{'-':>9}{'-':>11}{'-':>9}{'-':>20}{'-':>14}{'-':>9}{'-':>19}  {row.note}"
+        return f"{row.variant:<30}{'-':<7}{'-':>6}{'-':>9}{'-':>11}{'-':>9}{'-':>20}{'-':>14}{'-':>9}{'-':>19}  {row.note}"
     tflops = f"{row.tflops:.3g}" if row.tflops is not None else "n/a"
     delta = "n/a" if row.delta is None else ("nan" if math.isnan(row.delta) else f"{row.delta:.2e}")
     extrap = f"{row.extrapolated_s:.2f}@{row.target_steps}"
     note = row.note
     if row.warmup_s is not None:
         note = (f"warm-up {row.warmup_s:.1f}s; " + note).rstrip("; ")
-    return (f"{row.variant:<20}{row.exact:<7}{row.steps:>6}{row.s_step:>9.3f}{row.denoise_s:>11.2f}"
+    return (f"{row.variant:<30}{row.exact:<7}{row.steps:>6}{row.s_step:>9.3f}{row.denoise_s:>11.2f}"
             f"{row.total_s:>9.2f}{extrap:>20}{row.peak:>14}{tflops:>9}{delta:>19}  {note}")
 
 
@@ -429,23 +438,31 @@ class Bench:
         if base_cls in CUDA_ONLY and not self.cuda:
             row.note = f"skipped on {self.device.type}: CUDA only ({CUDA_ONLY[base_cls]})"
             return row
-        if base_cls not in ("default", "compiled", "offload", "fp8", "channels_last", "official") and \
-                base_cls not in SCHEDULER_VARIANTS:
-            row.note = f"skipped: unknown variant (known: {', '.join(ALL_VARIANTS)}, compiled+<scheduler>)"
+        if base_cls not in ALL_VARIANTS:
+            row.note = f"skipped: unknown variant (known: {', '.join(ALL_VARIANTS)}, compiled*+<scheduler>)"
             return row
-        wpb, autocast, warmup = None, False, (name == "default" or base_cls == "compiled"
+        wpb, autocast, warmup = None, False, (name == "default" or base_cls in COMPILE_VARIANTS
                                        or (self.cuda and base_cls not in SCHEDULER_VARIANTS))
+        # CUDA graph trees run a call eagerly once, record it the second time, replay from the third
+        warmup_steps = 2 if base_cls == "compiled_cudagraphs" else 1
         teardown: List[Callable[[], None]] = []
         stack = contextlib.ExitStack()
         try:
-            if base_cls == "compiled":
-                record = compile_model(self.main, mode=args.compile_mode, dynamic=args.compile_dynamic,
+            if base_cls in COMPILE_VARIANTS:
+                scope, mode = COMPILE_VARIANTS[base_cls]
+                mode = mode or args.compile_mode
+                record = compile_model(self.main, scope=scope, mode=mode, dynamic=args.compile_dynamic,
                                        backend=args.compile_backend)
                 teardown.append(lambda: uncompile_model(self.main))
-                row.note = f"{record.regions} regions, backend={args.compile_backend}" + (
-                    f", mode={args.compile_mode}" if args.compile_mode else "")
+                what = "regions" if scope == "regional" else "modules compiled whole-call"
+                row.note = f"{record.regions} {what}, backend={args.compile_backend}" + (f", mode={mode}" if mode else "")
                 if record.regions == 0:
                     row.note += " (compiling is switched off: DIFFSTYLE360_COMPILE)"
+            elif base_cls == "cudnn_benchmark":
+                previous = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = True
+                teardown.append(lambda: setattr(torch.backends.cudnn, "benchmark", previous))
+                row.note = "cuDNN picks conv algorithms by timing them (first call of each shape)"
             elif base_cls == "offload":
                 placement = SequentialOffload(self.device).register(self.main, self.back)
                 old = self.pipe.placement
@@ -481,7 +498,7 @@ class Bench:
                 row.note = (row.note + "; " if row.note else "") + "fast solver: not exact, Δ expected"
             if warmup:
                 t = time.perf_counter()
-                self.turntable(steps=1, scheduler=scheduler, windows_per_batch=wpb,
+                self.turntable(steps=warmup_steps, scheduler=scheduler, windows_per_batch=wpb,
                                decode_views=min(args.views, 4), autocast=autocast)
                 row.warmup_s = time.perf_counter() - t
             with PeakMemory(self.device) as peak:

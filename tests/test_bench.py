@@ -19,7 +19,9 @@ def tiny_report():
     handlers = bench.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--size", "tiny", "--views", "4", "--steps", "1", "--fast-steps", "1",
                               "--window", "2", "--windows-per-batch", "2", "--threads", "1",
-                              "--variants", "default,dpmpp_2m,official,offload,fp8"])
+                              "--compile-backend", "eager",
+                              "--variants", "default,dpmpp_2m,official,offload,compiled,compiled_cudagraphs,"
+                              "cudnn_benchmark,fp8"])
     assert set(handlers) == {"bench"} and callable(handlers["bench"])
     assert bench.run(args, out=out) == 0
     return out.getvalue()
@@ -52,7 +54,10 @@ def test_bench_runs_end_to_end_and_ends_with_the_speedup(tiny_report):
     s_default, s_official = float(rows["default"][3]), float(rows["official"][3])
     assert abs(s_official / s_default - speedup) < 0.01 + 0.006 * speedup
     # GPU-only variants are reported as skipped, not silently dropped
-    assert "skipped on cpu" in " ".join(rows["offload"]) and "skipped on cpu" in " ".join(rows["fp8"])
+    for gpu_only in ("offload", "fp8", "compiled_cudagraphs", "cudnn_benchmark"):
+        assert "skipped on cpu" in " ".join(rows[gpu_only]), gpu_only
+    # the compiled path (eager backend: dynamo's wiring, the same kernels) gives the default's views exactly
+    assert rows["compiled"][1] == "yes" and float(rows["compiled"][9]) == 0.0
     assert "WARNING" not in tiny_report  # both official-loop patches fired
     flops = re.search(r"FLOP per denoising step.*default ([\d.]+) (\w)FLOP, official ([\d.]+) (\w)FLOP", tiny_report)
     assert flops, tiny_report[:600]

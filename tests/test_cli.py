@@ -75,6 +75,19 @@ def test_offload_moves_each_model_in_turn_and_changes_nothing(tiny_weights, tmp_
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
+@pytest.mark.parametrize("flag, scope, mode", [(("--compile",), "regional", None),
+                                               (("--compile", "full"), "full", None),
+                                               (("--compile", "cudagraphs"), "full", "reduce-overhead")])
+def test_compile_flag_picks_the_scope_for_both_models(tiny_weights, tmp_path, monkeypatch, flag, scope, mode):
+    from diffstyle360_core import acceleration
+
+    seen = []
+    monkeypatch.setattr(acceleration, "compile_model",
+                        lambda model, **kw: seen.append((model.config.kind, kw["scope"], kw["mode"])))
+    assert main(_stylize(tiny_weights, tmp_path / "out", "--views", "2", "--steps", "1", *flag)) == 0
+    assert sorted(seen) == [("back_view", scope, mode), ("main", scope, mode)]
+
+
 def test_without_style_plain_novel_views(tiny_weights, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_stylize(tiny_weights, out, "--views", "2", "--content-back", str(STYLE), style=False)) == 0

@@ -198,29 +198,36 @@ def test_stylize_settings_reach_every_fusion_layer(pipe, images, monkeypatch):
     import diffstyle360_core.attention as attention_module
 
     content, style, _, back = images
-    calls = []
-    real = attention_module.style_fusion_attention
+    built, attended = [], []
+    real_build, real_attend = attention_module.reference_attention_inputs, attention_module.attend_with_references
 
-    def spy(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw):
-        calls.append((k_c is not None, k_s is not None, kw))
-        return real(q, k_l, v_l, k_c, v_c, k_s, v_s, **kw)
+    def spy_build(k_c, v_c, styles, **kw):
+        built.append((k_c is not None, len(styles), [m for _, _, m in styles], kw))
+        return real_build(k_c, v_c, styles, **kw)
 
-    monkeypatch.setattr(attention_module, "style_fusion_attention", spy)
+    def spy_attend(q, k_l, v_l, refs, heads):
+        attended.append(refs)
+        return real_attend(q, k_l, v_l, refs, heads)
+
+    monkeypatch.setattr(attention_module, "reference_attention_inputs", spy_build)
+    monkeypatch.setattr(attention_module, "attend_with_references", spy_attend)
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:48, 16:48] = 1
     steps = 2
     pipe.stylize(content, Style(images=[style], backs=[back], mask=mask), content_back=back, views=2, tau=1.3,
                  pairing="aligned", mask_mode="confined", steps=steps, cfg=3.0, eta=0.5, seed=1)
-    cond = [kw for has_c, has_s, kw in calls if has_c and has_s]
-    uncond = [kw for has_c, has_s, kw in calls if not has_c]
-    assert len(cond) == 16 * steps  # one conditional pass per step (both views in one window)
-    # reference-free passes (appearance modules, the unconditional branch) use diffusers' own processor
-    assert not uncond
-    for kw in cond:
+    # the reference slots are built once per layer and step (not per window batch) …
+    assert len(built) == 16 * steps
+    for has_content, n_styles, masks, kw in built:
+        assert has_content and n_styles == 1
         assert kw["tau"] == pytest.approx(1.3) and kw["pairing"] == "aligned" and kw["mask_mode"] == "confined"
-        m = kw["style_mask"]
+        m = masks[0]
         assert m is not None and 0 < float(m.sum()) < m.shape[1]
+    # … and read by every layer of the one conditional pass per step (both views in one window);
+    # reference-free passes (appearance modules, the unconditional branch) use diffusers' own processor
+    assert len(attended) == 16 * steps and all(refs is not None and refs.bias is not None for refs in attended)
     assert pipe.main.fusion.call is None  # nothing of the run stays on the model
+    assert all(reader.inputs is None for _, _, reader in pipe.main.fusion.readers)
 
 
 def test_complementary_masks_work_in_half_precision(pipe, images):
