@@ -108,7 +108,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 or fp32")
     p.add_argument("--offload", action="store_true",
                    help="keep only the model in use on the GPU (the other waits in CPU memory): less VRAM, same result")
-    p.add_argument("--compile", nargs="?", const="regional", default=None, choices=["regional", "full", "cudagraphs"],
+    p.add_argument("--compile", nargs="?", const="regional", default="off", choices=list(O.COMPILE_CHOICES),
                    help="torch.compile (same result within rounding; pays off for long runs): regional = the "
                         "repeated blocks (~2 min once), full = each model call as one graph (longer compile), "
                         "cudagraphs = full + CUDA graph replay (GPU)")
@@ -303,14 +303,13 @@ def _placement(args, device):
 
 
 def _maybe_compile(args, *models) -> None:
-    choice = getattr(args, "compile", None)
-    if choice:
-        from .acceleration import compile_model
+    choice = getattr(args, "compile", "off")
+    if choice != "off":
+        from .acceleration import apply_compile_choice
 
-        scope, mode = ("full", "reduce-overhead") if choice == "cudagraphs" else (choice, None)
         for model in models:
             if model is not None:
-                compile_model(model, scope=scope, mode=mode)
+                apply_compile_choice(model, choice)
 
 
 def _stylize(args) -> None:

@@ -208,6 +208,21 @@ def compile_model(
     return record
 
 
+def apply_compile_choice(model: nn.Module, choice: str) -> Optional[CompileRecord]:
+    """Bring ``model`` to one of :data:`~.options.COMPILE_CHOICES` (``"off"`` undoes an earlier compile).
+
+    The CLI's ``--compile`` and the loader node's ``compile`` widget both land here.
+    """
+    from .options import COMPILE_CHOICES, check_choice
+
+    check_choice("compile", choice, COMPILE_CHOICES)
+    if choice == "off":
+        uncompile_model(model)
+        return None
+    scope, mode = ("full", CUDA_GRAPH_MODES[0]) if choice == "cudagraphs" else (choice, None)
+    return compile_model(model, scope=scope, mode=mode)
+
+
 def uncompile_model(model: nn.Module) -> int:
     """Undo :func:`compile_model` (eager forwards again); returns how many regions were restored.
 
@@ -215,8 +230,9 @@ def uncompile_model(model: nn.Module) -> int:
     are restored too.
     """
     count = 0
+    compiled = _compiled_ids()
     for module in model.modules():
-        if _compiled_block(module):
+        if _compiled_block(module, compiled):
             del module.forward
             count += 1
         if getattr(module, "compiled_forward", None) is not None:
@@ -226,10 +242,13 @@ def uncompile_model(model: nn.Module) -> int:
     return count
 
 
-def _compiled_block(module: nn.Module) -> bool:
+def _compiled_ids() -> set:
+    return set(map(id, _COMPILED_FORWARDS.values()))
+
+
+def _compiled_block(module: nn.Module, compiled: Optional[set] = None) -> bool:
     fn = module.__dict__.get("forward")
-    compiled = set(map(id, _COMPILED_FORWARDS.values()))
-    return isinstance(fn, types.MethodType) and id(fn.__func__) in compiled
+    return isinstance(fn, types.MethodType) and id(fn.__func__) in (compiled if compiled is not None else _compiled_ids())
 
 
 def is_compiled(module: nn.Module) -> bool:
@@ -370,6 +389,7 @@ __all__ = [
     "SCOPES",
     "CompileRecord",
     "SequentialOffload",
+    "apply_compile_choice",
     "compile_enabled",
     "compile_model",
     "compile_regions",

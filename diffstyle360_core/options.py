@@ -94,6 +94,8 @@ WINDOW_MODES = ("independent", "circular")
 CROP_MODES = ("center", "none")
 #: Transparent images: drop the alpha channel (as the official code) or composite onto white / black.
 ALPHA_MODES = ("drop", "white", "black")
+#: torch.compile choices: off, the repeated blocks, each model call as one graph, that graph replayed as a CUDA graph.
+COMPILE_CHOICES = ("off", "regional", "full", "cudagraphs")
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

@@ -18,9 +18,11 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from diffstyle360_core import catalog
+from diffstyle360_core.acceleration import apply_compile_choice
 from diffstyle360_core.cameras import CameraSet, find_condition_folder, load_condition_set
 from diffstyle360_core.config import BACK_VIEW, MAIN, BackboneConfig
 from diffstyle360_core.devices import DTYPE_CHOICES
+from diffstyle360_core.options import COMPILE_CHOICES
 from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
 from . import host
@@ -28,6 +30,8 @@ from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
 
 TRAINING_FREE = "none (training-free)"
 NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
+#: Compile choices offered in the graph (CUDA graphs are left to the CLI/library: the host moves weights between runs).
+NODE_COMPILE_CHOICES = tuple(c for c in COMPILE_CHOICES if c != "cudagraphs")
 #: Models kept in memory at once (main, main + style module, back view: one graph's worth).
 CACHE_SIZE = 3
 
@@ -118,6 +122,7 @@ class ModelHandle:
     path: Path
     dtype_choice: str = "auto"
     style_module: Optional[Path] = None
+    compile_choice: str = "off"
     _cameras: Optional[CameraSet] = field(default=None, repr=False)
 
     # ---- cheap facts (config.json only)
@@ -174,10 +179,15 @@ class ModelHandle:
             self._cameras = _cached(key, lambda: load_condition_set(folder, size), _camera_cache, CAMERA_CACHE_SIZE)
         return self._cameras
 
+    def _compiled(self, model):
+        """The cached model, compiled as this handle asks ("off" undoes it: loaders of one set share the model)."""
+        apply_compile_choice(model, self.compile_choice)
+        return model
+
     def pipeline(self, *, main: bool = True, back_view: bool = True) -> DiffStyle360Pipeline:
         return DiffStyle360Pipeline(
-            self.main_model() if main else None,
-            self.back_view_model() if back_view else None,
+            self._compiled(self.main_model()) if main else None,
+            self._compiled(self.back_view_model()) if back_view else None,
             cameras=self.cameras(),
             placement=host.placement(),
         )
@@ -216,10 +226,17 @@ class LoadAppearanceModules:
                 "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": (
                     "Weight precision: auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on the CPU); "
                     "fp32 is the most exact, fp16/bf16 halve the memory.")}),
-            }
+            },
+            "optional": {
+                "compile": (list(NODE_COMPILE_CHOICES), {"default": "off", "tooltip": (
+                    "torch.compile the models for faster sampling on a GPU; same images within rounding. regional = "
+                    "the repeated blocks (the first run compiles for about 2 minutes), full = each model call as one "
+                    "graph (longer first compile). Pays off when you sample many times in one session; "
+                    "DIFFSTYLE360_COMPILE=0 switches it off everywhere.")}),
+            },
         }
 
-    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto"):
+    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off"):
         with user_errors("Load Appearance Modules"):
             sets = weight_sets()
             if weight_set not in sets:
@@ -231,6 +248,9 @@ class LoadAppearanceModules:
                 )
             if dtype not in DTYPE_CHOICES:
                 raise DiffStyle360Error(f"Load Appearance Modules: dtype must be one of {DTYPE_CHOICES}, got {dtype!r}.")
+            if compile not in NODE_COMPILE_CHOICES:
+                raise DiffStyle360Error(
+                    f"Load Appearance Modules: compile must be one of {NODE_COMPILE_CHOICES}, got {compile!r}.")
             style_path = None
             if style_module != TRAINING_FREE:
                 choices = style_module_choices(sets)
@@ -241,4 +261,4 @@ class LoadAppearanceModules:
                     )
                 style_path = choices[style_module]
             ws = sets[weight_set]
-            return (ModelHandle(weight_set, ws.path, dtype, style_path),)
+            return (ModelHandle(weight_set, ws.path, dtype, style_path, compile),)

@@ -83,7 +83,7 @@ def test_compile_flag_picks_the_scope_for_both_models(tiny_weights, tmp_path, mo
 
     seen = []
     monkeypatch.setattr(acceleration, "compile_model",
-                        lambda model, **kw: seen.append((model.config.kind, kw["scope"], kw["mode"])))
+                        lambda model, scope, mode: seen.append((model.config.kind, scope, mode)))
     assert main(_stylize(tiny_weights, tmp_path / "out", "--views", "2", "--steps", "1", *flag)) == 0
     assert sorted(seen) == [("back_view", scope, mode), ("main", scope, mode)]
 

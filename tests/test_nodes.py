@@ -251,6 +251,28 @@ def test_sampler_without_style_gives_plain_novel_views(model, cams, bars):
     assert [c[0] for c in bars[0].calls] == list(range(1, STEPS + 1 + 1))  # turntable + one decode chunk
 
 
+def test_loader_compile_widget_compiles_the_cached_models_and_off_undoes_it(models_dir, cams, monkeypatch):
+    """compile=regional/full compiles what the sampler runs (same views); off restores the eager model."""
+    from diffstyle360_core import acceleration
+
+    real = acceleration.compile_model
+    # dynamo's eager backend: the same wiring as inductor without minutes of C++ compiling on a CPU
+    monkeypatch.setattr(acceleration, "compile_model", lambda model, **kw: real(model, **kw, backend="eager"))
+    load = N["DiffStyle360LoadAppearanceModules"]().load
+    back = comfy_image("style_ink.png")
+    plain = load("tiny", loader.TRAINING_FREE, "auto")[0]
+    eager, _ = sample(plain, cams, content_back=back)
+    compiled_model = load("tiny", loader.TRAINING_FREE, "auto", "regional")[0]
+    views, _ = sample(compiled_model, cams, content_back=back)
+    main = compiled_model.main_model()
+    assert acceleration.is_compiled(main.unet.down_blocks[0].resnets[0])
+    assert torch.equal(views, eager)
+    sample(plain, cams, content_back=back)  # a loader with compile off shares the cached model: eager again
+    assert not acceleration.is_compiled(main.unet.down_blocks[0].resnets[0])
+    with pytest.raises(DiffStyle360Error, match="compile must be one of"):
+        load("tiny", loader.TRAINING_FREE, "auto", "cudagraphs")
+
+
 def test_style_mask_chain_and_blend_reach_the_sampler(model, cams):
     sm = N["DiffStyle360StyleMask"]()
     (a,) = sm.attach(comfy_image("style_posterized.png"), comfy_mask("mask_hair.png"))
