@@ -560,6 +560,7 @@ class Bench:
                         self.main.to(self.dtype)
             self.log("FLOP per denoising step (FlopCounterMode, one step): " + ", ".join(
                 f"{k} {flops_text(v)}" for k, v in flops.items()))
+            self._log_breakdown()
         self.log(HEADER)
         rows: List[Row] = []
         base = None
@@ -614,6 +615,27 @@ class Bench:
             self.log(f"{LAST_LINE}=nan")
         else:
             self.log(f"{LAST_LINE}={official.s_step / base.s_step:.2f}")
+
+    def flop_breakdown(self) -> None:
+        """Which parts one step's FLOPs are made of (meta tensors: instant at any size, no GPU needed)."""
+        args = self.args
+        self.log(f"# DiffStyle360 FLOP breakdown: size={args.size} views={args.views} window={args.window} "
+                 f"windows_per_batch={args.windows_per_batch} (meta tensors, one denoising step, CFG on)")
+        self._log_breakdown()
+
+    def _log_breakdown(self) -> None:
+        from .flops import format_breakdown, step_flop_breakdown
+
+        args = self.args
+        try:
+            rows = step_flop_breakdown(SIZES[args.size](MAIN), args.views, window=args.window,
+                                       windows_per_batch=args.windows_per_batch, dtype=self.dtype)
+        except Exception as err:  # a report aid: never lose the timings for it
+            self.log(f"(FLOP breakdown failed: {type(err).__name__}: {err})")
+            return
+        floor = measured_matmul_tflops(self.device, self.dtype if self.dtype != torch.float32 else torch.float16) \
+            if self.cuda else None
+        self.log(format_breakdown(rows, floor))
 
     # ----------------------------------------------------------------- memory table
     def memory_table(self) -> None:
@@ -719,6 +741,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", nargs="+", default=[",".join(DEFAULT_VARIANTS)],
                    help=f"comma/space separated, from {', '.join(ALL_VARIANTS)}, compiled+<scheduler>")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (TFLOP/s column n/a)")
+    p.add_argument("--flop-breakdown", action="store_true",
+                   help="only the per-part FLOP table of one step, counted on meta tensors (any size, any machine)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--compile-dynamic", choices=["false", "auto", "true"], default="false",
@@ -748,6 +772,9 @@ def run(args, out=None) -> int:
     try:
         if args.memory_table:
             bench.memory_table()
+            return 0
+        if args.flop_breakdown:
+            bench.flop_breakdown()
             return 0
         variants = [v for item in args.variants for v in item.replace(",", " ").split()]
         bench.run(variants)

@@ -75,15 +75,20 @@ def test_regions_are_the_repeated_blocks_with_their_fusion_attention(tiny_main):
 PARTS = ("unet", "pose_controlnet", "temporal")  # the denoiser call; the appearance module stays eager
 
 
-def test_compiled_equals_eager_and_is_cached(tiny_main, monkeypatch):
+def _eager_baseline(model, monkeypatch):
+    """(inputs, eager ε) with compiling switched on, and dynamo's (graphs, graph breaks) counts before compiling."""
     from torch._dynamo.utils import counters
 
     monkeypatch.delenv(COMPILE_ENV, raising=False)
-    model = tiny_main
     inputs = _inputs(model, views=2)
-    eager = _eps(model, *inputs)
-    graphs_before = counters["stats"]["unique_graphs"]
-    breaks_before = sum(counters["graph_break"].values())
+    return inputs, _eps(model, *inputs), counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def test_compiled_equals_eager_and_is_cached(tiny_main, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    model = tiny_main
+    inputs, eager, graphs_before, breaks_before = _eager_baseline(model, monkeypatch)
     record = compile_model(model, backend="eager", parts=PARTS)
     try:
         assert record.regions == len(compile_regions(model, PARTS)) > 20
@@ -121,12 +126,8 @@ def test_full_scope_traces_each_call_as_one_graph_equal_to_eager(tiny_main, monk
     """scope="full": the appearance pass and the cond/uncond denoiser calls are one graph each, no breaks."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.delenv(COMPILE_ENV, raising=False)
     model = tiny_main
-    inputs = _inputs(model, views=2)
-    eager = _eps(model, *inputs)
-    graphs_before = counters["stats"]["unique_graphs"]
-    breaks_before = sum(counters["graph_break"].values())
+    inputs, eager, graphs_before, breaks_before = _eager_baseline(model, monkeypatch)
     record = compile_model(model, scope="full", backend="eager")
     try:
         assert [type(m).__name__ for m in record.modules] == ["DiffStyle360Model", "AppearanceModule"]

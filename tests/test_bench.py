@@ -91,3 +91,27 @@ def test_memory_table_is_na_on_cpu():
 
 def test_bad_numbers_are_refused():
     assert bench.main(["--size", "tiny", "--steps", "0"]) == 2
+
+
+def test_flop_breakdown_on_meta_tensors_equals_the_counted_real_step():
+    """The per-part table (meta tensors, no compute) adds up to what a real tiny step counts."""
+    from diffstyle360_core.config import MAIN, tiny_config
+    from diffstyle360_core.flops import format_breakdown, step_flop_breakdown
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--size", "tiny", "--views", "6", "--window", "2", "--windows-per-batch", "2",
+                              "--threads", "1"])
+    runner = bench.Bench(args, io.StringIO())
+    runner.build()
+    counted = runner.count_step_flops()
+    rows = step_flop_breakdown(tiny_config(MAIN), 6, window=2, windows_per_batch=2, dtype=torch.float32)
+    parts = {r.part: r.flops for r in rows}
+    assert sum(parts.values()) == pytest.approx(counted, rel=1e-9)
+    assert {"conditional: pose ControlNet", "conditional: view-consistency modules",
+            "unconditional: UNet"} <= set(parts)
+    assert "unconditional: pose ControlNet" not in parts  # the CFG branch runs no ControlNet (facts §1)
+    # the references make the conditional UNet dearer than the unconditional one
+    assert parts["conditional: UNet"] > parts["unconditional: UNet"] > 0
+    table = format_breakdown(rows, floor_tflops=100.0)
+    assert table.splitlines()[-1].startswith("total") and "100.0%" in table.splitlines()[-1]
