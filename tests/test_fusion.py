@@ -570,3 +570,30 @@ def test_confined_fp16_keeps_dtype_and_handles_minus_infinity():
     m[:, :2] = 1
     out = style_fusion_attention(q, k_l, v_l, k_c, v_c, k_s, v_s, heads=heads, style_mask=m, mask_mode="confined")
     assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("case", ["none", "content", "one", "masked", "two", "confined"])
+@pytest.mark.parametrize("pairing", ["paper", "aligned"])
+def test_reference_slots_built_once_then_attended_match_the_reference(case, pairing):
+    """The layers' path: reference slots built once per step (batch 1), then attended by every window batch."""
+    from diffstyle360_core.fusion import attend_with_references, reference_attention_inputs
+
+    B, N, n_ref, C, heads, tau = 3, 5, 6, 8, 2, 1.07
+    q, k_l, v_l = (torch.randn(B, N, C, dtype=D64) for _ in range(3))
+    k_c, v_c = torch.randn(1, n_ref, C, dtype=D64), torch.randn(1, n_ref, C, dtype=D64)
+    m1, m2 = _masks(n_ref, 5)
+    style = lambda m: (torch.randn(1, n_ref, C, dtype=D64), torch.randn(1, n_ref, C, dtype=D64), m)  # noqa: E731
+    styles = {"none": [], "content": [], "one": [style(None)], "masked": [style(m1)],
+              "two": [style(m1), style(m2)], "confined": [style(m1), style(m2)]}[case]
+    mode = "confined" if case == "confined" else "paper"
+    refs = reference_attention_inputs(None if case == "none" else k_c, v_c, styles, tau=tau, pairing=pairing,
+                                      mask_mode=mode)
+    assert (refs is None) == (case == "none")
+    assert refs is None or refs.k.shape[0] == 1  # batch 1: shared by every view, never copied per window
+    got = attend_with_references(q, k_l, v_l, refs, heads)
+    if case == "confined":
+        want = ref_confined(q, k_l, v_l, k_c, v_c, styles, heads, tau, pairing)
+    else:
+        K, V = ref_kv(k_l, v_l, None if case == "none" else k_c, v_c, styles, tau, pairing)
+        want = ref_attention(q, K, V, heads)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
