@@ -257,8 +257,8 @@ def _check_stylize_options(args) -> dict:
 
 
 def _read_images(args, size: int) -> dict:
-    """Decode every image and mask file now (after torch, before model code): a bad file fails in seconds."""
-    from .images import load_image, load_mask
+    """Decode every image and mask file once, now (after torch, before model code): a bad file fails in seconds."""
+    from .images import load_image, load_mask, read_mask_file
 
     def img(path, flag):
         return load_image(path, name=flag, alpha=args.transparent)
@@ -268,12 +268,16 @@ def _read_images(args, size: int) -> dict:
            "content_back": img(args.content_back, "--content-back") if getattr(args, "content_back", None) else None}
     styles = [img(p, "--style") for p in getattr(args, "style", [])]
     backs = [img(p, "--style-back") for p in (getattr(args, "style_back", None) or [])]
-    for flag, path, image in (("--style-mask", getattr(args, "style_mask", None), styles[:1]),
-                              ("--style-back-mask", getattr(args, "style_back_mask", None), backs[:1])):
+    masks = {}
+    for key, flag, path, image in (("mask", "--style-mask", getattr(args, "style_mask", None), styles[:1]),
+                                   ("back_mask", "--style-back-mask", getattr(args, "style_back_mask", None),
+                                    backs[:1])):
+        masks[key] = None
         if path:
+            masks[key] = read_mask_file(path, name=flag)  # decoded once; the pipeline resizes this image
             hw = (image[0].height, image[0].width) if image else None
-            load_mask(path, size, name=flag, crop=args.crop, match_hw=hw)
-    out.update(styles=styles, backs=backs)
+            load_mask(masks[key], size, name=flag, crop=args.crop, match_hw=hw)
+    out.update(styles=styles, backs=backs, masks=masks)
     return out
 
 
@@ -354,7 +358,8 @@ def _stylize(args) -> None:
         if args.style:
             style = Style(images=images["styles"],
                           weights=list(alpha_weights(args.alpha)) if args.alpha is not None else None,
-                          backs=images["backs"] or None, mask=args.style_mask, back_mask=args.style_back_mask)
+                          backs=images["backs"] or None, mask=images["masks"]["mask"],
+                          back_mask=images["masks"]["back_mask"])
         made = (["content"] if args.content_back is None else []) + (
             [f"style {k + 1}" for k in range(len(args.style))] if args.style and not args.style_back else [])
         bar = ProgressBar({"back views": f"back views ({' + '.join(made)}, one batched run)",

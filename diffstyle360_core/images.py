@@ -543,6 +543,11 @@ def _check_not_empty(m: np.ndarray, name: str, cropped: bool = False) -> None:
         )
 
 
+def read_mask_file(path: str | os.PathLike, *, name: str = "mask") -> Image.Image:
+    """Decode a mask file once (EXIF rotation applied, modes kept): :func:`load_mask` takes the result."""
+    return _open_pil(path, name)
+
+
 def load_mask(path_or_array: Any, size: int, *, name: str = "mask", crop: str = "center",
               match_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """A region mask -> ``[1,1,size,size]`` float32 in [0, 1].

@@ -95,10 +95,15 @@ def test_without_style_plain_novel_views(tiny_weights, tmp_path, capsys):
     assert "back views" not in capsys.readouterr().err  # the back was given: no back-view run
 
 
-def test_stylize_with_blend_mask_style_module_and_circular_windows(tiny_weights, tmp_path):
+def test_stylize_with_blend_mask_style_module_and_circular_windows(tiny_weights, tmp_path, monkeypatch):
+    from diffstyle360_core import images
+
     mask = np.zeros((64, 64), np.uint8)
     mask[30:50, 16:48] = 1  # a 0/1 label mask
     Image.fromarray(mask).save(tmp_path / "mask.png")
+    opened = []
+    real_open = images._open_pil
+    monkeypatch.setattr(images, "_open_pil", lambda path, name: opened.append(Path(path).name) or real_open(path, name))
     out = tmp_path / "out"
     assert main(_stylize(tiny_weights, out, "--style", str(CONTENT), "--alpha", "0.3", "--style-mask",
                          str(tmp_path / "mask.png"), "--style-module",
@@ -107,6 +112,7 @@ def test_stylize_with_blend_mask_style_module_and_circular_windows(tiny_weights,
                          "--crop", "none", "--transparent", "white", "--content-back", str(STYLE),
                          "--style-back", str(CONTENT), "--style-back", str(STYLE))) == 0
     assert len(_pngs(out)) == 6
+    assert opened.count("mask.png") == 1  # checked before any model code, decoded once
 
 
 def test_back_view_end_to_end(tiny_weights, tmp_path):
