@@ -108,6 +108,9 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 or fp32")
     p.add_argument("--offload", action="store_true",
                    help="keep only the model in use on the GPU (the other waits in CPU memory): less VRAM, same result")
+    p.add_argument("--fp8-weights", action="store_true",
+                   help="keep Linear/Conv weights in 8 bits (half of fp16's weight memory; the VAE excepted), "
+                        "computed in --dtype: approximate, for 6-8 GB cards")
     p.add_argument("--compile", nargs="?", const="regional", default="off", choices=list(O.COMPILE_CHOICES),
                    help="torch.compile (same result within rounding; pays off for long runs): regional = the "
                         "repeated blocks (~2 min once), full = each model call as one graph (longer compile), "
@@ -306,6 +309,18 @@ def _placement(args, device):
     return "cpu", SequentialOffload(device)
 
 
+def _prepare_models(args, dtype, *models) -> None:
+    """The opt-in speed/memory switches, in the order that works: fp8 storage first, then compiling."""
+    if getattr(args, "fp8_weights", False):
+        from .acceleration import store_weights_fp8
+        from .devices import FP8_SKIP
+
+        for model in models:
+            if model is not None:
+                store_weights_fp8(model, dtype, skip=FP8_SKIP)
+    _maybe_compile(args, *models)
+
+
 def _maybe_compile(args, *models) -> None:
     choice = getattr(args, "compile", "off")
     if choice != "off":
@@ -321,7 +336,9 @@ def _stylize(args) -> None:
     sampler, windows = checked["sampler"], checked["windows"]
     device, dtype = _device_dtype(args)
     STATE.oom_hint = (f"lower --windows-per-batch (now {windows.windows_per_batch}), then --window or --views"
-                      + (", or use --dtype fp16" if dtype != _torch().float16 else ""))
+                      + (", or use --dtype fp16" if dtype != _torch().float16 else "")
+                      + ("" if args.offload else ", or add --offload")
+                      + ("" if args.fp8_weights else ", then --fp8-weights"))
     from . import loading
     from .cameras import load_condition_set, select_views
 
@@ -352,7 +369,7 @@ def _stylize(args) -> None:
         load_device, placement = _placement(args, device)
         main = loading.load_main(args.weights, device=load_device, dtype=dtype, style_module=args.style_module)
         back = loading.load_back_view(args.weights, device=load_device, dtype=dtype) if need_backs else None
-        _maybe_compile(args, main, back)
+        _prepare_models(args, dtype, main, back)
         pipe = DiffStyle360Pipeline(main, back, cameras, placement=placement)
         style = None
         if args.style:
@@ -412,7 +429,7 @@ def _back_view(args) -> None:
 
         load_device, placement = _placement(args, device)
         back_model = loading.load_back_view(args.weights, device=load_device, dtype=dtype)
-        _maybe_compile(args, back_model)
+        _prepare_models(args, dtype, back_model)
         pipe = DiffStyle360Pipeline(None, back_model, cameras, placement=placement)
         back = pipe.back_view(images["content"], seed=sampler.seed, steps=sampler.steps, cfg=sampler.cfg,
                               eta=sampler.eta, scheduler=sampler.scheduler, crop=args.crop,

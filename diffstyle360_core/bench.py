@@ -478,7 +478,7 @@ class Bench:
             elif base_cls == "fp8":
                 count = store_weights_fp8(self.main, self.dtype)
                 row.exact = "no"
-                row.note = f"{count} Linear/Conv weights in float8_e4m3fn (per-tensor scale), compute {args.dtype}"
+                row.note = f"{count} Linear/Conv weights in float8_e4m3fn (per-channel scales), compute {args.dtype}"
             elif base_cls == "channels_last":
                 self.main.to(memory_format=torch.channels_last)
                 teardown.append(lambda: self.main.to(memory_format=torch.contiguous_format))

@@ -19,6 +19,10 @@ DTYPE_NAMES = {
 }
 #: Choices offered by the CLI and the loader node ("auto" = fp16 on CUDA, fp32 elsewhere).
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
+#: Weight storage in 8 bits, computed in the run's dtype (acceleration.store_weights_fp8); ComfyUI's name for it.
+FP8_WEIGHTS = "fp8_e4m3fn"
+#: Parts left in the compute dtype when weights are stored in fp8: the VAE decodes every view (small, sensitive).
+FP8_SKIP = ("vae",)
 
 
 def _mps_available() -> bool:

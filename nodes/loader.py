@@ -18,10 +18,10 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from diffstyle360_core import catalog
-from diffstyle360_core.acceleration import apply_compile_choice
+from diffstyle360_core.acceleration import apply_compile_choice, store_weights_fp8
 from diffstyle360_core.cameras import CameraSet, find_condition_folder, load_condition_set
 from diffstyle360_core.config import BACK_VIEW, MAIN, BackboneConfig
-from diffstyle360_core.devices import DTYPE_CHOICES
+from diffstyle360_core.devices import DTYPE_CHOICES, FP8_SKIP, FP8_WEIGHTS
 from diffstyle360_core.options import COMPILE_CHOICES
 from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
@@ -30,6 +30,8 @@ from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
 
 TRAINING_FREE = "none (training-free)"
 NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
+#: The dtype widget: the compute dtypes, plus 8-bit weight storage computed in the "auto" dtype.
+NODE_DTYPE_CHOICES = DTYPE_CHOICES + (FP8_WEIGHTS,)
 #: Compile choices offered in the graph (CUDA graphs are left to the CLI/library: the host moves weights between runs).
 NODE_COMPILE_CHOICES = tuple(c for c in COMPILE_CHOICES if c != "cudagraphs")
 #: Models kept in memory at once (main, main + style module, back view: one graph's worth).
@@ -147,7 +149,18 @@ class ModelHandle:
 
     # ---- models (cached)
     def _dtype(self, device: torch.device) -> torch.dtype:
-        return host.resolve_dtype_choice(self.dtype_choice, device)
+        """The compute dtype (fp8 storage computes in what "auto" gives the device)."""
+        return host.resolve_dtype_choice("auto" if self.fp8 else self.dtype_choice, device)
+
+    @property
+    def fp8(self) -> bool:
+        return self.dtype_choice == FP8_WEIGHTS
+
+    def _stored(self, model, dtype: torch.dtype):
+        """``model`` with its Linear/Conv weights kept in fp8 when the dtype widget asks for it (VAE excepted)."""
+        if self.fp8:
+            store_weights_fp8(model, dtype, skip=FP8_SKIP)
+        return model
 
     def _load(self, kind: str):
         """(cache key, model) of ``kind``, read from disk only when not cached."""
@@ -155,8 +168,8 @@ class ModelHandle:
         folder = self.path / kind
         device = host.offload_device()
         dtype = self._dtype(host.torch_device())
-        key = ("model", str(folder.resolve()), _signature(folder), str(dtype), str(device))
-        return key, _cached(key, lambda: load_model(folder, device=device, dtype=dtype))
+        key = ("model", str(folder.resolve()), _signature(folder), str(dtype), self.fp8, str(device))
+        return key, _cached(key, lambda: self._stored(load_model(folder, device=device, dtype=dtype), dtype))
 
     def main_model(self):
         base_key, base = self._load(MAIN)
@@ -165,7 +178,8 @@ class ModelHandle:
         if not self.style_module.is_file():
             raise DiffStyle360Error(f"style module {self.style_module} not found; pick another in the loader.")
         key = ("styled", base_key, _file_signature(self.style_module))
-        return _cached(key, lambda: load_style_module(base, self.style_module))
+        dtype = self._dtype(host.torch_device())
+        return _cached(key, lambda: self._stored(load_style_module(base, self.style_module), dtype))
 
     def back_view_model(self):
         return self._load(BACK_VIEW)[1]
@@ -223,9 +237,11 @@ class LoadAppearanceModules:
                 "style_module": (styles, {"default": TRAINING_FREE, "tooltip": (
                     "A trained DiffStyle360 style appearance module (.safetensors), or none: training-free, the "
                     "content appearance module also reads the style image (the paper's first ablation).")}),
-                "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": (
+                "dtype": (list(NODE_DTYPE_CHOICES), {"default": "auto", "tooltip": (
                     "Weight precision: auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on the CPU); "
-                    "fp32 is the most exact, fp16/bf16 halve the memory.")}),
+                    "fp32 is the most exact, fp16/bf16 halve the memory. fp8_e4m3fn keeps the weights in 8 bits "
+                    "(half of fp16's weight memory, for 6-8 GB cards) and computes in the auto dtype: approximate; "
+                    "the VAE stays in the auto dtype.")}),
             },
             "optional": {
                 "compile": (list(NODE_COMPILE_CHOICES), {"default": "off", "tooltip": (
@@ -246,8 +262,9 @@ class LoadAppearanceModules:
                     f"Load Appearance Modules: no weight set '{weight_set}' in {roots} (found: {known}); put a "
                     "converted set there (README, Weights) and press R to refresh the list."
                 )
-            if dtype not in DTYPE_CHOICES:
-                raise DiffStyle360Error(f"Load Appearance Modules: dtype must be one of {DTYPE_CHOICES}, got {dtype!r}.")
+            if dtype not in NODE_DTYPE_CHOICES:
+                raise DiffStyle360Error(
+                    f"Load Appearance Modules: dtype must be one of {NODE_DTYPE_CHOICES}, got {dtype!r}.")
             if compile not in NODE_COMPILE_CHOICES:
                 raise DiffStyle360Error(
                     f"Load Appearance Modules: compile must be one of {NODE_COMPILE_CHOICES}, got {compile!r}.")

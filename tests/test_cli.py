@@ -88,6 +88,26 @@ def test_compile_flag_picks_the_scope_for_both_models(tiny_weights, tmp_path, mo
     assert sorted(seen) == [("back_view", scope, mode), ("main", scope, mode)]
 
 
+def test_fp8_weights_flag_stores_both_models_in_fp8_but_the_vae(tiny_weights, tmp_path, monkeypatch):
+    out = tmp_path / "fp8"
+    seen = []
+    from diffstyle360_core import acceleration
+
+    real = acceleration.store_weights_fp8
+
+    def spy(model, dtype, **kw):
+        count = real(model, dtype, **kw)
+        seen.append((model.config.kind, count, kw.get("skip")))
+        assert not hasattr(model.vae.decoder.conv_out, "weight_fp8")
+        return count
+
+    monkeypatch.setattr(acceleration, "store_weights_fp8", spy)
+    assert main(_stylize(tiny_weights, out, "--views", "2", "--steps", "1", "--fp8-weights")) == 0
+    assert sorted(kind for kind, _, _ in seen) == ["back_view", "main"]
+    assert all(count > 50 and skip == ("vae",) for _, count, skip in seen)
+    assert len(_pngs(out)) == 2
+
+
 def test_without_style_plain_novel_views(tiny_weights, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_stylize(tiny_weights, out, "--views", "2", "--content-back", str(STYLE), style=False)) == 0
@@ -359,7 +379,8 @@ def test_cuda_out_of_memory_is_one_line_with_what_to_lower(tiny_weights, tmp_pat
     assert main(_stylize(tiny_weights, tmp_path / "o", "--views", "2")) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == ("error: out of GPU memory during turntable; lower --windows-per-batch (now 4), "
-                                    "then --window or --views, or use --dtype fp16")
+                                    "then --window or --views, or use --dtype fp16, or add --offload, then "
+                                    "--fp8-weights")
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 

@@ -273,6 +273,21 @@ def test_loader_compile_widget_compiles_the_cached_models_and_off_undoes_it(mode
         load("tiny", loader.TRAINING_FREE, "auto", "cudagraphs")
 
 
+def test_loader_fp8_dtype_stores_weights_in_8_bits_and_samples(models_dir, cams):
+    """dtype fp8_e4m3fn: Linear/Conv weights in float8 (VAE excepted), computed in the auto dtype; close to fp32."""
+    load = N["DiffStyle360LoadAppearanceModules"]().load
+    back = comfy_image("style_ink.png")
+    exact, _ = sample(load("tiny", loader.TRAINING_FREE, "auto")[0], cams, content_back=back)
+    handle = load("tiny", loader.TRAINING_FREE, "fp8_e4m3fn")[0]
+    views, _ = sample(handle, cams, content_back=back)
+    main = handle.main_model()
+    assert main.unet.conv_in.weight_fp8.dtype == torch.float8_e4m3fn
+    assert not hasattr(main.vae.decoder.conv_out, "weight_fp8")
+    assert main.unet.conv_in.bias.dtype == torch.float32  # the auto dtype on the CPU
+    assert_image(views, 2)
+    assert 0 < float((views - exact).abs().max()) < 0.5  # approximate, not another picture
+
+
 def test_style_mask_chain_and_blend_reach_the_sampler(model, cams):
     sm = N["DiffStyle360StyleMask"]()
     (a,) = sm.attach(comfy_image("style_posterized.png"), comfy_mask("mask_hair.png"))
