@@ -146,7 +146,9 @@ def test_loader_lists_weight_sets_and_style_modules(models_dir):
     assert {"tiny", "main_only"} <= set(spec["weight_set"][0])
     styles = spec["style_module"][0]
     assert styles[0] == loader.TRAINING_FREE and "tiny/style_module-tiny.safetensors" in styles
-    assert spec["dtype"][0] == ["auto", "fp16", "bf16", "fp32"]
+    assert spec["dtype"][0] == ["auto", "fp16", "bf16", "fp32", "fp8_e4m3fn"]
+    optional = N["DiffStyle360LoadAppearanceModules"].INPUT_TYPES()["optional"]
+    assert optional["compile"][0] == ["off", "regional", "full"] and optional["compile"][1]["default"] == "off"
 
 
 # --------------------------------------------------------------------------------------------- loading and cache
