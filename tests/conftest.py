@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 import pytest
@@ -7,6 +8,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# A shell that starts the suite in the background without job control (`cmd &` in a script) leaves SIGINT
+# ignored, for us and every child: the Ctrl-C tests need Python's own handler (children then get the default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # One thread: the tiny models are too small to gain from more, and a shared 2-core box loses a lot.
 torch.set_num_threads(1)
