@@ -9,6 +9,7 @@ model is read only when a back view has to be generated.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
 from . import host
 from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
+
+_log = logging.getLogger(__name__)
 
 TRAINING_FREE = "none (training-free)"
 NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
@@ -195,7 +198,12 @@ class ModelHandle:
 
     def _compiled(self, model):
         """The cached model, compiled as this handle asks ("off" undoes it: loaders of one set share the model)."""
-        apply_compile_choice(model, self.compile_choice)
+        before = getattr(model, "_ds360_compile", None)
+        record = apply_compile_choice(model, self.compile_choice)
+        if record is not None and record is not before and record.regions:
+            # compiling happens during the first run and shows no progress: say why that run is slow
+            _log.info("DiffStyle360: compile=%s set on the %s model; the first run compiles (minutes), later runs "
+                      "in this session reuse it", self.compile_choice, model.config.kind)
         return model
 
     def pipeline(self, *, main: bool = True, back_view: bool = True) -> DiffStyle360Pipeline:

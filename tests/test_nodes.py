@@ -253,7 +253,7 @@ def test_sampler_without_style_gives_plain_novel_views(model, cams, bars):
     assert [c[0] for c in bars[0].calls] == list(range(1, STEPS + 1 + 1))  # turntable + one decode chunk
 
 
-def test_loader_compile_widget_compiles_the_cached_models_and_off_undoes_it(models_dir, cams, monkeypatch):
+def test_loader_compile_widget_compiles_the_cached_models_and_off_undoes_it(models_dir, cams, monkeypatch, caplog):
     """compile=regional/full compiles what the sampler runs (same views); off restores the eager model."""
     from diffstyle360_core import acceleration
 
@@ -265,7 +265,11 @@ def test_loader_compile_widget_compiles_the_cached_models_and_off_undoes_it(mode
     plain = load("tiny", loader.TRAINING_FREE, "auto")[0]
     eager, _ = sample(plain, cams, content_back=back)
     compiled_model = load("tiny", loader.TRAINING_FREE, "auto", "regional")[0]
-    views, _ = sample(compiled_model, cams, content_back=back)
+    with caplog.at_level("INFO", logger="nodes.loader"):
+        views, _ = sample(compiled_model, cams, content_back=back)
+        sample(compiled_model, cams, content_back=back)
+    said = [r.getMessage() for r in caplog.records if "first run compiles" in r.getMessage()]
+    assert len(said) == 1 and "compile=regional" in said[0]  # once, when it was set, not every run
     main = compiled_model.main_model()
     assert acceleration.is_compiled(main.unet.down_blocks[0].resnets[0])
     assert torch.equal(views, eager)
