@@ -311,24 +311,16 @@ def _placement(args, device):
 
 def _prepare_models(args, dtype, *models) -> None:
     """The opt-in speed/memory switches, in the order that works: fp8 storage first, then compiling."""
-    if getattr(args, "fp8_weights", False):
-        from .acceleration import store_weights_fp8
-        from .devices import FP8_SKIP
+    from .acceleration import apply_compile_choice, store_weights_fp8
+    from .devices import FP8_SKIP
 
-        for model in models:
-            if model is not None:
-                store_weights_fp8(model, dtype, skip=FP8_SKIP)
-    _maybe_compile(args, *models)
-
-
-def _maybe_compile(args, *models) -> None:
-    choice = getattr(args, "compile", "off")
-    if choice != "off":
-        from .acceleration import apply_compile_choice
-
-        for model in models:
-            if model is not None:
-                apply_compile_choice(model, choice)
+    for model in models:
+        if model is None:
+            continue
+        if args.fp8_weights:
+            store_weights_fp8(model, dtype, skip=FP8_SKIP)
+        if args.compile != "off":
+            apply_compile_choice(model, args.compile)
 
 
 def _stylize(args) -> None:

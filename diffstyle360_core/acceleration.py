@@ -191,19 +191,19 @@ def compile_model(
         record = None
     _raise_recompile_limits()
     record = record or CompileRecord(key)
+    known = {id(m) for m in record.modules}
     if scope == "regional":
-        for _, module in compile_regions(model, parts):
+        targets = [module for _, module in compile_regions(model, parts)]
+        for module in targets:
             if "forward" not in module.__dict__:  # not compiled earlier (e.g. by a model sharing the part)
                 module.forward = types.MethodType(_compiled(type(module).forward, key), module)
-            if all(m is not module for m in record.modules):
-                record.modules.append(module)
     else:
-        cuda_graphs = mode in CUDA_GRAPH_MODES
+        targets = []
         for _, module, forward in whole_call_targets(model):
             if module.compiled_forward is None:
-                module.compiled_forward = CompiledForward(_compiled(forward, key), cuda_graphs)
-            if all(m is not module for m in record.modules):
-                record.modules.append(module)
+                module.compiled_forward = CompiledForward(_compiled(forward, key), mode in CUDA_GRAPH_MODES)
+            targets.append(module)
+    record.modules += [m for m in targets if id(m) not in known]  # only what was added since (a style module)
     object.__setattr__(model, "_ds360_compile", record)  # plain attribute, not a submodule
     return record
 

@@ -116,9 +116,9 @@ class FusionCall:
 
     ``content`` None: stock self-attention. ``content`` and no styles:
     DiffPortrait360 reference attention ``[K_l, K_c]``. With styles: Style
-    Fusion Attention with ``settings`` (τ, pairing, mask mode). Reference
-    projections are cached on the call, so every window of a step reuses them:
-    build one call per denoising step.
+    Fusion Attention with ``settings`` (τ, pairing, mask mode). Each layer's
+    reference slots are built once and cached on the call, so every window of a
+    step reuses them: build one call per denoising step.
     """
 
     content: Optional[Bank] = None

@@ -594,7 +594,7 @@ class Bench:
         self.log("s/step = denoising seconds / steps (reference banks + every window batch, cond + uncond);")
         self.log("total = prepare_references + denoise + decode of every view (back views given, not generated);")
         self.log("extrap. s = total with the timed steps replaced by 50 (DDIM) or fast_steps (solvers): EXTRAPOLATED.")
-        peak = measured_matmul_tflops(self.device, self.dtype if self.dtype != torch.float32 else torch.float16)
+        peak = self.matmul_ceiling()
         f = flops.get("default")
         if f is not None:
             line = f"FLOP floor: {flops_text(f, '/step')}"
@@ -616,6 +616,13 @@ class Bench:
         else:
             self.log(f"{LAST_LINE}={official.s_step / base.s_step:.2f}")
 
+    def matmul_ceiling(self) -> Optional[float]:
+        """The measured dense matmul rate (TFLOP/s, half precision for fp32 runs), once per bench; None off CUDA."""
+        if not hasattr(self, "_matmul_ceiling"):
+            dtype = self.dtype if self.dtype != torch.float32 else torch.float16
+            self._matmul_ceiling = measured_matmul_tflops(self.device, dtype)
+        return self._matmul_ceiling
+
     def flop_breakdown(self) -> None:
         """Which parts one step's FLOPs are made of (meta tensors: instant at any size, no GPU needed)."""
         args = self.args
@@ -633,9 +640,7 @@ class Bench:
         except Exception as err:  # a report aid: never lose the timings for it
             self.log(f"(FLOP breakdown failed: {type(err).__name__}: {err})")
             return
-        floor = measured_matmul_tflops(self.device, self.dtype if self.dtype != torch.float32 else torch.float16) \
-            if self.cuda else None
-        self.log(format_breakdown(rows, floor))
+        self.log(format_breakdown(rows, self.matmul_ceiling()))
 
     # ----------------------------------------------------------------- memory table
     def memory_table(self) -> None:

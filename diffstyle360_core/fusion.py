@@ -49,6 +49,10 @@ __all__ = [
 #: interpolation may overshoot by rounding).
 MASK_SUM_TOL = 1e-4
 
+#: Why a style needs content references (one message for every entry point).
+CONTENT_REQUIRED = ("k_c: content references are required when a style is given "
+                    "(eq. 1 normalizes the content keys with the style keys)")
+
 #: Tolerance on ``Σ w_i == 1`` for style blending weights.
 WEIGHT_SUM_TOL = 1e-4
 
@@ -211,10 +215,7 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool, trusted
             f"styles: expected a sequence of (k_s, v_s, mask) triples, got {type(styles).__name__}"
         )
     if len(styles) and k_c is None:
-        raise ValueError(
-            "k_c: content references are required when a style is given "
-            "(eq. 1 normalizes the content keys with the style keys)"
-        )
+        raise ValueError(CONTENT_REQUIRED)
 
     masks = []
     mask_sum = None
@@ -387,10 +388,7 @@ def reference_attention_inputs(
     _check_mask_mode(mask_mode)
     if k_c is None:
         if styles:
-            raise ValueError(
-                "k_c: content references are required when a style is given "
-                "(eq. 1 normalizes the content keys with the style keys)"
-            )
+            raise ValueError(CONTENT_REQUIRED)
         return None
     _check_3d("k_c", k_c, "[B or 1, N_ref, C]")
     dtype = dtype or k_c.dtype

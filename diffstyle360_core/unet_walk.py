@@ -57,10 +57,7 @@ def timestep_tensor(timestep, device: torch.device) -> torch.Tensor:
 
 def time_embedding(unet: nn.Module, sample: torch.Tensor, timestep) -> torch.Tensor:
     """The UNet's timestep embedding for a batch (scalar or per-sample ``timestep``)."""
-    t = timestep
-    if not torch.is_tensor(t):
-        t = torch.tensor([t], dtype=torch.int64, device=sample.device)
-    t = t.to(sample.device)
+    t = timestep_tensor(timestep, sample.device)
     if t.ndim == 0:
         t = t[None]
     t = t.expand(sample.shape[0]) if t.shape[0] == 1 else t
