@@ -66,7 +66,7 @@ print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.c
 "
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv >>"$LOG" 2>&1
 
-BENCH=("$PY" -m diffstyle360_core.bench --size "$SIZE" --device "$DEVICE" --views "$VIEWS" --steps "$STEPS"
+BENCH=("$PY" -m bench --size "$SIZE" --device "$DEVICE" --views "$VIEWS" --steps "$STEPS"
        --fast-steps "$FAST_STEPS" --windows-per-batch "$WPB" --compile-backend "$BACKEND")
 [ "$DEVICE" = cuda ] && BENCH+=(--dtype fp16) || BENCH+=(--threads 1)  # 1 thread: shared CPU boxes
 
@@ -79,7 +79,7 @@ part compiled 190 "${BENCH[@]}" --variants default,compiled,compiled+dpmpp_2m
 part cudagraphs 280 "${BENCH[@]}" --variants default,compiled_cudagraphs,compiled_cudagraphs+dpmpp_2m,compiled_full
 # 4. peak VRAM table (measured 2026-11-26; rerun with DS360_BENCH_MEMORY=1 when the budget allows)
 if [ "${DS360_BENCH_MEMORY:-0}" = 1 ]; then
-  MEM=("$PY" -m diffstyle360_core.bench --size "$SIZE" --device "$DEVICE" --memory-table
+  MEM=("$PY" -m bench --size "$SIZE" --device "$DEVICE" --memory-table
        --memory-views "$MEM_VIEWS" --memory-wpb "$MEM_WPB" --memory-fp8-views "$MEM_FP8_VIEWS" --memory-steps 1)
   [ "$DEVICE" = cuda ] && MEM+=(--dtype fp16) || MEM+=(--memory-dry-run --threads 1)
   part memory 110 "${MEM[@]}"

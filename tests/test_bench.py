@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from diffstyle360_core import bench
+from bench import bench
 
 LAST = re.compile(r"^speedup_vs_official_schedule=(\d+\.\d\d)$")
 
@@ -96,7 +96,7 @@ def test_bad_numbers_are_refused():
 def test_flop_breakdown_on_meta_tensors_equals_the_counted_real_step():
     """The per-part table (meta tensors, no compute) adds up to what a real tiny step counts."""
     from diffstyle360_core.config import MAIN, tiny_config
-    from diffstyle360_core.flops import format_breakdown, step_flop_breakdown
+    from bench.flops import format_breakdown, step_flop_breakdown
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffstyle360_core import loading, outputs
-from diffstyle360_core import __main__ as cli
-from diffstyle360_core.__main__ import main
-from diffstyle360_core.outputs import RunOutput
+from diffstyle360_core import loading
+from diffstyle360_core.cli import outputs
+from diffstyle360_core.cli import main as cli
+from diffstyle360_core.cli.main import main
+from diffstyle360_core.cli.outputs import RunOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT = ROOT / "workflows" / "images" / "astronaut.png"
@@ -195,7 +196,7 @@ def test_bad_arguments_exit_2_before_any_model_loads(tiny_weights, tmp_path, cap
 def test_value_errors_come_before_torch_is_imported(tmp_path):
     import subprocess
 
-    code = ("import sys; from diffstyle360_core.__main__ import main; "
+    code = ("import sys; from diffstyle360_core.cli.main import main; "
             f"rc = main(['stylize', '--weights', {str(tmp_path)!r}, '--content', 'x.png', '--out', "
             f"{str(tmp_path / 'o')!r}, '--cfg', '99']); print(rc, 'torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -300,7 +301,7 @@ def test_a_real_ctrl_c_prints_one_line_and_exits_130(tiny_weights, tmp_path):
 
     out = tmp_path / "out"
     args = _stylize(tiny_weights, out, "--views", "2")
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from diffstyle360_core.__main__ import main; "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from diffstyle360_core.cli.main import main; "
             f"print('ready', flush=True); sys.exit(main({args!r}))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -7,7 +7,8 @@ from PIL import Image
 
 from diffstyle360_core.cameras import (CameraSet, back_view_index, find_condition_folder,
                                        load_condition_set, select_views, user_conditions)
-from diffstyle360_core.images import (ImageInputError, load_image, load_mask, save_views,
+from diffstyle360_core.cli.saving import save_views
+from diffstyle360_core.images import (ImageInputError, load_image, load_mask,
                                       tensor_to_pil, to_comfy_image, to_model_tensor)
 
 try:

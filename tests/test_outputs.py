@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffstyle360_core import outputs
-from diffstyle360_core.images import save_views
-from diffstyle360_core.outputs import OutputError, RunOutput, check_writable
+from diffstyle360_core.cli import outputs
+from diffstyle360_core.cli.saving import save_views
+from diffstyle360_core.cli.outputs import OutputError, RunOutput, check_writable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_the_lock_holds_across_processes_and_dies_with_its_process(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from diffstyle360_core.outputs import RunOutput
+        from diffstyle360_core.cli.outputs import RunOutput
         with RunOutput({str(out)!r}):
             print("locked", flush=True)
             time.sleep(60)

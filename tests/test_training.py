@@ -171,7 +171,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_weights):
 
 # -------------------------------------------------------------------------------- resume
 def test_resumed_run_continues_from_the_saved_step(trained, tiny_weights, data, tmp_path):
-    from diffstyle360_core.__main__ import main
+    from diffstyle360_core.cli.main import main
 
     resumed = tmp_path / "resumed"
     # step 1 through the CLI (flags), then resume to step 2 through the function; `trained` ran both steps at once
@@ -246,7 +246,7 @@ def test_finetune_appearance_mode_trains_the_shared_module(tiny_weights, data, t
 def test_invalid_dataset_reports_every_problem(tmp_path, tiny_weights, capsys):
     from PIL import Image
 
-    from diffstyle360_core.__main__ import main
+    from diffstyle360_core.cli.main import main
 
     root = make_tiny_dataset(tmp_path / "bad", samples=3, views=4)
     (root / "sample_000" / "style" / "back.png").unlink()  # missing reference
@@ -280,7 +280,7 @@ def test_invalid_dataset_reports_every_problem(tmp_path, tiny_weights, capsys):
 
 
 def test_config_yaml_and_flag_overrides(tmp_path):
-    from diffstyle360_core.training.cli import config_from_args, register
+    from diffstyle360_core.cli.train import config_from_args, register
     import argparse
 
     cfg = TrainConfig()

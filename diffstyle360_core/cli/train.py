@@ -65,7 +65,7 @@ OVERRIDES = ("weights", "data", "out", "steps", "mode", "learning_rate", "views_
 
 
 def config_from_args(args: argparse.Namespace):
-    from .config import TrainConfig
+    from ..training.config import TrainConfig
 
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
     return config.replace(**{name: getattr(args, name, None) for name in OVERRIDES})
@@ -84,10 +84,10 @@ def _require_training_packages() -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     _require_training_packages()
-    from .loop import train
+    from ..training.loop import train
 
     if getattr(args, "print_config", False):
-        from .config import default_config_yaml
+        from ..training.config import default_config_yaml
 
         print(default_config_yaml(), end="")
         return
@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_make_tiny_dataset(args: argparse.Namespace) -> None:
-    from .dataset import make_tiny_dataset
+    from ..training.dataset import make_tiny_dataset
 
     start = time.time()
     root = make_tiny_dataset(args.outdir, samples=args.samples, views=args.views, size=args.size, seed=args.seed)
@@ -115,10 +115,10 @@ def register(subparsers) -> Dict[str, Handler]:
 
 
 def main(argv=None) -> int:
-    """Standalone entry (``python -m diffstyle360_core.training.cli``) until the main CLI wires ``register``."""
+    """Standalone entry (``python -m diffstyle360_core.cli.train``) until the main CLI wires ``register``."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m diffstyle360_core.training.cli")
+    parser = argparse.ArgumentParser(prog="python -m diffstyle360_core.cli.train")
     handlers = register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

@@ -17,10 +17,10 @@ from typing import List, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import FusionCall, StyleEntry
-from .config import BackboneConfig
-from .options import FusionSettings
-from .sampling import batch_windows, view_windows
+from diffstyle360_core.attention import FusionCall, StyleEntry
+from diffstyle360_core.config import BackboneConfig
+from diffstyle360_core.options import FusionSettings
+from diffstyle360_core.sampling import batch_windows, view_windows
 
 #: Module classes reported on their own inside a denoiser pass (the rest is the UNet).
 PASS_PARTS = {"PoseControlNet": "pose ControlNet", "ViewConsistencyModule": "view-consistency modules"}
@@ -49,7 +49,7 @@ def _pass_rows(counter: FlopCounterMode, label: str) -> List[FlopRow]:
 def step_flop_breakdown(config: BackboneConfig, views: int, *, window: int = 8, windows_per_batch: int = 4,
                         styles: int = 1, dtype: torch.dtype = torch.float16, guidance: bool = True) -> List[FlopRow]:
     """FLOPs of one step of a ``views``-view turntable with ``styles`` global styles (content + style: front+back)."""
-    from .model import DiffStyle360Model
+    from diffstyle360_core.model import DiffStyle360Model
 
     with torch.device("meta"):
         model = DiffStyle360Model(config).to(dtype).eval().requires_grad_(False)

@@ -1,7 +1,7 @@
 """Time and peak GPU memory of the training step at full size (SD1.5 widths, 512 px), random weights.
 
-    python -m diffstyle360_core.training.gpu_probe                       # fp16, 16 views, checkpointing off and on
-    python -m diffstyle360_core.training.gpu_probe --iters 10 --checkpointing on --mixed-precision bf16
+    python -m bench.gpu_probe                       # fp16, 16 views, checkpointing off and on
+    python -m bench.gpu_probe --iters 10 --checkpointing on --mixed-precision bf16
 
 Builds :func:`~diffstyle360_core.config.official_config` with random weights
 directly on the GPU (no download, no weight files), then runs the same step as
@@ -25,8 +25,8 @@ import torch
 
 
 def _model(size: str, device: torch.device):
-    from ..config import MAIN, official_config, tiny_config
-    from ..model import DiffStyle360Model
+    from diffstyle360_core.config import MAIN, official_config, tiny_config
+    from diffstyle360_core.model import DiffStyle360Model
 
     config = official_config(MAIN) if size == "full" else tiny_config(MAIN)
     with torch.device(device):
@@ -39,9 +39,9 @@ def probe(*, size: str = "full", iters: int = 5, warmup: int = 2, views: int = 1
     """One setting: build, warm up, time ``iters`` optimizer steps; returns a dict of measurements."""
     from accelerate import Accelerator
 
-    from .config import TrainConfig
-    from .loop import _release_accelerate_state
-    from .recipe import StyleTrainingStep, cast_frozen, draw_randomness, encode_batch, prepare_model, step_generator
+    from diffstyle360_core.training.config import TrainConfig
+    from diffstyle360_core.training.loop import _release_accelerate_state
+    from diffstyle360_core.training.recipe import StyleTrainingStep, cast_frozen, draw_randomness, encode_batch, prepare_model, step_generator
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -55,7 +55,7 @@ def probe(*, size: str = "full", iters: int = 5, warmup: int = 2, views: int = 1
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     cast_frozen(model, mode, dtype)
     if gradient_checkpointing:
-        from .grad_checkpoint import enable_gradient_checkpointing
+        from diffstyle360_core.training.grad_checkpoint import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model, mode)
     config = TrainConfig(views_per_sample=views, mode=mode)
@@ -108,7 +108,7 @@ def probe(*, size: str = "full", iters: int = 5, warmup: int = 2, views: int = 1
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffstyle360_core.training.gpu_probe", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per setting")

@@ -1,4 +1,4 @@
-"""``python -m diffstyle360_core bench``: every speed/memory variant on one random-weight model, one table.
+"""``python -m bench``: every speed/memory variant on one random-weight model, one table.
 
 All variants run in one process on the same weights, inputs and seed, so the
 times compare like with like and ``max|Δ|`` shows what a variant changes
@@ -50,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .config import BACK_VIEW, MAIN, official_config, sd15_controlnet, sd15_unet, tiny_config
+from diffstyle360_core.config import BACK_VIEW, MAIN, official_config, sd15_controlnet, sd15_unet, tiny_config
 
 SCHEDULER_VARIANTS = ("dpmpp_2m", "unipc", "euler")
 #: compiled variants: (compile scope, torch.compile mode; None = --compile-mode)
@@ -92,7 +92,7 @@ def build_models(size: str, device: torch.device, dtype: torch.dtype, seed: int 
     Zero-initialised tensors (ControlNet zero-convs, temporal ``proj_out``) get
     N(0, 1/fan_in) so every part acts and a changed result shows in Δ.
     """
-    from .model import DiffStyle360Model
+    from diffstyle360_core.model import DiffStyle360Model
 
     torch.manual_seed(seed)
     models = []
@@ -332,7 +332,7 @@ def format_row(row: Row) -> str:
 
 class Bench:
     def __init__(self, args, out=None):
-        from .devices import resolve_device
+        from diffstyle360_core.devices import resolve_device
 
         self.args = args
         self.out = out or sys.stdout
@@ -345,8 +345,8 @@ class Bench:
 
     # ----------------------------------------------------------------- setup
     def build(self) -> None:
-        from .cameras import CameraSet
-        from .pipeline import DiffStyle360Pipeline
+        from diffstyle360_core.cameras import CameraSet
+        from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
         args = self.args
         start = time.perf_counter()
@@ -362,14 +362,14 @@ class Bench:
         self.pipe = DiffStyle360Pipeline(self.main, self.back, self.cameras)
 
     def _style(self, with_backs: bool = True):
-        from .pipeline import Style
+        from diffstyle360_core.pipeline import Style
 
         return Style(images=[self.style], backs=[self.style_back] if with_backs else None)
 
     def turntable(self, *, steps: int, scheduler: str = "ddim", windows_per_batch: Optional[int] = None,
                   decode_views: Optional[int] = None, autocast: bool = False):
         """prepare_references → denoise → decode with fixed back views; returns (views, (prep, denoise, decode) s)."""
-        from .options import SamplerOptions, WindowOptions
+        from diffstyle360_core.options import SamplerOptions, WindowOptions
 
         args = self.args
         wpb = args.windows_per_batch if windows_per_batch is None else windows_per_batch
@@ -397,7 +397,7 @@ class Bench:
         """FLOPs of one denoising step (reference banks + every window batch, cond and uncond), counted once."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        from .options import SamplerOptions, WindowOptions
+        from diffstyle360_core.options import SamplerOptions, WindowOptions
 
         _register_cpu_sdpa_flops()
         args = self.args
@@ -426,7 +426,7 @@ class Bench:
         return sorted(wanted, key=lambda n: (n != "default", n == "fp8"))
 
     def run_variant(self, name: str, base: Optional[Row], flops: Dict[str, Optional[float]]) -> Row:
-        from .acceleration import SequentialOffload, compile_model, store_weights_fp8, uncompile_model
+        from diffstyle360_core.acceleration import SequentialOffload, compile_model, store_weights_fp8, uncompile_model
 
         args = self.args
         steps, fast = args.steps, args.fast_steps
@@ -644,9 +644,9 @@ class Bench:
 
     # ----------------------------------------------------------------- memory table
     def memory_table(self) -> None:
-        from .acceleration import SequentialOffload, store_weights_fp8
-        from .cameras import CameraSet
-        from .pipeline import DiffStyle360Pipeline, Style
+        from diffstyle360_core.acceleration import SequentialOffload, store_weights_fp8
+        from diffstyle360_core.cameras import CameraSet
+        from diffstyle360_core.pipeline import DiffStyle360Pipeline, Style
 
         args = self.args
         self.log(f"# DiffStyle360 memory table: {self.describe()}")
@@ -801,7 +801,7 @@ def register(subparsers) -> Dict[str, Callable]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffstyle360_core.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
