@@ -5,6 +5,7 @@ folders and a full disk, all on small tensors (no model)."""
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def _snapshot(folder):
 
 def _assert_clean(folder):
     names = [p.name for p in Path(folder).iterdir()]
-    assert not [n for n in names if n.startswith(".ds360")], names  # no temp folder, probe or lock left
+    hidden = [n for n in names if n.startswith(".ds360") and not re.fullmatch(r"\.ds360-manifest-[\w-]+\.json", n)]
+    assert not hidden, names  # only manifests: no temp folder, journal, probe or lock left
     assert all(p.stat().st_size > 0 for p in Path(folder).rglob("*") if p.is_file())  # no 0-byte file
 
 
@@ -187,17 +189,104 @@ def test_fewer_views_over_an_older_run_leave_no_stale_views(tmp_path):
     out = tmp_path / "out"
     _run(out, _views(8, 0.5))
     (out / "notes.txt").write_text("mine")  # not ours: kept
-    with RunOutput(out) as run:  # a back-view-only run replaces the turntable run as a whole
+    with RunOutput(out) as run:  # a run of the same kind with fewer views replaces exactly the earlier set
         save_views(_views(6, -0.5), run)
         run.commit()
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         [f"view_{i:03d}.png" for i in range(6)] + ["turntable.gif", "turntable.webp", "notes.txt"])
     assert _frames(out) == 6
     assert np.asarray(Image.open(out / "view_005.png"))[0, 0, 0] == 64  # the new run's frame (level -0.5)
-    # the library's save_views on a bare folder is one run of its own: its prefix set is replaced as a whole
-    save_views(_views(3, 0.0), out, formats=("png",))
-    assert len(list(out.glob("view_*.png"))) == 3 and (out / "notes.txt").read_text() == "mine"
+    assert outputs.current_files(out) == sorted([f"view_{i:03d}.png" for i in range(6)]
+                                                + ["turntable.gif", "turntable.webp"])
     _assert_clean(out)
+
+
+def test_save_views_on_a_folder_replaces_only_its_own_earlier_set(tmp_path):
+    out = tmp_path / "out"
+    save_views(_views(4, 0.5), out, formats=("png",))
+    (out / "view_007.png").write_bytes(b"the user's own file")
+    save_views(_views(3, 0.0), out, formats=("png",))  # its own earlier set: replaced, view_003 goes
+    assert sorted(p.name for p in out.glob("view_*.png")) == ["view_000.png", "view_001.png", "view_002.png",
+                                                              "view_007.png"]
+    with pytest.raises(OutputError, match=r"view_007.png already exists and was not written by an earlier "
+                                          r"save_views-view run in .*; move that file away or choose another"):
+        save_views(_views(8, 0.0), out, formats=("png",))  # would overwrite the user's file: refused
+    assert (out / "view_007.png").read_bytes() == b"the user's own file"
+    assert len(list(out.glob("view_*.png"))) == 4
+    with pytest.raises(OutputError, match=r"view_000.png already exists and was not written by an earlier run"):
+        _run(out, _views(2, 0.0))  # another kind of run does not own save_views' files
+    _assert_clean(out)
+
+
+def test_a_file_changed_after_the_run_is_the_users_and_is_never_replaced(tmp_path):
+    out = tmp_path / "out"
+    _run(out, _views(4, 0.5))
+    (out / "view_003.png").write_bytes(b"retouched by hand")  # same name, other content: no longer ours
+    with pytest.raises(OutputError, match=r"view_003.png was changed after an earlier run wrote it; move that file"):
+        _run(out, _views(4, 0.0))
+    _run(out, _views(2, 0.0))  # does not write view_003: runs, deletes the unchanged view_002, keeps view_003
+    assert sorted(p.name for p in out.glob("view_*.png")) == ["view_000.png", "view_001.png", "view_003.png"]
+    assert (out / "view_003.png").read_bytes() == b"retouched by hand"
+    assert "view_003.png" not in outputs.current_files(out)
+
+
+def test_runs_of_different_kinds_keep_their_own_files(tmp_path):
+    out = tmp_path / "out"
+    with RunOutput(out, kind="stylize") as run:
+        save_views(_views(3, 0.5), run)
+        run.commit()
+    with RunOutput(out, kind="back-view") as run:
+        run.write("back_000.png", lambda p: Path(p).write_bytes(b"back 1"))
+        run.commit()
+    with RunOutput(out, kind="stylize") as run:  # fewer views: only stylize's own files change
+        save_views(_views(2, 0.0), run)
+        run.commit()
+    with RunOutput(out, kind="back-view") as run:
+        run.write("back_000.png", lambda p: Path(p).write_bytes(b"back 2"))
+        run.commit()
+    assert (out / "back_000.png").read_bytes() == b"back 2"
+    assert outputs.current_files(out, "stylize") == ["turntable.gif", "turntable.webp", "view_000.png",
+                                                     "view_001.png"]
+    assert outputs.current_files(out, "back-view") == ["back_000.png"]
+    with pytest.raises(OutputError, match=r"back_000.png already exists and was not written by an earlier stylize"):
+        with RunOutput(out, kind="stylize", planned=["back_000.png"]):
+            pass  # refused at open: before any compute
+    _assert_clean(out)
+
+
+def test_a_damaged_manifest_is_refused_in_one_sentence_and_nothing_is_deleted(tmp_path):
+    out = tmp_path / "out"
+    _run(out, _views(2, 0.5))
+    before = _snapshot(out)
+    manifest = outputs.manifest_path(out, "run")
+    for text in ("{not json", '{"format": "diffstyle360-run", "kind": "run", "files": {"../outside.txt": '
+                              '{"size": 1, "sha256": "00"}}}'):
+        manifest.write_text(text)
+        with pytest.raises(OutputError, match=rf"{manifest} is damaged .*; move the earlier results out of"):
+            _run(out, _views(3, 0.0))
+        assert {k: v for k, v in _snapshot(out).items() if "manifest" not in k} == \
+            {k: v for k, v in before.items() if "manifest" not in k}
+
+
+def test_a_subfolder_that_is_a_link_is_never_written_through(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "back_views").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match=r"back_views is not a folder \(a file or a symbolic link\)"):
+        _run(out, _views(2, 0.5))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_names_and_kinds_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="kind"):
+        RunOutput(tmp_path / "o", kind="../x")
+    with pytest.raises(OutputError, match=r"the output folder is empty"):
+        RunOutput("")
+    with RunOutput(tmp_path / "o") as run:
+        for bad in ("../x.png", "/abs.png", ".ds360-manifest-run.json"):
+            with pytest.raises(ValueError, match="output name"):
+                run.path(bad)
 
 
 # --------------------------------------------------------------------------- #

@@ -4,9 +4,12 @@ Every command is a thin shell over the library. Everything cheap is checked firs
 (value ranges, style options, the weight set's config, image and mask files,
 device and dtype, the output folder) before any model code is imported or any
 weight is loaded. Exit codes: 0 done; 2 a problem the user can fix, printed as one
-line ``error: …``; 130 interrupted (Ctrl-C), printed as one line saying what was
-kept. Results are written through :class:`~diffstyle360_core.cli.outputs.RunOutput`:
-the output folder holds one complete run, or is left as it was.
+line ``error: …``; 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (``kill``,
+``timeout``, docker), 129 by SIGHUP (a closed terminal), each printed as one line
+saying what was kept. Results are written through
+:class:`~diffstyle360_core.cli.outputs.RunOutput`: the output folder holds the old or
+the new complete result, and a run replaces only the files its manifest proves an
+earlier run of the same command wrote.
 
 Other modules plug in more commands: ``diffstyle360_core.cli.train``
 provides ``register(subparsers) -> {command: handler}``;
@@ -19,6 +22,7 @@ import argparse
 import importlib
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +32,8 @@ from .. import options as O
 from .outputs import OutputError, RunOutput
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
+#: signals handled like Ctrl-C: the run stops, cleans up and exits 128 + the signal's number
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 PLUGINS = ("diffstyle360_core.cli.train",)
 
 #: core argument names → the flags that set them (core messages never name flags; ours do)
@@ -58,6 +64,37 @@ class _State:
 
 
 STATE = _State()
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Python is, like Ctrl-C's ``KeyboardInterrupt`` (which every cleanup handles)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def _handle_stop_signals() -> Dict[int, object]:
+    """Route SIGTERM and SIGHUP through the Ctrl-C path; a signal the caller ignores (``nohup``) stays ignored.
+
+    Returns the previous handlers (main thread only; elsewhere nothing changes)."""
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, _raise_stopped)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    return previous
+
+
+def _exit_code(err: BaseException) -> int:
+    signum = getattr(err, "signum", None)
+    return 128 + int(signum) if signum else EXIT_INTERRUPTED
 
 
 # --------------------------------------------------------------------------- #
@@ -119,9 +156,11 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 DESCRIPTION = """DiffStyle360: 360° head stylization from one portrait and one style image.
 
-Exit codes: 0 done, 2 a problem you can fix (one line "error: ..."), 130 interrupted.
-An output folder holds one complete run: files appear together when the run is done,
-replacing an earlier run's views, turntable and back views as a whole."""
+Exit codes: 0 done, 2 a problem you can fix (one line "error: ..."), 130 interrupted
+(Ctrl-C), 143 stopped by SIGTERM, 129 by SIGHUP.
+An output folder holds complete runs: files appear together when the run is done and
+replace exactly the files the last run of the same command wrote there (recorded in a
+hidden manifest); any other file is never deleted or overwritten."""
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -203,6 +242,8 @@ def _register_plugin(module: str, sub) -> Dict[str, Callable]:
 # cheap checks (no model code imported, no weights loaded)
 # --------------------------------------------------------------------------- #
 def _check_sampler(args) -> "O.SamplerOptions":
+    if not str(args.out).strip():
+        raise O.InputError("--out is empty; give an output folder, e.g. --out out/")
     return O.SamplerOptions(args.seed, args.steps, args.cfg, args.eta, args.scheduler).checked()  # main() names flags
 
 
@@ -291,10 +332,22 @@ def _device_dtype(args):
     return device, resolve_dtype(args.dtype, device)
 
 
-def _open_output(folder: str) -> RunOutput:
-    run = RunOutput(folder).open()  # real test write + lock, before any model is loaded
+def _open_output(args, kind: str, inputs: list, planned: List[str]) -> RunOutput:
+    """Lock, test-write and check ``--out`` before any model is loaded: nothing of ours may be touched."""
+    run = RunOutput(args.out, kind=kind, inputs=inputs, planned=planned)
     STATE.run = run
-    return run
+    return run.open()
+
+
+def _file_inputs(args, flags: Dict[str, str]) -> list:
+    """(flag, path) of every file or folder option that was given."""
+    pairs = []
+    for attr, flag in flags.items():
+        value = getattr(args, attr, None)
+        for v in (value if isinstance(value, list) else [value]):
+            if v:
+                pairs.append((flag, v))
+    return pairs
 
 
 # --------------------------------------------------------------------------- #
@@ -354,7 +407,18 @@ def _stylize(args) -> None:
                                "view, or one per view of the whole condition set")
         guides = (frames.images + 1) / 2
 
-    run = _open_output(args.out)
+    from ..cameras import find_condition_folder
+
+    inputs = _file_inputs(args, {"content": "--content", "content_back": "--content-back", "style": "--style",
+                                 "style_back": "--style-back", "style_mask": "--style-mask",
+                                 "style_back_mask": "--style-back-mask", "style_module": "--style-module",
+                                 "guide_frames": "--guide-frames", "conditions": "--conditions"})
+    inputs.append(("--weights", loading.model_folder(args.weights, "main")))
+    if need_backs:
+        inputs.append(("--weights", loading.model_folder(args.weights, "back_view")))
+    if not args.conditions:
+        inputs.append(("--weights", find_condition_folder(loading.weight_set_root(args.weights))))
+    run = _open_output(args, "stylize", inputs, _stylize_names(len(cameras), len(args.style)))
     with run:
         from ..pipeline import DiffStyle360Pipeline, Style, alpha_weights
 
@@ -386,15 +450,31 @@ def _stylize(args) -> None:
     print(f"wrote {len(result.views)} views to {args.out}: {paths.get('gif') or paths['png'][0]}")
 
 
+CONTENT_BACK = "back_views/content_back"
+
+
+def _style_back_name(k: int, j: int) -> str:
+    return f"back_views/style{k + 1}_back_{j:03d}.png"
+
+
+def _stylize_names(views: int, styles: int) -> List[str]:
+    """Every file :func:`_save_run` writes: the views, the turntable, the content back, one back per style image
+    (the blended images of ``--alpha`` are one style)."""
+    from .saving import view_names
+
+    return (view_names(views) + view_names(1, prefix=CONTENT_BACK, formats=("png",))
+            + [_style_back_name(0, j) for j in range(styles)])
+
+
 def _save_run(run: RunOutput, result, *, fps: int = O.FPS.default) -> dict:
     """A turntable's files into ``run``: views, turntable.gif/.webp, and back_views/ (content and style backs)."""
     from .saving import save_views
 
     paths = save_views(result.views, run, fps=fps)
-    save_views(result.content_back, run, prefix="back_views/content_back", formats=("png",))
+    save_views(result.content_back, run, prefix=CONTENT_BACK, formats=("png",))
     for k, backs in enumerate(getattr(result, "style_backs", None) or []):
         for j, b in enumerate(backs):
-            run.write(f"back_views/style{k + 1}_back_{j:03d}.png", _png_writer(b))
+            run.write(_style_back_name(k, j), _png_writer(b))
     return paths
 
 
@@ -415,7 +495,11 @@ def _back_view(args) -> None:
     size = loading.read_config(args.weights, "back_view").image_size
     images = _read_images(args, size)
     cameras = loading.load_cameras(args.weights, size)
-    run = _open_output(args.out)
+    from ..cameras import find_condition_folder
+
+    inputs = [("--content", args.content), ("--weights", loading.model_folder(args.weights, "back_view")),
+              ("--weights", find_condition_folder(loading.weight_set_root(args.weights)))]
+    run = _open_output(args, "back-view", inputs, [BACK_VIEW])
     with run:
         from ..pipeline import DiffStyle360Pipeline
 
@@ -426,9 +510,12 @@ def _back_view(args) -> None:
         back = pipe.back_view(images["content"], seed=sampler.seed, steps=sampler.steps, cfg=sampler.cfg,
                               eta=sampler.eta, scheduler=sampler.scheduler, crop=args.crop,
                               progress=ProgressBar({"back views": "back view"}))
-        run.write("back_000.png", _png_writer(back))
+        run.write(BACK_VIEW, _png_writer(back))
         run.commit()
-    print(f"wrote back view to {Path(args.out) / 'back_000.png'}")
+    print(f"wrote back view to {Path(args.out) / BACK_VIEW}")
+
+
+BACK_VIEW = "back_000.png"
 
 
 def _convert(args) -> None:
@@ -464,14 +551,24 @@ COMMANDS: Dict[str, Callable] = {"stylize": _stylize, "back-view": _back_view, "
 # --------------------------------------------------------------------------- #
 # entry point
 # --------------------------------------------------------------------------- #
-def _interrupted_line() -> str:
+def _interrupted_line(signum: Optional[int] = None) -> str:
+    """One line: how the run was stopped and what it kept."""
+    how = f"stopped by {signal.Signals(signum).name}" if signum else "interrupted"
     run = STATE.run
     if run is not None and run.committed:
-        return f"interrupted; kept the complete results in {run.folder}"
+        return f"{how}; kept the complete results in {run.folder}"
     if STATE.interrupt_note:
-        return STATE.interrupt_note
+        return re.sub(r"^interrupted", how, STATE.interrupt_note)
     where = f" ({run.folder} left as it was)" if run is not None else ""
-    return f"interrupted; nothing written{where}"
+    return f"{how}; nothing written{where}"
+
+
+def _say(line: str) -> None:
+    """Print to stderr; a terminal that is gone (SIGHUP) must not turn the exit into a traceback."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _is_cuda_oom(err: BaseException) -> bool:
@@ -483,6 +580,7 @@ def _is_cuda_oom(err: BaseException) -> bool:
 def main(argv: Optional[List[str]] = None) -> int:
     global STATE
     STATE = _State()
+    previous = _handle_stop_signals()
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         ours = next((a for a in argv if not a.startswith("-")), None) in COMMANDS
@@ -509,16 +607,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{chr(10) if STATE.line_open else ''}error: out of GPU memory{where}; {STATE.oom_hint}",
                   file=sys.stderr)
             return EXIT_USER
-    except KeyboardInterrupt:
-        print(f"\n{_interrupted_line()}" if STATE.line_open else _interrupted_line(), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (Stopped)
+        line = _interrupted_line(getattr(err, "signum", None))
+        _say(f"\n{line}" if STATE.line_open else line)
+        return _exit_code(err)
     finally:
-        if STATE.run is not None:
-            STATE.run.close()
+        try:
+            if STATE.run is not None:
+                STATE.run.close()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # a second Ctrl-C while the first was handled
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as err:  # a second signal while the first was handled
+        sys.exit(_exit_code(err))

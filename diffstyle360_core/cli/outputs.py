@@ -1,66 +1,96 @@
-"""Run outputs: a folder holds one complete run, or nothing new.
+"""Run outputs: a folder holds complete runs, and a run touches only what it can prove it wrote.
 
 :class:`RunOutput` is a context manager around one output folder::
 
-    with RunOutput("out/") as run:          # lock + real test write, before any compute
-        ...                                 # long sampling
-        img.save(run.path("view_000.png"))  # files go to a hidden temporary folder inside out/
-        run.commit()                        # all files move into place together
+    with RunOutput("out/", kind="stylize") as run:   # lock, recovery, real test write, checks: before compute
+        ...                                           # long sampling
+        img.save(run.path("view_000.png"))            # files go to a hidden temporary folder inside out/
+        run.commit()                                  # the new set replaces the earlier set of this kind
 
-* **Nothing partial.** Every file is written into ``out/.ds360-partial-<pid>-<id>/``
-  (inside the target, so always on the same filesystem) and only :meth:`commit`
-  moves them into ``out/``, with ``os.replace``. Leaving the ``with`` block
-  without a commit (an error, Ctrl-C) deletes the temporary folder and leaves
-  ``out/`` exactly as it was (a folder created for the run is removed again).
-* **No stale files.** At commit, the files of an earlier run (``replaces``:
-  by default every name this pack writes, ``view_*.png``, ``turntable.*``,
-  ``back_views/``, ``back_*.png``) are replaced as a whole: they are moved aside
-  first, the new set is moved in, then the old set is deleted; if a move fails
-  the old set is put back. Ctrl-C during the commit is held until it is done
-  (main thread), so an interrupted save leaves the old or the new complete set.
-  Only a hard kill (power loss, SIGKILL) inside the few renames of a commit can
-  leave a mix; the next run into the folder replaces it as a whole.
+The rules:
+
+* **A manifest says what a run wrote.** A committed run of kind ``K`` leaves
+  ``out/.ds360-manifest-K.json``: every file it wrote (relative path, size,
+  SHA-256) and the subfolders it created. The next run of the same kind replaces
+  exactly the files of that manifest that are still byte for byte what the run
+  wrote; runs of other kinds (``stylize`` and ``back-view`` in one folder) have
+  their own manifests and never replace each other.
+* **Anything else is the user's.** A file not in the manifest, or changed since,
+  is never deleted or overwritten: if the new run would write that name, it is
+  refused (before any compute when the caller says which names it will write,
+  ``planned``), with one sentence saying to move the file or choose another folder.
+  So is a run that would write or replace one of its own ``inputs`` (compared as
+  resolved paths and as files, so symbolic and hard links count), or write into an
+  input folder.
+* **Nothing partial.** Files are written into ``out/.ds360-partial-<pid>-<id>/``
+  (inside the target: same filesystem, so renames are atomic). Leaving the
+  ``with`` block without a commit (an error, a signal) deletes it and leaves
+  ``out/`` as it was (a folder created for the run is removed again).
+* **The commit is crash-consistent.** :meth:`RunOutput.commit` fsyncs the new
+  files, then writes the journal ``out/.ds360-journal.json`` atomically (temp file,
+  fsync, rename). The journal's rename is the commit point: before it the old
+  set is current, after it the new one. Then the old set's files move into
+  ``out/.ds360-old-<id>/``, the new files move into ``out/``, the new manifest is
+  written atomically, the journal is deleted, and the aside folder is removed.
+  Every step can be redone, so a process killed anywhere (SIGKILL, power loss)
+  leaves a folder that the next :meth:`RunOutput.open` on it, or
+  :func:`current_files`, completes to exactly the new set; killed before the
+  journal, the old set is untouched. A failing rename (an I/O error) moves
+  everything back and deletes the journal. SIGINT, SIGTERM and SIGHUP arriving
+  while files move are held until the step is done (main thread), then delivered.
+  Between a kill and the next open a plain ``ls`` may show a mix; opening the
+  folder (any run, or :func:`current_files`) settles it first.
 * **One run at a time.** Entering takes an exclusive lock on ``out/.ds360.lock``
-  (``fcntl.flock``: released by the OS if the process dies). A second run on the
-  same folder is *refused* at once with :class:`OutputError` naming the folder
-  (it does not wait). Without ``fcntl`` (Windows) the lock file is created with
-  ``O_EXCL``; a lock left by a crashed run must then be deleted by hand.
-* **Writable before compute.** :func:`check_writable` creates the folder and
-  writes, fsyncs and deletes a probe file; entering a ``RunOutput`` calls it.
-* **Errors name the file.** Any ``OSError`` while writing (a full disk, ENOSPC)
-  becomes :class:`OutputError` naming the file and the folder; the partial
-  temporary files are removed and the folder is left as it was.
+  (``fcntl.flock``: released by the OS if the process dies); a second run on the
+  folder is refused at once. The lock file must be a plain file of ours: a folder,
+  a symbolic link or a file with other hard links at that path is refused, never
+  written. Without ``fcntl`` (Windows) the lock is created with ``O_EXCL``; a lock
+  left by a crashed run must then be deleted by hand.
+* **Writable before compute**, **errors name the file**: :func:`check_writable`
+  writes, fsyncs and deletes a probe file; an ``OSError`` while writing becomes
+  :class:`OutputError` naming the file, and the folder is left as it was.
 
-Messages name folders and files, never command-line flags.
+Messages name folders and files, never command-line flags (the caller's
+``inputs`` labels are its own words).
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import hashlib
+import json
 import os
+import re
 import shutil
 import signal
+import stat
 import threading
 import uuid
 from contextlib import contextmanager
-from fnmatch import fnmatch
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["OutputError", "RunOutput", "check_writable", "PACK_OUTPUTS"]
+__all__ = ["OutputError", "RunOutput", "check_writable", "current_files", "hold_signals", "manifest_path"]
 
-#: Names (glob patterns, top level of the folder) of everything this pack writes.
-PACK_OUTPUTS = ("view_*.png", "turntable.gif", "turntable.webp", "back_views", "back_*.png")
+RESERVED = ".ds360"  # every name of ours in the folder starts with this; a run never writes such a name
 LOCK_NAME = ".ds360.lock"
+JOURNAL_NAME = ".ds360-journal.json"
+_MANIFEST = ".ds360-manifest-{kind}.json"
 _PARTIAL = ".ds360-partial-"
 _OLD = ".ds360-old-"
+_PROBE = ".ds360-probe-"
+_TEMP = ".tmp-"  # atomic JSON writes: <name>.tmp-<pid>-<id>, renamed over <name>
+_KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_FORMAT = "diffstyle360-run"
+HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 PathLike = Union[str, "os.PathLike[str]"]
+Inputs = Union[Mapping[str, object], Iterable[Tuple[str, object]], None]
 
 
 class OutputError(OSError):
@@ -79,12 +109,19 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def _folder(folder: PathLike) -> Path:
+    text = os.fspath(folder)
+    if not str(text).strip():
+        raise OutputError("the output folder is empty (''); give a folder name, e.g. out/", _errno.EINVAL)
+    return Path(text).expanduser()
+
+
 def check_writable(folder: PathLike) -> Path:
     """Create ``folder`` (and parents) and prove it writable with a real write + fsync + delete.
 
     Raises :class:`OutputError` naming the folder. Returns the folder as a ``Path``.
     """
-    path = Path(os.fspath(folder)).expanduser()
+    path = _folder(folder)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output folder {path} is a file; give a folder", _errno.ENOTDIR)
     try:
@@ -92,7 +129,7 @@ def check_writable(folder: PathLike) -> Path:
     except OSError as err:
         raise OutputError(f"cannot create output folder {path} ({_reason(err)}); choose another folder",
                           err.errno) from None
-    probe = path / f".ds360-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    probe = path / f"{_PROBE}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _probe(probe)
     except OSError as err:
@@ -113,6 +150,13 @@ def _probe(path: Path) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- #
+# small file-system steps (every rename goes through _rename: the kill tests hook it)
+# --------------------------------------------------------------------------- #
+def _rename(src: Path, dst: Path) -> None:
+    os.replace(src, dst)
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -127,39 +171,303 @@ def _remove(path: Path) -> None:
         _unlink_quietly(path)
 
 
-@contextmanager
-def _hold_sigint() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done; re-raise it afterwards. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": _digest(path)}
+
+
+def _unchanged(path: Path, record: Mapping) -> bool:
+    """``path`` is a plain file with exactly the recorded size and SHA-256 (what our run wrote)."""
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    except (ValueError, OSError):  # pragma: no cover - no signal support here
-        yield
+        st = os.lstat(path)
+        return stat.S_ISREG(st.st_mode) and st.st_size == record["size"] and _digest(path) == record["sha256"]
+    except OSError:
+        return False
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    """Temp file, fsync, rename over ``path``, fsync the folder: readers see the old or the new file."""
+    tmp = path.with_name(f"{path.name}{_TEMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        _rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            _fsync_tree(child)
+        _fsync_dir(path)
+    elif not path.is_symlink():
+        _fsync_path(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # pragma: no cover - directories cannot be opened on Windows
         return
+    _fsync_path(path)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parents(name: str) -> List[str]:
+    """``"a/b/c.png"`` → ``["a", "a/b"]``."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+def _deepest_first(dirs: Iterable[str]) -> List[str]:
+    return sorted(set(dirs), key=lambda d: (-d.count("/"), d))
+
+
+def _check_name(name: str) -> str:
+    """A run's file name: relative, inside the folder, not one of our reserved names; returned as a/b.png."""
+    rel = Path(name)
+    if not str(name) or rel.is_absolute() or not rel.parts or ".." in rel.parts or rel.anchor:
+        raise ValueError(f"output name {name!r} must be a relative path inside the output folder")
+    if rel.parts[0].startswith(RESERVED):
+        raise ValueError(f"output name {name!r} starts with {RESERVED!r}, which is reserved for the run's own files")
+    return rel.as_posix()
+
+
+def manifest_path(folder: PathLike, kind: str) -> Path:
+    """Where the manifest of the last complete run of ``kind`` lives."""
+    return Path(os.fspath(folder)).expanduser() / _MANIFEST.format(kind=kind)
+
+
+# --------------------------------------------------------------------------- #
+# signals
+# --------------------------------------------------------------------------- #
+@contextmanager
+def hold_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block is done, then deliver the first one. Main thread only.
+
+    Delivering means calling the handler that was there before (Python's Ctrl-C handler raises
+    ``KeyboardInterrupt``; the CLI's raise its own ``KeyboardInterrupt`` subclass); a signal that was
+    ignored stays ignored; one with the default action is raised again, now that the block is done.
+    """
+    previous: Dict[int, object] = {}
+    caught: List[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in HELD_SIGNALS:
+            try:
+                previous[signum] = signal.signal(signum, lambda s, frame: caught.append(s))
+            except (ValueError, OSError):  # pragma: no cover - no signal support here
+                pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
+        signum, handler = caught[0], previous[caught[0]]
+        if callable(handler):
+            handler(signum, None)
+        elif handler != signal.SIG_IGN:
+            signal.raise_signal(signum)
 
 
+# --------------------------------------------------------------------------- #
+# manifests and the journal
+# --------------------------------------------------------------------------- #
+def _read_manifest(folder: Path, kind: str) -> Tuple[Dict[str, dict], List[str]]:
+    """(files {name: record}, dirs) of the last complete run of ``kind``; empty if there was none."""
+    path = manifest_path(folder, kind)
+    if not _lexists(path):
+        return {}, []
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != _FORMAT or data.get("kind") != kind:
+            raise ValueError("not a DiffStyle360 manifest of this kind")
+        files = {_check_name(n): {"size": int(r["size"]), "sha256": str(r["sha256"])}
+                 for n, r in data["files"].items()}
+        dirs = [_check_name(d) for d in data.get("dirs", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise OutputError(f"{path} is damaged ({_reason(err)}); move the earlier results out of {folder} and "
+                          "delete it, or choose another output folder", _errno.EINVAL) from None
+    return files, dirs
+
+
+def _manifest(kind: str, files: Dict[str, dict], dirs: Iterable[str]) -> dict:
+    return {"format": _FORMAT, "version": 1, "kind": kind, "files": files, "dirs": sorted(set(dirs))}
+
+
+def _read_journal(folder: Path) -> Optional[dict]:
+    path = folder / JOURNAL_NAME
+    if not _lexists(path):
+        return None
+    try:
+        data = json.loads(path.read_text())
+        kind = data["kind"]
+        if data.get("format") != _FORMAT or not isinstance(kind, str) or not _KIND.match(kind):
+            raise ValueError("not a DiffStyle360 journal")
+        for key, prefix in (("partial", _PARTIAL), ("aside", _OLD)):
+            if not re.fullmatch(re.escape(prefix) + r"[A-Za-z0-9_-]+", str(data[key])):
+                raise ValueError(f"bad {key} folder name")
+        for key in ("old", "new", "drop_dirs", "made_dirs"):
+            data[key] = [_check_name(n) for n in data[key]]
+        _manifest(kind, {_check_name(n): r for n, r in data["manifest"]["files"].items()}, data["manifest"]["dirs"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise OutputError(f"an interrupted commit in {folder} cannot be finished: {path} is damaged "
+                          f"({_reason(err)}); move your files out of {folder} and delete {path}",
+                          _errno.EINVAL) from None
+    return data
+
+
+def _roll_forward(folder: Path, journal: dict) -> None:
+    """Finish a commit whose journal was written: the old set steps aside, the new set moves in.
+
+    Every step checks what is already done, so this can run again after a kill at any point.
+    """
+    partial, aside = folder / journal["partial"], folder / journal["aside"]
+    for name in journal["old"]:  # 1. the earlier run's files step aside (all of them before any new one moves)
+        src, dst = folder / name, aside / name
+        if _lexists(dst) or not _lexists(src):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _rename(src, dst)
+    for d in _deepest_first(journal["drop_dirs"]):  # 2. folders the earlier run made and nothing needs now
+        try:
+            (folder / d).rmdir()  # only if empty: a user's file inside keeps it
+        except OSError:
+            pass
+    touched = {folder}
+    for name in journal["new"]:  # 3. the new files move in
+        src, dst = partial / name, folder / name
+        if not _lexists(src):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _rename(src, dst)
+        touched.add(dst.parent)
+    for d in sorted(touched):
+        _fsync_dir(d)
+    _write_json_atomically(manifest_path(folder, journal["kind"]), journal["manifest"])  # 4. the new manifest
+    _unlink_quietly(folder / JOURNAL_NAME)  # 5. done
+    _fsync_dir(folder)
+    _remove(aside)
+    _remove(partial)
+
+
+def _roll_back(folder: Path, journal: dict) -> None:
+    """Undo a commit that failed part-way (an I/O error, not a kill): the new files go back, the old ones return."""
+    partial, aside = folder / journal["partial"], folder / journal["aside"]
+    for name in reversed(journal["new"]):
+        src, dst = folder / name, partial / name
+        if _lexists(dst) or not _lexists(src):
+            continue  # still waiting in the partial folder (or gone): nothing to undo
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _rename(src, dst)
+    for d in _deepest_first(journal["made_dirs"]):
+        try:
+            (folder / d).rmdir()
+        except OSError:
+            pass
+    for name in reversed(journal["old"]):
+        src, dst = aside / name, folder / name
+        if not _lexists(src) or _lexists(dst):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _rename(src, dst)
+    _unlink_quietly(folder / JOURNAL_NAME)
+    _fsync_dir(folder)
+    _remove(aside)
+
+
+def _settle(folder: Path) -> None:
+    """With the lock held: finish a commit a killed run left behind, then drop its temporary files."""
+    journal = _read_journal(folder)
+    if journal is not None:
+        try:
+            _roll_forward(folder, journal)
+        except OSError as err:
+            raise OutputError(f"could not finish the interrupted commit in {folder} ({_reason(err)}); fix the "
+                              "folder (space, permissions) and run again", err.errno) from None
+    for leftover in folder.iterdir():
+        name = leftover.name
+        if name.startswith((_PARTIAL, _OLD, _PROBE)) or (name.startswith(RESERVED) and _TEMP in name):
+            _remove(leftover)  # a killed run's; we hold the lock, nobody else uses them
+
+
+# --------------------------------------------------------------------------- #
+# inputs
+# --------------------------------------------------------------------------- #
+def _input_pairs(inputs: Inputs) -> List[Tuple[str, Path]]:
+    if not inputs:
+        return []
+    items = inputs.items() if isinstance(inputs, Mapping) else inputs
+    pairs = []
+    for label, value in items:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        pairs += [(str(label), Path(os.fspath(v)).expanduser()) for v in values if v is not None and str(v) != ""]
+    return pairs
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+        return True
+    except ValueError:
+        return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # follows symbolic links; equal inodes: hard links count too
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+# --------------------------------------------------------------------------- #
+# the run
+# --------------------------------------------------------------------------- #
 class RunOutput:
     """One run's files for ``folder``: all of them, moved into place by :meth:`commit`, or none.
 
-    ``replaces``: glob patterns of an earlier run's entries (top level of the
-    folder) that the commit removes, in addition to every name this run writes.
+    ``kind``: which results these are (``"stylize"``, ``"back-view"``...): a run replaces the
+    last complete run of its own kind (its manifest) and nothing else.
+    ``inputs``: ``{label: path or [paths]}`` (or ``(label, path)`` pairs) the run reads; it is
+    refused if it would write, replace or delete one of them, or write into an input folder.
+    ``planned``: the names the run will write, if known: checked when the run opens (before any
+    compute) and again at :meth:`commit` against what was actually written.
     """
 
-    def __init__(self, folder: PathLike, *, replaces: Sequence[str] = PACK_OUTPUTS):
-        self.folder = Path(os.fspath(folder)).expanduser()
-        self.replaces = tuple(replaces)
+    def __init__(self, folder: PathLike, *, kind: str = "run", inputs: Inputs = None,
+                 planned: Sequence[str] = ()):
+        if not isinstance(kind, str) or not _KIND.match(kind):
+            raise ValueError(f"kind {kind!r} must be letters, digits, '-' or '_' (it names the manifest file)")
+        self.folder = _folder(folder)
+        self.kind = kind
+        self.inputs = _input_pairs(inputs)
+        self.planned = [_check_name(n) for n in planned]
         self.committed = False
         self._tmp: Optional[Path] = None
         self._lock_fd: Optional[int] = None
@@ -176,21 +484,22 @@ class RunOutput:
         self.close()
 
     def open(self) -> "RunOutput":
+        """Lock the folder, finish a killed run's commit, check what this run will touch; nothing is replaced yet."""
         self._created = not self.folder.exists()
         try:
             check_writable(self.folder)
-            self._lock()
+            with hold_signals():
+                self._lock()
+                _settle(self.folder)
+            self._check(self.planned)
         except BaseException:
-            self._drop_created_folder()
+            self.close()
             raise
         try:
-            for leftover in list(self.folder.glob(_PARTIAL + "*")) + list(self.folder.glob(_OLD + "*")):
-                _remove(leftover)  # from a run that was killed; we hold the lock, nobody else uses them
             self._tmp = self.folder / f"{_PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self._tmp.mkdir()
         except OSError as err:
-            self._unlock()
-            self._drop_created_folder()
+            self.close()
             raise OutputError(f"cannot write in output folder {self.folder} ({_reason(err)})", err.errno) from None
         return self
 
@@ -204,7 +513,7 @@ class RunOutput:
 
     def close(self) -> None:
         """Drop whatever was not committed (temporary files) and release the lock."""
-        with _hold_sigint():
+        with hold_signals():
             if self._tmp is not None:
                 _remove(self._tmp)
                 self._tmp = None
@@ -216,10 +525,8 @@ class RunOutput:
         """Temporary path to write ``name`` (relative, may contain ``/``) to; it lands at ``folder/name``."""
         if self._tmp is None:
             raise RuntimeError("RunOutput is not open (use it as a context manager)")
-        rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise ValueError(f"output name {name!r} must be a relative path inside the output folder")
-        target = self._tmp / rel
+        name = _check_name(name)
+        target = self._tmp / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if name not in self._written:
             self._written.append(name)
@@ -253,54 +560,80 @@ class RunOutput:
     def names(self) -> list:
         return list(self._written)
 
+    # ----------------------------------------------------------------- checks
+    def _check(self, names: Sequence[str]) -> Tuple[List[str], List[str]]:
+        """Refuse (one sentence) if writing ``names`` and replacing the earlier set would touch what is not ours.
+
+        Returns the earlier run's files that the commit replaces (those still exactly as it wrote
+        them) and the folders it made.
+        """
+        files, dirs = _read_manifest(self.folder, self.kind)
+        ours = [n for n, record in sorted(files.items()) if _unchanged(self.folder / n, record)]
+        of_kind = "" if self.kind == "run" else f"{self.kind} "
+        touched = [self.folder / n for n in sorted(set(names) | set(ours))]
+        for label, source in self.inputs:
+            if not _lexists(source):
+                continue
+            for target in touched:
+                if source.is_dir() and _inside(target, source):
+                    raise OutputError(f"{label} {source} would receive this run's file {target}; choose an output "
+                                      "folder outside it", _errno.EEXIST)
+                if _lexists(target) and _same_file(target, source):
+                    raise OutputError(f"{label} {source} is {target}, a file this run would replace; copy it "
+                                      "elsewhere first or choose another output folder", _errno.EEXIST)
+        for name in names:
+            for parent in _parents(name):
+                p = self.folder / parent
+                if _lexists(p) and (p.is_symlink() or not p.is_dir()):
+                    raise OutputError(f"{p} is not a folder (a file or a symbolic link) but this run writes "
+                                      f"{self.folder / name}; move it away or choose another output folder",
+                                      _errno.EEXIST)
+            target = self.folder / name
+            if _lexists(target) and name not in ours:
+                what = (f"was changed after an earlier {of_kind}run wrote it" if name in files else
+                        f"already exists and was not written by an earlier {of_kind}run in {self.folder}")
+                raise OutputError(f"{target} {what}; move that file away or choose another output folder",
+                                  _errno.EEXIST)
+        return ours, dirs
+
     # ----------------------------------------------------------------- commit
     def commit(self) -> None:
-        """Move the run's files into the folder, replacing an earlier run's files as a whole."""
+        """Replace the earlier set of this kind with this run's files (see the module docstring for the order)."""
         if self._tmp is None:
             raise RuntimeError("RunOutput is not open (use it as a context manager)")
         tmp = self._tmp
-        new = sorted(p.name for p in tmp.iterdir())
-        with _hold_sigint():
+        new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
+                     if p.is_symlink() or not p.is_dir())
+        try:
+            _fsync_tree(tmp)
+            records = {n: _record(tmp / n) for n in new}
+        except OSError as err:
+            raise OutputError(f"could not write the results into {tmp} ({_reason(err)}); nothing in "
+                              f"{self.folder} was changed", err.errno) from None
+        old, old_dirs = self._check(new)
+        needed = {d for n in new for d in _parents(n)}
+        made = sorted(d for d in needed if not _lexists(self.folder / d))
+        journal = {"format": _FORMAT, "kind": self.kind, "partial": tmp.name,
+                   "aside": f"{_OLD}{tmp.name[len(_PARTIAL):]}", "old": old, "new": new,
+                   "drop_dirs": sorted(set(old_dirs) - needed), "made_dirs": made,
+                   "manifest": _manifest(self.kind, records, set(made) | (set(old_dirs) & needed))}
+        with hold_signals():
             try:
-                for name in new:
-                    _fsync_tree(tmp / name)
-                _fsync_dir(tmp)
+                _write_json_atomically(self.folder / JOURNAL_NAME, journal)  # the commit point
             except OSError as err:
-                raise OutputError(f"could not write the results into {tmp} ({_reason(err)}); nothing in "
+                raise OutputError(f"could not write {self.folder / JOURNAL_NAME} ({_reason(err)}); nothing in "
                                   f"{self.folder} was changed", err.errno) from None
-            old_dir = self.folder / f"{_OLD}{tmp.name[len(_PARTIAL):]}"
-            stale = sorted(p.name for p in self.folder.iterdir()
-                           if not p.name.startswith(".ds360")
-                           and (p.name in new or any(fnmatch(p.name, pat) for pat in self.replaces)))
-            moved_old, moved_new, done = [], [], False
             try:
-                old_dir.mkdir()
-                for name in stale:
-                    os.replace(self.folder / name, old_dir / name)
-                    moved_old.append(name)
-                for name in new:
-                    os.replace(tmp / name, self.folder / name)
-                    moved_new.append(name)
-                _fsync_dir(self.folder)
-                done = True
+                _roll_forward(self.folder, journal)
             except OSError as err:
-                for name in reversed(moved_new):  # undo: the earlier run's files go back
-                    _remove(self.folder / name)
-                for name in reversed(moved_old):
-                    try:
-                        os.replace(old_dir / name, self.folder / name)
-                    except OSError:
-                        pass
-                raise OutputError(f"could not move the results into {self.folder} ({_reason(err)}); the folder "
-                                  "was left as it was", err.errno) from None
-            finally:
-                if done:
-                    _remove(old_dir)  # the earlier run's files
-                else:
-                    try:
-                        old_dir.rmdir()  # empty once everything went back
-                    except OSError:
-                        pass
+                try:
+                    _roll_back(self.folder, journal)
+                    kept = "the folder was left as it was"
+                except OSError:
+                    kept = "the next run into the folder finishes the commit"
+                raise OutputError(f"could not move the results into {self.folder} ({_reason(err)}); {kept}",
+                                  err.errno) from None
+            self._tmp = None  # moved in; the partial folder is gone
             self.committed = True
 
     # ------------------------------------------------------------------- lock
@@ -311,6 +644,18 @@ class RunOutput:
             return OutputError(f"output folder {self.folder} is in use by another DiffStyle360 run ({who}); "
                                "wait for it to finish or choose another folder", _errno.EBUSY)
 
+        def not_ours(what: str) -> OutputError:
+            return OutputError(f"{lock} is {what}, not a DiffStyle360 lock file; move it away or choose another "
+                               "output folder", _errno.EEXIST)
+
+        if _lexists(lock):
+            st = os.lstat(lock)
+            if stat.S_ISDIR(st.st_mode):
+                raise not_ours("a folder")
+            if stat.S_ISLNK(st.st_mode):
+                raise not_ours("a symbolic link")
+            if not stat.S_ISREG(st.st_mode):
+                raise not_ours("a special file")
         if fcntl is None:  # pragma: no cover - Windows
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -320,7 +665,17 @@ class RunOutput:
             self._lock_fd = fd
             return
         for _ in range(100):
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as err:
+                if err.errno in (_errno.ELOOP, _errno.EISDIR):
+                    raise not_ours("a symbolic link" if err.errno == _errno.ELOOP else "a folder") from None
+                raise OutputError(f"cannot create {lock} ({_reason(err)}); choose another output folder",
+                                  err.errno) from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                os.close(fd)
+                raise not_ours("a file with other hard links" if stat.S_ISREG(st.st_mode) else "a special file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -350,32 +705,29 @@ class RunOutput:
             _unlink_quietly(self.folder / LOCK_NAME)
 
 
+def current_files(folder: PathLike, kind: str = "run") -> List[str]:
+    """The files of the last complete run of ``kind`` in ``folder`` (relative names), as the folder reads now.
+
+    Takes the folder's lock (refused while a run holds it) and first finishes a commit that a
+    killed run left behind, so the answer is always one complete set. ``[]`` if there is none.
+    """
+    path = _folder(folder)
+    if not path.is_dir():
+        return []
+    reader = RunOutput(path, kind=kind)
+    with hold_signals():
+        reader._lock()
+        try:
+            _settle(path)
+            files, _ = _read_manifest(path, kind)
+        finally:
+            reader._unlock()
+    return sorted(files)
+
+
 def _owner(lock: Path) -> str:
     try:
         pid = lock.read_text().strip()
     except OSError:
         pid = ""
     return f"process {pid}, lock file {lock}" if pid else f"lock file {lock}"
-
-
-def _fsync_tree(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            _fsync_tree(child)
-        _fsync_dir(path)
-        return
-    _fsync_path(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened on Windows
-        return
-    _fsync_path(path)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,8 +7,8 @@ run or nothing); the ComfyUI nodes hand images to the host's own save nodes inst
 from __future__ import annotations
 
 import os
+import re
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +20,13 @@ from .outputs import RunOutput
 
 SAVE_FORMATS = ("png", "gif", "webp")
 
+
+def view_names(n: int, *, prefix: str = "view", formats: Sequence[str] = SAVE_FORMATS) -> list:
+    """The names :func:`save_views` writes for ``n`` views (known before any compute: a run checks them first)."""
+    names = [f"{prefix}_{i:03d}.png" for i in range(n)] if "png" in formats else []
+    names += ["turntable.gif"] if "gif" in formats else []
+    names += ["turntable.webp"] if "webp" in formats and features.check("webp") else []
+    return names
 
 
 def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, prefix: str = "view",
@@ -35,9 +42,10 @@ def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, pre
 
     ``out``: an open :class:`~diffstyle360_core.cli.outputs.RunOutput` (the files become
     part of that run and appear at its ``commit()``), or a folder: then this call is
-    one run of its own: all its files appear together or none do, and an earlier
-    ``{prefix}_*.png`` set (and turntable, if written) in that folder is replaced as a
-    whole. A write error (e.g. a full disk) raises
+    one run of its own (kind ``save_views-<prefix>``): all its files appear together or
+    none do, and the set an earlier ``save_views`` call with the same prefix wrote there
+    is replaced as a whole; any other file of that name is refused, never overwritten.
+    A write error (e.g. a full disk) raises
     :class:`~diffstyle360_core.cli.outputs.OutputError` naming the file.
 
     The official code writes a 10 fps mp4 (facts §1 "Output"); 10 fps is the default.
@@ -58,11 +66,8 @@ def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, pre
             or not np.isfinite(fps) or fps <= 0:
         raise ImageInputError(f"save_views: fps must be a number > 0, got {fps!r}")
     if not isinstance(out, RunOutput):
-        first = Path(prefix).parts[0] if Path(prefix).parts else prefix
-        replaces = [f"{prefix}_*.png" if first == prefix else first]
-        if "gif" in fmts or "webp" in fmts:
-            replaces += ["turntable.gif", "turntable.webp"]
-        with RunOutput(out, replaces=replaces) as run:
+        kind = "save_views-" + re.sub(r"[^A-Za-z0-9_-]", "_", prefix)[:40]
+        with RunOutput(out, kind=kind, planned=view_names(len(x), prefix=prefix, formats=fmts)) as run:
             result = save_views(x, run, prefix=prefix, fps=fps, formats=fmts)
             run.commit()
         return result
@@ -70,7 +75,8 @@ def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, pre
     duration = max(1, int(round(1000.0 / float(fps))))
     result: dict = {}
     if "png" in fmts:
-        result["png"] = [out.write(f"{prefix}_{i:03d}.png", fr.save) for i, fr in enumerate(frames)]
+        names = view_names(len(frames), prefix=prefix, formats=("png",))
+        result["png"] = [out.write(name, fr.save) for name, fr in zip(names, frames)]
     if "gif" in fmts:
         result["gif"] = out.write("turntable.gif", lambda p: frames[0].save(
             p, format="GIF", save_all=True, append_images=frames[1:], loop=0, duration=duration, disposal=2))
