@@ -128,6 +128,9 @@ def test_an_input_folder_never_receives_the_runs_files(tiny_weights, tmp_path, c
     assert line.startswith(f"error: {label} {folder} would receive this run's file {out}/"), line
     assert line.endswith("; choose an output folder outside it")
     assert _files(folder) == before and not _hidden(folder) and not fake_models
+    if label == "--guide-frames":  # input folders are read file by file: a subfolder of one is a fine output
+        assert main(args[:-2] + ["--guide-frames", str(out), "--out", str(out / "sub")]) == 0
+        assert _files(folder) == {**before, **{f"sub/{k}": v for k, v in _files(out / "sub").items()}}
 
 
 # --------------------------------------------------------------------------- #

@@ -4,6 +4,7 @@ Interrupted saves, concurrent runs, fewer views over an older run, unwritable
 folders and a full disk, all on small tensors (no model)."""
 
 import errno
+import json
 import os
 import re
 import signal
@@ -266,6 +267,25 @@ def test_a_damaged_manifest_is_refused_in_one_sentence_and_nothing_is_deleted(tm
             _run(out, _views(3, 0.0))
         assert {k: v for k, v in _snapshot(out).items() if "manifest" not in k} == \
             {k: v for k, v in before.items() if "manifest" not in k}
+
+
+def test_a_damaged_or_hostile_journal_is_refused_and_nothing_is_moved(tmp_path):
+    out = tmp_path / "out"
+    _run(out, _views(2, 0.5))
+    (tmp_path / "outside.txt").write_text("not yours")
+    before = _snapshot(out)
+    journal = out / outputs.JOURNAL_NAME
+    hostile = {"format": "diffstyle360-run", "kind": "run", "partial": ".ds360-partial-x", "aside": "../x",
+               "old": ["view_000.png"], "new": [], "drop_dirs": [], "made_dirs": [],
+               "manifest": {"files": {}, "dirs": []}}
+    for text in ("{truncated", json.dumps(hostile),
+                 json.dumps({**hostile, "aside": ".ds360-old-x", "old": ["../outside.txt"]})):
+        journal.write_text(text)
+        with pytest.raises(OutputError, match=rf"an interrupted commit in {out} cannot be finished: {journal} is "
+                                              rf"damaged .*; move your files out of {out} and delete"):
+            _run(out, _views(3, 0.0))
+        assert {k: v for k, v in _snapshot(out).items() if k != journal.name} == before
+        assert (tmp_path / "outside.txt").read_text() == "not yours"
 
 
 def test_a_subfolder_that_is_a_link_is_never_written_through(tmp_path):

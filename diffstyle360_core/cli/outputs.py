@@ -20,8 +20,8 @@ The rules:
   refused (before any compute when the caller says which names it will write,
   ``planned``), with one sentence saying to move the file or choose another folder.
   So is a run that would write or replace one of its own ``inputs`` (compared as
-  resolved paths and as files, so symbolic and hard links count), or write into an
-  input folder.
+  files, so symbolic and hard links count), or write a file directly into an input
+  folder (input folders are read file by file, not recursively).
 * **Nothing partial.** Files are written into ``out/.ds360-partial-<pid>-<id>/``
   (inside the target: same filesystem, so renames are atomic). Leaving the
   ``with`` block without a commit (an error, a signal) deletes it and leaves
@@ -431,14 +431,6 @@ def _input_pairs(inputs: Inputs) -> List[Tuple[str, Path]]:
     return pairs
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
-        return True
-    except ValueError:
-        return False
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)  # follows symbolic links; equal inodes: hard links count too
@@ -575,7 +567,7 @@ class RunOutput:
             if not _lexists(source):
                 continue
             for target in touched:
-                if source.is_dir() and _inside(target, source):
+                if source.is_dir() and _lexists(target.parent) and _same_file(target.parent, source):
                     raise OutputError(f"{label} {source} would receive this run's file {target}; choose an output "
                                       "folder outside it", _errno.EEXIST)
                 if _lexists(target) and _same_file(target, source):
