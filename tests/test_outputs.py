@@ -288,6 +288,24 @@ def test_a_damaged_or_hostile_journal_is_refused_and_nothing_is_moved(tmp_path):
         assert (tmp_path / "outside.txt").read_text() == "not yours"
 
 
+def test_a_forged_journal_cannot_delete_or_overwrite_a_file_that_is_not_ours(tmp_path):
+    out = tmp_path / "out"
+    _run(out, _views(2, 0.5))
+    (out / "notes.txt").write_text("mine")
+    (out / ".ds360-partial-forged").mkdir()
+    (out / ".ds360-partial-forged" / "view_000.png").write_bytes(b"forged")
+    forged = {"format": "diffstyle360-run", "kind": "run", "partial": ".ds360-partial-forged",
+              "aside": ".ds360-old-forged", "old": ["notes.txt"], "new": ["view_000.png"], "drop_dirs": [],
+              "made_dirs": [], "manifest": {"files": {}, "dirs": []}}
+    (out / outputs.JOURNAL_NAME).write_text(json.dumps(forged))
+    before = _snapshot(out)
+    with pytest.raises(OutputError, match=r"could not finish the interrupted commit in .*view_000.png appeared "
+                                          r"during the run; move it away and run again"):
+        RunOutput(out).open()  # notes.txt is in no manifest: it stays; view_000.png is there: never replaced
+    assert (out / "notes.txt").read_text() == "mine"
+    assert _snapshot(out)["view_000.png"] == before["view_000.png"]
+
+
 def test_a_subfolder_that_is_a_link_is_never_written_through(tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -333,6 +333,8 @@ def _read_journal(folder: Path) -> Optional[dict]:
         for key, prefix in (("partial", _PARTIAL), ("aside", _OLD)):
             if not re.fullmatch(re.escape(prefix) + r"[A-Za-z0-9_-]+", str(data[key])):
                 raise ValueError(f"bad {key} folder name")
+            if (folder / data[key]).is_symlink():
+                raise ValueError(f"{data[key]} is a symbolic link")
         for key in ("old", "new", "drop_dirs", "made_dirs"):
             data[key] = [_check_name(n) for n in data[key]]
         _manifest(kind, {_check_name(n): r for n, r in data["manifest"]["files"].items()}, data["manifest"]["dirs"])
@@ -343,63 +345,70 @@ def _read_journal(folder: Path) -> Optional[dict]:
     return data
 
 
-def _roll_forward(folder: Path, journal: dict) -> None:
+def _manifest_written(folder: Path, journal: dict) -> bool:
+    try:
+        return json.loads(manifest_path(folder, journal["kind"]).read_text()) == journal["manifest"]
+    except (OSError, ValueError):
+        return False
+
+
+def _roll_forward(folder: Path, journal: dict, moved: Optional[List[Tuple[Path, Path]]] = None) -> None:
     """Finish a commit whose journal was written: the old set steps aside, the new set moves in.
 
-    Every step checks what is already done, so this can run again after a kill at any point.
+    Every step checks what is already done, so this can run again after a kill at any point. Even
+    a journal someone else wrote cannot make it delete or overwrite a file that is not ours: only
+    files the kind's manifest lists, unchanged, step aside, and a new file never replaces one
+    that is there. ``moved`` collects the renames done, for :func:`_roll_back`.
     """
+    moved = [] if moved is None else moved
     partial, aside = folder / journal["partial"], folder / journal["aside"]
-    for name in journal["old"]:  # 1. the earlier run's files step aside (all of them before any new one moves)
-        src, dst = folder / name, aside / name
-        if _lexists(dst) or not _lexists(src):
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _rename(src, dst)
-    for d in _deepest_first(journal["drop_dirs"]):  # 2. folders the earlier run made and nothing needs now
-        try:
-            (folder / d).rmdir()  # only if empty: a user's file inside keeps it
-        except OSError:
-            pass
-    touched = {folder}
-    for name in journal["new"]:  # 3. the new files move in
-        src, dst = partial / name, folder / name
-        if not _lexists(src):
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _rename(src, dst)
-        touched.add(dst.parent)
-    for d in sorted(touched):
-        _fsync_dir(d)
-    _write_json_atomically(manifest_path(folder, journal["kind"]), journal["manifest"])  # 4. the new manifest
+    if not _manifest_written(folder, journal):  # steps 1-3 were not all done yet
+        files, dirs = _read_manifest(folder, journal["kind"])
+        for name in journal["old"]:  # 1. the earlier run's files step aside (all of them before any new one moves)
+            src, dst = folder / name, aside / name
+            if _lexists(dst) or name not in files or not _unchanged(src, files[name]):
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _rename(src, dst)
+            moved.append((src, dst))
+        for d in _deepest_first(set(journal["drop_dirs"]) & set(dirs)):  # 2. folders it made, not needed now
+            try:
+                (folder / d).rmdir()  # only if empty: a user's file inside keeps it
+            except OSError:
+                pass
+        touched = {folder}
+        for name in journal["new"]:  # 3. the new files move in
+            src, dst = partial / name, folder / name
+            if not _lexists(src):
+                continue  # moved in before
+            if _lexists(dst):
+                raise FileExistsError(_errno.EEXIST, f"{dst} appeared during the run; move it away and run again")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _rename(src, dst)
+            moved.append((src, dst))
+            touched.add(dst.parent)
+        for d in sorted(touched):
+            _fsync_dir(d)
+        _write_json_atomically(manifest_path(folder, journal["kind"]), journal["manifest"])  # 4. the new manifest
     _unlink_quietly(folder / JOURNAL_NAME)  # 5. done
     _fsync_dir(folder)
     _remove(aside)
     _remove(partial)
 
 
-def _roll_back(folder: Path, journal: dict) -> None:
-    """Undo a commit that failed part-way (an I/O error, not a kill): the new files go back, the old ones return."""
-    partial, aside = folder / journal["partial"], folder / journal["aside"]
-    for name in reversed(journal["new"]):
-        src, dst = folder / name, partial / name
-        if _lexists(dst) or not _lexists(src):
-            continue  # still waiting in the partial folder (or gone): nothing to undo
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _rename(src, dst)
+def _roll_back(folder: Path, journal: dict, moved: List[Tuple[Path, Path]]) -> None:
+    """Undo the renames of a commit that failed part-way (an I/O error, not a kill), newest first."""
+    for src, dst in reversed(moved):
+        src.parent.mkdir(parents=True, exist_ok=True)
+        _rename(dst, src)
     for d in _deepest_first(journal["made_dirs"]):
         try:
             (folder / d).rmdir()
         except OSError:
             pass
-    for name in reversed(journal["old"]):
-        src, dst = aside / name, folder / name
-        if not _lexists(src) or _lexists(dst):
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _rename(src, dst)
     _unlink_quietly(folder / JOURNAL_NAME)
     _fsync_dir(folder)
-    _remove(aside)
+    _remove(folder / journal["aside"])
 
 
 def _settle(folder: Path) -> None:
@@ -409,8 +418,8 @@ def _settle(folder: Path) -> None:
         try:
             _roll_forward(folder, journal)
         except OSError as err:
-            raise OutputError(f"could not finish the interrupted commit in {folder} ({_reason(err)}); fix the "
-                              "folder (space, permissions) and run again", err.errno) from None
+            raise OutputError(f"could not finish the interrupted commit in {folder} ({_reason(err)}); fix that "
+                              "(space, permissions, a file in the way) and run again", err.errno) from None
     for leftover in folder.iterdir():
         name = leftover.name
         if name.startswith((_PARTIAL, _OLD, _PROBE)) or (name.startswith(RESERVED) and _TEMP in name):
@@ -615,11 +624,12 @@ class RunOutput:
             except OSError as err:
                 raise OutputError(f"could not write {self.folder / JOURNAL_NAME} ({_reason(err)}); nothing in "
                                   f"{self.folder} was changed", err.errno) from None
+            moved: List[Tuple[Path, Path]] = []
             try:
-                _roll_forward(self.folder, journal)
+                _roll_forward(self.folder, journal, moved)
             except OSError as err:
                 try:
-                    _roll_back(self.folder, journal)
+                    _roll_back(self.folder, journal, moved)
                     kept = "the folder was left as it was"
                 except OSError:
                     kept = "the next run into the folder finishes the commit"
