@@ -86,7 +86,7 @@ def test_a_content_file_named_view_000_in_out_is_refused_and_left_intact(tiny_we
     args[args.index("--content") + 1] = str(mine)
     assert main(args) == 2
     line = _one_error_line(capsys)
-    assert line == (f"error: --content {mine} is {mine}, a file this run would replace; copy it elsewhere first "
+    assert line == (f"error: --content {mine} is a file this run would replace; copy it elsewhere first "
                     "or choose another output folder")
     assert mine.read_bytes() == CONTENT.read_bytes() and not fake_models  # refused before any sampling
     assert sorted(p.name for p in out.iterdir()) == ["view_000.png"]  # no lock, temp folder or manifest
@@ -104,7 +104,8 @@ def test_an_earlier_runs_back_view_as_input_is_refused_also_through_links(tiny_w
     for given in (back, tmp_path / "soft.png", tmp_path / "hard.png"):
         assert main(_stylize(tiny_weights, out, "--views", "2", "--content-back", str(given))) == 2
         line = _one_error_line(capsys)
-        assert line.startswith(f"error: --content-back {given} is {back}, a file this run would replace"), line
+        which = "" if given == back else f" (the same file as {back})"
+        assert line.startswith(f"error: --content-back {given}{which} is a file this run would replace"), line
     assert _files(out) == before and not _hidden(out) and len(fake_models) == 1
     assert main(_stylize(tiny_weights, tmp_path / "other", "--views", "2", "--content-back", str(back))) == 0
 

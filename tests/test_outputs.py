@@ -1,4 +1,4 @@
-"""Run outputs (issue 10): a folder holds one complete run, or nothing new.
+"""Run outputs (issues 10, 14): a folder holds complete runs; a run replaces only its kind's manifest set.
 
 Interrupted saves, concurrent runs, fewer views over an older run, unwritable
 folders and a full disk, all on small tensors (no model)."""

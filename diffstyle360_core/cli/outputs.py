@@ -35,11 +35,16 @@ The rules:
   Every step can be redone, so a process killed anywhere (SIGKILL, power loss)
   leaves a folder that the next :meth:`RunOutput.open` on it, or
   :func:`current_files`, completes to exactly the new set; killed before the
-  journal, the old set is untouched. A failing rename (an I/O error) moves
-  everything back and deletes the journal. SIGINT, SIGTERM and SIGHUP arriving
+  journal, the old set is untouched. Finishing never trusts the journal alone:
+  only files the kind's manifest lists, unchanged, step aside, and a new file
+  never replaces one in its way. A failing rename (an I/O error) undoes the
+  renames done and deletes the journal. SIGINT, SIGTERM and SIGHUP arriving
   while files move are held until the step is done (main thread), then delivered.
   Between a kill and the next open a plain ``ls`` may show a mix; opening the
-  folder (any run, or :func:`current_files`) settles it first.
+  folder (any run, or :func:`current_files`) settles it first. (Why a journal and
+  not a fresh subfolder behind one switched link: users expect ``view_000.png``
+  directly in ``out/``, beside their own files, and one rename cannot swap many
+  names of one folder.)
 * **One run at a time.** Entering takes an exclusive lock on ``out/.ds360.lock``
   (``fcntl.flock``: released by the OS if the process dies); a second run on the
   folder is refused at once. The lock file must be a plain file of ours: a folder,
@@ -580,7 +585,8 @@ class RunOutput:
                     raise OutputError(f"{label} {source} would receive this run's file {target}; choose an output "
                                       "folder outside it", _errno.EEXIST)
                 if _lexists(target) and _same_file(target, source):
-                    raise OutputError(f"{label} {source} is {target}, a file this run would replace; copy it "
+                    which = "" if source == target else f" (the same file as {target})"
+                    raise OutputError(f"{label} {source}{which} is a file this run would replace; copy it "
                                       "elsewhere first or choose another output folder", _errno.EEXIST)
         for name in names:
             for parent in _parents(name):
