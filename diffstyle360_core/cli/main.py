@@ -241,9 +241,14 @@ def _register_plugin(module: str, sub) -> Dict[str, Callable]:
 # --------------------------------------------------------------------------- #
 # cheap checks (no model code imported, no weights loaded)
 # --------------------------------------------------------------------------- #
+def _require_folder(value, flag: str, example: str) -> None:
+    """An empty folder name would mean the current folder: never what was asked for."""
+    if not str(value).strip():
+        raise O.InputError(f"{flag} is empty; give an output folder, e.g. {example}")
+
+
 def _check_sampler(args) -> "O.SamplerOptions":
-    if not str(args.out).strip():
-        raise O.InputError("--out is empty; give an output folder, e.g. --out out/")
+    _require_folder(args.out, "--out", "--out out/")
     return O.SamplerOptions(args.seed, args.steps, args.cfg, args.eta, args.scheduler).checked()  # main() names flags
 
 
@@ -519,6 +524,7 @@ BACK_VIEW = "back_000.png"
 
 
 def _convert(args) -> None:
+    _require_folder(args.out, "--out", "--out WEIGHTS/main")
     STATE.interrupt_note = f"interrupted; {args.out} may hold an incomplete conversion: run convert again"
     from ..weights import convert_checkpoint
 
@@ -528,6 +534,7 @@ def _convert(args) -> None:
 
 
 def _make_tiny(args) -> None:
+    _require_folder(args.outdir, "the output folder name", "make-tiny tiny/")
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         raise O.InputError(f"{args.outdir} is a file; give a folder for the tiny model set")
     STATE.interrupt_note = f"interrupted; {args.outdir} may hold an incomplete tiny set: run make-tiny again"
