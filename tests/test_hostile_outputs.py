@@ -171,7 +171,8 @@ def test_an_empty_out_is_refused_and_the_current_folder_untouched(tiny_weights, 
     assert main(["convert", "--checkpoint", str(tiny_weights / "original" / "back_head-tiny.th"), "--out", ""]) == 2
     assert _one_error_line(capsys) == "error: --out is empty; give an output folder, e.g. --out WEIGHTS/main"
     assert main(["make-tiny", ""]) == 2
-    assert _one_error_line(capsys) == "error: the output folder name is empty; give an output folder, e.g. make-tiny tiny/"
+    assert _one_error_line(capsys) == ("error: the output folder name is empty; give an output folder, "
+                                       "e.g. make-tiny tiny/")
     assert list(tmp_path.iterdir()) == [] and not fake_models
 
 
