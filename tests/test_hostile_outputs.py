@@ -307,7 +307,7 @@ def test_a_sigkill_at_every_rename_of_the_commit_leaves_the_old_or_the_new_compl
 def test_the_next_run_settles_a_killed_commit_before_its_own_checks(tmp_path):
     out, run = _killed_commit(tmp_path, 4)  # journal + 3 of the old files moved aside, nothing new in yet
     assert run.returncode == -signal.SIGKILL
-    mix = ["view_001.png", "view_002.png", "view_099.png"]  # a plain ls: two old views are already aside
+    mix = ["view_001.png", "view_002.png", "view_099.png"]  # a plain ls: old view_000 is aside, 001-002 not yet
     assert sorted(p.name for p in out.glob("view_*.png")) == mix
     with RunOutput(out, kind="stylize", planned=list(NEW)) as again:  # its own names are ours once settled
         assert _files(out) == {**NEW, **USER}
