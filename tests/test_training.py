@@ -77,7 +77,13 @@ def test_outputs_written(trained):
     assert json.loads((out / "style_module.json").read_text()) == info
     assert (out / "previews" / "step_000002.png").is_file()
     assert any((out / "logs").rglob("events.out.tfevents.*"))
-    assert (out / "checkpoints" / "step_000002" / "trainable.safetensors").is_file()
+    checkpoint = out / "checkpoints" / "step_000002"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["optimizer.safetensors", "rng_0.safetensors",
+                                                              "state.json", "trainable.safetensors"]
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["step"] == 2 and state["processes"] == 1
+    assert state["fingerprint"]["recipe"]["learning_rate"] == 1e-3 and state["fingerprint"]["recipe"]["seed"] == 0
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == state["fingerprint"]
 
 
 def test_loss_goes_down_when_overfitting_one_sample(tiny_weights, data):
