@@ -334,12 +334,12 @@ def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, star
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
                 save(step)
             signum = _stop_requested(stop, accelerator)
-            if signum:
+            if signum and not last:  # at the last step the run is complete and saved: it simply ends
                 if saved_step != step:
                     save(step)
                 bar.close()
                 raise TrainingInterrupted(kept.stopped_at(step), signum)
-            if main and config.preview_every and (step % config.preview_every == 0 or last):
+            if main and config.preview_every and (step % config.preview_every == 0 or last) and not signum:
                 grid = save_preview(unwrapped, preview_item, config, out / "previews" / f"step_{step:06d}.png",
                                     accelerator)
                 try:

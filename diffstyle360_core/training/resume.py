@@ -133,7 +133,8 @@ def restore_rng(t: Mapping[str, torch.Tensor]) -> None:
 # writing (atomic: hidden temporary folder, then one rename)
 # ----------------------------------------------------------------------------------------------
 def _fsync(path: Path) -> None:
-    if os.name != "posix" and path.is_dir():  # pragma: no cover - folders cannot be opened on Windows
+    """Flush a file or folder to disk before the rename that publishes it (POSIX; elsewhere the OS decides)."""
+    if os.name != "posix":  # pragma: no cover - Windows cannot open folders, nor fsync read-only handles
         return
     fd = os.open(path, os.O_RDONLY)
     try:
