@@ -2,7 +2,9 @@
 
 ``register(subparsers)`` adds both and returns ``{command: handler}``; a handler
 takes the parsed ``argparse.Namespace`` and raises ``ValueError``/``OSError`` for
-problems the user can fix (the CLI prints those as one ``error:`` line).
+problems the user can fix (the CLI prints those as one ``error:`` line). ``train``
+returns its exit code: 0, or 130/143/129 when Ctrl-C/SIGTERM/SIGHUP stopped it
+after saving the current step (the line printed says what was kept).
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def _require_training_packages() -> None:
 
 
 #: Settings named in training messages → the flags that set them (messages of the library name settings).
-TRAIN_FLAGS = {"mixed_precision": "--mixed-precision", "device": "--device", "steps": "--steps", "seed": "--seed", "learning_rate": "--lr", "views_per_sample": "--views"}
+TRAIN_FLAGS = {"mixed_precision": "--mixed-precision", "device": "--device", "steps": "--steps", "seed": "--seed",
+               "learning_rate": "--lr", "views_per_sample": "--views"}
 TINY_FLAGS = {"samples": "--samples", "views": "--views", "size": "--size", "seed": "--seed"}
 
 
@@ -158,17 +161,15 @@ def register(subparsers) -> Dict[str, Handler]:
 
 def main(argv=None) -> int:
     """Standalone entry (``python -m diffstyle360_core.cli.train``) until the main CLI wires ``register``."""
-    import sys
-
     parser = argparse.ArgumentParser(prog="python -m diffstyle360_core.cli.train")
     handlers = register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
-        handlers[args.command](args)
+        code = handlers[args.command](args)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
