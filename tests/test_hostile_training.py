@@ -378,24 +378,32 @@ def test_checkpoint_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- item 4: signals
+def _default_signals():  # the test runner may ignore some signals (nohup, background jobs); a user's shell does not
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _start_long_run(argv, out):
+    """``train`` in a subprocess, returned once its loop has started (run.json written: signals are deferred)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "diffstyle360_core", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    deadline = time.time() + 240
+    while not (out / "run.json").exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"training did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["INT", "TERM", "HUP"])
 def test_signal_during_training_saves_the_current_step_and_says_so(tiny_weights, data, tmp_path, signum):
     out = tmp_path / "run"
     argv = _args(tiny_weights, data, out, "--checkpoint-every", "0")
     argv[argv.index("--steps") + 1] = "1000"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-    def default_signals():  # the test runner may ignore some signals (nohup, background jobs); a user's shell does not
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, signal.SIG_DFL)
-
-    proc = subprocess.Popen([sys.executable, "-m", "diffstyle360_core", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    proc = _start_long_run(argv, out)
     try:
-        deadline = time.time() + 240
-        while not (out / "run.json").exists():  # written when the loop starts; from then on a signal is deferred
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.05)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=240)
     finally:
@@ -416,6 +424,33 @@ def test_signal_during_training_saves_the_current_step_and_says_so(tiny_weights,
         argv[argv.index("--steps") + 1] = str(step + 1)
         assert main([*argv, "--resume", "latest"]) == 0
         assert read_state(out / "checkpoints" / f"step_{step + 1:06d}").step == step + 1
+
+
+def test_second_ctrl_c_stops_at_once_and_says_truly_what_was_kept(tiny_weights, data, tmp_path):
+    out = tmp_path / "run"
+    argv = _args(tiny_weights, data, out, "--checkpoint-every", "0")
+    argv[argv.index("--steps") + 1] = "1000"
+    proc = _start_long_run(argv, out)
+    try:
+        proc.send_signal(signal.SIGINT)
+        seen = []
+        while "stopping after the current step" not in "".join(seen):  # the first one was noted
+            line = proc.stderr.readline()
+            assert line, seen
+            seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    saved = checkpoint_folders(out)
+    if last.startswith("interrupted again"):  # the usual case: the second Ctrl-C came during the step
+        assert not saved and "before any checkpoint" in last and "--resume latest" in last, (last, saved)
+    else:  # the step and its checkpoint were done before the second Ctrl-C arrived
+        assert last.startswith("interrupted at step") and saved, last
+    assert "Traceback" not in err and not list(out.rglob("step_*/*.tmp"))
 
 
 def test_stop_signals_defer_in_the_loop_and_stop_at_once_before_it_or_when_repeated():

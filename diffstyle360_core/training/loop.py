@@ -121,7 +121,8 @@ class _Kept:
 
     def __init__(self, out: Path, shown_out: str, resumed_from: Optional[Path]):
         self.out, self.shown_out, self.resumed_from = out, shown_out, resumed_from
-        self.checkpoint: Optional[Path] = None
+        inside = resumed_from is not None and resumed_from.resolve().parent == (out / CHECKPOINT_DIR).resolve()
+        self.checkpoint: Optional[Path] = resumed_from if inside else None  # what --resume latest would take
         self.module: Optional[Path] = None
 
     def show(self, path: Path) -> str:
@@ -138,9 +139,11 @@ class _Kept:
         if self.checkpoint is not None:
             return (f"interrupted again during step {step + 1}; kept {self.saved()} (step {step_of(self.checkpoint)}); "
                     "resume with --resume latest")
-        again = f"--resume {self.resumed_from}" if self.resumed_from is not None else "--resume latest"
+        if self.resumed_from is not None:
+            return (f"interrupted again during step {step + 1}, before any checkpoint in {self.shown_out}; resume "
+                    f"again with --resume {self.resumed_from}")
         return (f"interrupted again during step {step + 1}, before any checkpoint; {self.shown_out} holds only the "
-                f"run's settings ({RUN_FILE}, config.yaml) and logs; run again with {again}")
+                f"run's settings ({RUN_FILE}, config.yaml) and logs; run again with --resume latest")
 
 
 def step_of(folder: Path) -> int:
