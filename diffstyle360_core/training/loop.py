@@ -33,7 +33,7 @@ from .dataset import StepSampler, StylizationDataset, collate_one, validate_data
 from .fingerprint import run_fingerprint
 from .interrupt import StopSignals, TrainingInterrupted
 from .recipe import (StyleTrainingStep, cast_frozen, draw_randomness, encode_batch, prepare_model, step_generator)
-from .resume import apply_tensors, load_tensors, save_checkpoint, step_folder_name, trainable_state
+from .resume import apply_tensors, folder_step, load_tensors, save_checkpoint, step_folder_name, trainable_state
 from .run_folder import (CHECKPOINT_DIR, RUN_FILE, plan_run, prune_checkpoints, relative_to_out,
                          write_run_record)
 
@@ -136,18 +136,16 @@ class _Kept:
         return f"interrupted at step {step}; saved {self.saved()}; resume with --resume latest"
 
     def forced(self, step: int) -> str:
+        """A second signal stops at once: what was kept when ``step`` steps were complete."""
         if self.checkpoint is not None:
-            return (f"interrupted again during step {step + 1}; kept {self.saved()} (step {step_of(self.checkpoint)}); "
+            return (f"interrupted again after step {step}; kept {self.saved()} (step {folder_step(self.checkpoint)}); "
                     "resume with --resume latest")
         if self.resumed_from is not None:
-            return (f"interrupted again during step {step + 1}, before any checkpoint in {self.shown_out}; resume "
-                    f"again with --resume {self.resumed_from}")
-        return (f"interrupted again during step {step + 1}, before any checkpoint; {self.shown_out} holds only the "
-                f"run's settings ({RUN_FILE}, config.yaml) and logs; run again with --resume latest")
+            return (f"interrupted again after step {step}, before any checkpoint in {self.shown_out}; resume again "
+                    f"with --resume {self.resumed_from}")
+        return (f"interrupted again after step {step}, before any checkpoint; {self.shown_out} holds only the run's "
+                f"settings ({RUN_FILE}, config.yaml) and logs; run again with --resume latest")
 
-
-def step_of(folder: Path) -> int:
-    return int(folder.name.split("_")[1])
 
 @torch.no_grad()
 def save_preview(model, item: dict, config: TrainConfig, path: Path, accelerator=None) -> torch.Tensor:
@@ -299,10 +297,12 @@ def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, star
         save_checkpoint(accelerator, folder, step=at, fingerprint=fingerprint,
                         trainable=trainable_state(trainable_owner) if main else {}, optimizer=optimizer,
                         scaler=accelerator.scaler)
+        kept.checkpoint, saved_step = folder, at
+        stop.forced_message = kept.forced(at)  # before pruning: the message names only what exists
         if main:
             kept.module = save_trained_module(unwrapped, config, at, out)
+            stop.forced_message = kept.forced(at)
             prune_checkpoints(out, fingerprint, config.keep_checkpoints)
-        kept.checkpoint, saved_step = folder, at
         accelerator.wait_for_everyone()
 
     try:
@@ -366,7 +366,6 @@ def _stop_requested(stop: StopSignals, accelerator) -> int:
     if accelerator.num_processes > 1:
         signum = int(accelerator.gather(torch.tensor([signum], device=accelerator.device)).max())
     return signum
-
 
 
 def _release_accelerate_state(accelerator) -> None:
