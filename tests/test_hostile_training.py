@@ -184,6 +184,30 @@ def test_resume_reads_no_pickle_and_ignores_planted_extra_files(source_run, tiny
     assert (out / "checkpoints" / "step_000003" / "state.json").is_file()
 
 
+def test_the_fingerprint_is_the_content_not_the_paths(tiny_weights, data, tmp_path):
+    """A moved copy, or a folder of symbolic links, is the same data; one changed image is other data."""
+    from diffstyle360_core.training import validate_dataset
+    from diffstyle360_core.training.fingerprint import run_fingerprint
+
+    config = TrainConfig(views_per_sample=VIEWS)
+
+    def digest(root):
+        samples = validate_dataset(root, views_per_sample=VIEWS)
+        return run_fingerprint(config, tiny_weights / "main", root, samples)["data"]["digest"]
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    links = tmp_path / "links"
+    for image in data.rglob("*.png"):
+        target = links / image.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(image)
+    assert digest(data) == digest(copy) == digest(links)
+    image = copy / "sample_001" / "target" / "003.png"
+    shutil.copy(copy / "sample_001" / "target" / "004.png", image)
+    assert digest(copy) != digest(data)
+
+
 # ------------------------------------------------------------------------ item 1: damaged checkpoint files
 def _edit_state(folder: Path, **changes) -> None:
     state = json.loads((folder / "state.json").read_text())

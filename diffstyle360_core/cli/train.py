@@ -148,6 +148,8 @@ def run_make_tiny_dataset(args: argparse.Namespace) -> None:
         root = make_tiny_dataset(args.outdir, samples=args.samples, views=args.views, size=args.size, seed=args.seed)
     except ValueError as err:
         raise ValueError(_flag_names(str(err), TINY_FLAGS)) from None
+    except MemoryError:
+        raise ValueError("out of memory (RAM) while drawing the tiny dataset; lower --size") from None
     print(f"wrote a tiny dataset ({args.samples} samples × {args.views} views) to {root} in "
           f"{time.time() - start:.1f}s (use as --data {root})")
 

@@ -61,12 +61,12 @@ def data_files(samples: Sequence[Any]) -> List[Path]:
 
 def run_fingerprint(config: TrainConfig, main_folder: Path, data_root: Path, samples: Sequence[Any]) -> Dict[str, Any]:
     """JSON-ready identity of a run: weights and data (content digests, with their folders for messages) + recipe."""
-    main_folder, data_root = Path(main_folder).resolve(), Path(os.fspath(data_root)).expanduser().resolve()
+    main_folder, data_root = Path(main_folder), Path(os.fspath(data_root)).expanduser()  # as the files were listed
     settings = config.to_dict()
     return {
-        "weights": {"digest": files_digest(main_folder, weight_files(main_folder)), "folder": str(main_folder)},
-        "data": {"digest": files_digest(data_root, [Path(p).resolve() for p in data_files(samples)]),
-                 "folder": str(data_root)},
+        "weights": {"digest": files_digest(main_folder, weight_files(main_folder)),
+                    "folder": str(main_folder.resolve())},
+        "data": {"digest": files_digest(data_root, data_files(samples)), "folder": str(data_root.resolve())},
         "recipe": {k: settings[k] for k in RECIPE_KEYS},
     }
 
