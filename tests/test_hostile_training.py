@@ -367,8 +367,8 @@ class _OneProcess(types.SimpleNamespace):
 
 
 def test_checkpoint_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
-    """A crash while writing leaves only a hidden .partial folder, which `latest` never picks; the next save
-    of that step replaces it."""
+    """A failed write leaves no step folder (its hidden .partial folder is removed); a killed one leaves at most
+    the hidden folder, which `latest` never picks and the next save of that step replaces."""
     import safetensors.torch as st
 
     module = torch.nn.Linear(3, 2)
@@ -392,13 +392,36 @@ def test_checkpoint_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(_OneProcess(), out / "checkpoints" / "step_000002", step=2, fingerprint=fingerprint,
                         trainable=trainable_state(module), optimizer=optimizer)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+    (out / "checkpoints" / ".partial-step_000002").mkdir()  # what a SIGKILL during the write leaves
+    (out / "checkpoints" / ".partial-step_000002" / "trainable.safetensors").write_bytes(b"half")
     assert [p.name for p in checkpoint_folders(out)] == ["step_000001"]
-    assert (out / "checkpoints" / ".partial-step_000002").is_dir()
     monkeypatch.setattr(st, "save_file", real)
     save_checkpoint(_OneProcess(), out / "checkpoints" / "step_000002", step=2, fingerprint=fingerprint,
                     trainable=trainable_state(module), optimizer=optimizer)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     assert read_state(out / "checkpoints" / "step_000002").step == 2
+
+
+def test_a_full_disk_while_saving_says_what_was_kept(source_run, tiny_weights, data, tmp_path, capsys, monkeypatch):
+    import safetensors.torch as st
+
+    real = st.save_file
+
+    def disk_full_at_step_2(tensors, path, metadata=None):
+        if ".partial-step_000002" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", disk_full_at_step_2)
+    out = tmp_path / "run"
+    code, _, err = _run_cli(_args(tiny_weights, data, out, "--checkpoint-every", "1"), capsys)
+    assert code == 2
+    assert _error_line(err) == (
+        f"error: cannot save the checkpoint of step 2 in {out}/checkpoints (No space left on device); kept "
+        f"{out}/checkpoints/step_000001 and {out}/style_module.safetensors; free space or fix the folder, then "
+        "resume with --resume latest")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
 
 
 # ---------------------------------------------------------------------------- item 4: signals

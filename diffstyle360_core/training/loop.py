@@ -294,9 +294,15 @@ def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, star
     def save(at: int) -> None:
         nonlocal saved_step
         folder = out / CHECKPOINT_DIR / step_folder_name(at)
-        save_checkpoint(accelerator, folder, step=at, fingerprint=fingerprint,
-                        trainable=trainable_state(trainable_owner) if main else {}, optimizer=optimizer,
-                        scaler=accelerator.scaler)
+        try:
+            save_checkpoint(accelerator, folder, step=at, fingerprint=fingerprint,
+                            trainable=trainable_state(trainable_owner) if main else {}, optimizer=optimizer,
+                            scaler=accelerator.scaler)
+        except OSError as err:
+            kept_now = f"kept {kept.saved()}" if kept.checkpoint is not None else "no checkpoint kept"
+            raise OSError(f"cannot save the checkpoint of step {at} in {kept.show(folder.parent)} "
+                          f"({err.strerror or err}); {kept_now}; free space or fix the folder, then resume with "
+                          "--resume latest") from None
         kept.checkpoint, saved_step = folder, at
         stop.forced_message = kept.forced(at)  # before pruning: the message names only what exists
         if main:

@@ -149,12 +149,24 @@ def save_checkpoint(accelerator, folder: Path, *, step: int, fingerprint: Mappin
 
     The main process writes the weights, the optimizer state and state.json; each process
     writes its random states. Everything goes to ``.partial-step_NNNNNN`` first and is renamed
-    into place when complete (an existing folder of the same step is replaced as a whole).
+    into place when complete (an existing folder of the same step is replaced as a whole). If
+    anything fails (a full disk, a second Ctrl-C) the temporary folder is removed.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     tmp = folder.with_name(PARTIAL_PREFIX + folder.name)
+    try:
+        _write_checkpoint(accelerator, folder, tmp, step, fingerprint, trainable, optimizer, scaler)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # ours alone; a full disk gets its space back
+        raise
+    return folder
+
+
+def _write_checkpoint(accelerator, folder: Path, tmp: Path, step: int, fingerprint: Mapping[str, Any],
+                      trainable: Mapping[str, torch.Tensor], optimizer, scaler) -> None:
+    from safetensors.torch import save_file
+
     main = accelerator.is_main_process
     if main:
         if tmp.exists():  # left by a killed run; the name is ours alone
@@ -180,7 +192,6 @@ def save_checkpoint(accelerator, folder: Path, *, step: int, fingerprint: Mappin
         _fsync(tmp)
         _replace_folder(tmp, folder)
     accelerator.wait_for_everyone()
-    return folder
 
 
 def _replace_folder(new: Path, target: Path) -> None:
