@@ -274,12 +274,17 @@ def test_another_runs_checkpoint_is_refused_saying_what_differs_and_accepted_any
                                                                                      tmp_path, capsys):
     out = _copy_run(source_run, tmp_path)
     other_data = make_tiny_dataset(tmp_path / "other_data", samples=2, views=VIEWS, seed=1)
+    other_weights = tmp_path / "other_weights"
+    shutil.copytree(tiny_weights / "main", other_weights / "main")
+    with open(other_weights / "main" / "config.json", "a") as f:
+        f.write("\n")  # one byte more: other weights, as far as anyone can prove
     before = _snapshot(out)
-    for extra, differs in ((["--seed", "1"], "--seed 1 here, 0 in"),
-                           (["--lr", "2e-3"], "--lr 0.002 here, 0.001 in"),
-                           ([], "other data")):
-        argv = _args(tiny_weights, other_data if not extra else data, out, "--resume", "latest", *extra)
-        code, _, err = _run_cli(argv, capsys)
+    for weights, dataset, extra, differs in (
+            (tiny_weights, data, ["--seed", "1"], "--seed 1 here, 0 in"),
+            (tiny_weights, data, ["--lr", "2e-3"], "--lr 0.002 here, 0.001 in"),
+            (tiny_weights, other_data, [], "other data (this run: "),
+            (other_weights, data, [], f"other weights (this run: {(other_weights / 'main').resolve()}")):
+        code, _, err = _run_cli(_args(weights, dataset, out, "--resume", "latest", *extra), capsys)
         line = _error_line(err)
         assert code == 2 and differs in line and "--resume-anyway" in line, line
     checkpoint = out / "checkpoints" / "step_000002"
