@@ -238,6 +238,8 @@ def read_state(folder) -> Checkpoint:
         raise CheckpointError(f"checkpoint folder {folder} does not exist or is not a folder; give a "
                               "checkpoints/step_NNNNNN folder written by train")
     path = folder / STATE_FILE
+    if path.exists() and not path.is_file():
+        raise _fail(path, "is not a regular file")
     if not path.is_file():
         raise _fail(path, "is missing, so the folder is not a checkpoint of this version (checkpoints written "
                     "by accelerate's save_state are not loaded: loading them would unpickle)")

@@ -52,7 +52,10 @@ def read_run_record(out: Path) -> Optional[Dict[str, Any]]:
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_bytes()[: 1 << 20].decode("utf-8"))
+        if not path.is_file():
+            raise ValueError("not a regular file")
+        with open(path, "rb") as f:
+            record = json.loads(f.read(1 << 20).decode("utf-8"))  # a run record is a few hundred bytes
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         record = None
     if (not isinstance(record, dict) or record.get("format") != RUN_FORMAT
