@@ -429,6 +429,41 @@ def test_a_full_disk_while_saving_says_what_was_kept(source_run, tiny_weights, d
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
 
 
+def test_state_round_trips_through_a_checkpoint_with_a_grad_scaler(tmp_path):
+    """Weights, AdamW moments and GradScaler numbers come back exactly (state, same path); the optimizer keeps
+    the hyperparameters of the run that loads it."""
+    from diffstyle360_core.training.resume import apply_tensors, load_tensors
+
+    def make(lr):
+        torch.manual_seed(1)
+        module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        return module, torch.optim.AdamW(module.parameters(), lr=lr), torch.amp.GradScaler("cpu", init_scale=64.0)
+
+    module, optimizer, scaler = make(1e-2)
+    for _ in range(3):
+        scaler.scale(module(torch.randn(5, 3)).pow(2).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    fingerprint = {"weights": {"digest": "w", "folder": "/w"}, "data": {"digest": "d", "folder": "/d"},
+                   "recipe": dict.fromkeys(RECIPE_KEYS)}
+    folder = save_checkpoint(_OneProcess(), tmp_path / "checkpoints" / "step_000003", step=3, fingerprint=fingerprint,
+                             trainable=trainable_state(module), optimizer=optimizer, scaler=scaler)
+    checkpoint = read_state(folder)
+    check_files(checkpoint)
+    fresh, fresh_optimizer, fresh_scaler = make(5e-3)
+    tensors = load_tensors(checkpoint, rank=0, trainable=trainable_state(fresh),
+                           param_shapes=[tuple(p.shape) for p in fresh.parameters()])
+    apply_tensors(tensors, fresh, fresh_optimizer, fresh_scaler, checkpoint.scaler)
+    for a, b in zip(module.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    for i, entry in optimizer.state_dict()["state"].items():
+        loaded = fresh_optimizer.state_dict()["state"][i]
+        assert all(torch.equal(entry[k], loaded[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert fresh_optimizer.param_groups[0]["lr"] == 5e-3
+    assert fresh_scaler.state_dict() == scaler.state_dict()
+
+
 # ---------------------------------------------------------------------------- item 4: signals
 def _default_signals():  # the test runner may ignore some signals (nohup, background jobs); a user's shell does not
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
