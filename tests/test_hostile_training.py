@@ -209,6 +209,9 @@ def test_the_fingerprint_is_the_content_not_the_paths(tiny_weights, data, tmp_pa
 
 
 # ------------------------------------------------------------------------ item 1: damaged checkpoint files
+_DROP = object()  # _edit_state: remove the key
+
+
 def _edit_state(folder: Path, **changes) -> None:
     state = json.loads((folder / "state.json").read_text())
     for key, value in changes.items():
@@ -219,7 +222,6 @@ def _edit_state(folder: Path, **changes) -> None:
     (folder / "state.json").write_text(json.dumps(state))
 
 
-_DROP = object()
 DAMAGE = {
     "trainable truncated": ("trainable.safetensors", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
                             "not the"),

@@ -120,7 +120,9 @@ class TrainConfig:
     def to_yaml(self, path) -> None:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from ..config import write_text_atomic
+
+        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes) -> "TrainConfig":
         """A checked copy with ``changes`` applied; ``None`` values are ignored (unset CLI flags)."""
