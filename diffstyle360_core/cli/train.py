@@ -2,12 +2,16 @@
 
 ``register(subparsers)`` adds both and returns ``{command: handler}``; a handler
 takes the parsed ``argparse.Namespace`` and raises ``ValueError``/``OSError`` for
-problems the user can fix (the CLI prints those as one ``error:`` line).
+problems the user can fix (the CLI prints those as one ``error:`` line). ``train``
+returns its exit code: 0, or 130/143/129 when Ctrl-C/SIGTERM/SIGHUP stopped it
+after saving the current step (the line printed says what was kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 import time
 from typing import Callable, Dict
 
@@ -41,27 +45,31 @@ def _add_train(sub) -> None:
     p.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const=True,
                    default=None, help="recompute activations in the backward pass (less memory, ~30%% slower)")
     p.add_argument("--resume", default=None, help="'latest' (newest OUT/checkpoints/step_*) or a checkpoint folder")
+    p.add_argument("--resume-anyway", dest="resume_anyway", action="store_const", const=True, default=None,
+                   help="resume a checkpoint of another run (other weights, data, seed, learning rate, …); "
+                        "without it such a checkpoint is refused, naming what differs")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None,
                    help="save a resumable state and the module file every N steps (0 = at the end only)")
     p.add_argument("--preview-every", dest="preview_every", type=int, default=None, help="0 = no previews")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="'cpu' forces the CPU; default: what accelerate picks")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N, mps (refused if not usable here); default: what accelerate picks")
     p.add_argument("--print-config", action="store_true", help="print the default configuration as YAML and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_tiny_dataset(sub) -> None:
     p = sub.add_parser("make-tiny-dataset", help="write a tiny valid training dataset (tests, demos)")
-    p.add_argument("outdir")
-    p.add_argument("--samples", type=int, default=2)
-    p.add_argument("--views", type=int, default=16)
-    p.add_argument("--size", type=int, default=64, help="image size in pixels (the tiny model works at 64)")
+    p.add_argument("outdir", help="a new or empty folder")
+    p.add_argument("--samples", type=int, default=2, help="sample folders (1-1000)")
+    p.add_argument("--views", type=int, default=16, help="target views per sample (1-1024)")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels, 32-1024 (the tiny model works at 64)")
     p.add_argument("--seed", type=int, default=0)
 
 
 OVERRIDES = ("weights", "data", "out", "steps", "mode", "learning_rate", "views_per_sample", "pairing", "mask_mode",
-             "mixed_precision", "gradient_accumulation_steps", "gradient_checkpointing", "resume", "checkpoint_every",
-             "preview_every", "seed", "device")
+             "mixed_precision", "gradient_accumulation_steps", "gradient_checkpointing", "resume", "resume_anyway",
+             "checkpoint_every", "preview_every", "seed", "device")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -82,27 +90,66 @@ def _require_training_packages() -> None:
                          "(in the pack's folder)")
 
 
-def run_train(args: argparse.Namespace) -> None:
+#: Settings named in training messages → the flags that set them (messages of the library name settings).
+TRAIN_FLAGS = {"mixed_precision": "--mixed-precision", "device": "--device", "steps": "--steps", "seed": "--seed",
+               "learning_rate": "--lr", "views_per_sample": "--views"}
+TINY_FLAGS = {"samples": "--samples", "views": "--views", "size": "--size", "seed": "--seed"}
+
+
+def _flag_names(message: str, flags: Dict[str, str]) -> str:
+    """Name the flag where a message names a setting ("mixed_precision fp16 needs …" → "--mixed-precision …")."""
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![^\s(]){name}(?=[\s:]|$)", flag, message)
+    return message
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, MemoryError) or isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ()))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The ``train`` command: 0 done; 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP after saving the current step."""
     _require_training_packages()
+    from ..training.interrupt import TrainingInterrupted
     from ..training.loop import train
 
     if getattr(args, "print_config", False):
         from ..training.config import default_config_yaml
 
         print(default_config_yaml(), end="")
-        return
+        return 0
     config = config_from_args(args)
-    result = train(config, progress=not getattr(args, "quiet", False))
+    try:
+        result = train(config, progress=not getattr(args, "quiet", False))
+    except TrainingInterrupted as stopped:
+        print(f"\n{stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except ValueError as err:  # ConfigError, DatasetError, CheckpointError, InputError: one sentence
+        raise ValueError(_flag_names(str(err), TRAIN_FLAGS)) from None
+    except Exception as err:
+        if not _out_of_memory(err):
+            raise
+        where = "GPU memory" if not isinstance(err, MemoryError) else "memory (RAM)"
+        raise ValueError(f"out of {where} while training; use --gradient-checkpointing, --mixed-precision bf16 "
+                         "or fp16 on a GPU, or fewer --views") from None
     last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
     print(f"trained steps {result.start_step}→{result.final_step} in {result.seconds:.1f}s (last loss {last}); "
           f"wrote {result.module_path} (use: stylize --style-module {result.module_path})")
+    return 0
 
 
 def run_make_tiny_dataset(args: argparse.Namespace) -> None:
     from ..training.dataset import make_tiny_dataset
 
     start = time.time()
-    root = make_tiny_dataset(args.outdir, samples=args.samples, views=args.views, size=args.size, seed=args.seed)
+    try:
+        root = make_tiny_dataset(args.outdir, samples=args.samples, views=args.views, size=args.size, seed=args.seed)
+    except ValueError as err:
+        raise ValueError(_flag_names(str(err), TINY_FLAGS)) from None
+    except MemoryError:
+        raise ValueError("out of memory (RAM) while drawing the tiny dataset; lower --size") from None
     print(f"wrote a tiny dataset ({args.samples} samples × {args.views} views) to {root} in "
           f"{time.time() - start:.1f}s (use as --data {root})")
 
@@ -116,17 +163,15 @@ def register(subparsers) -> Dict[str, Handler]:
 
 def main(argv=None) -> int:
     """Standalone entry (``python -m diffstyle360_core.cli.train``) until the main CLI wires ``register``."""
-    import sys
-
     parser = argparse.ArgumentParser(prog="python -m diffstyle360_core.cli.train")
     handlers = register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
-        handlers[args.command](args)
+        code = handlers[args.command](args)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

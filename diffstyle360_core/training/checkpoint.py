@@ -28,7 +28,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..config import FORMAT_VERSION
+from ..config import FORMAT_VERSION, write_text_atomic
 from .config import TrainConfig
 
 TEMPORAL_PREFIX = "temporal."
@@ -80,7 +80,7 @@ def save_trained_module(model, config: TrainConfig, step: int, folder) -> Path:
     save_file(trained_state_dict(model, config.mode), str(tmp), metadata=metadata)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
     return path
 
 

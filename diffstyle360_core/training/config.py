@@ -78,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # accelerate state (resumable) every N steps; 0 = only at the end
     keep_checkpoints: int = 2
     resume: Optional[str] = None  # "latest" or a checkpoint folder
+    resume_anyway: bool = False  # resume a checkpoint of another run (other weights, data, seed, lr, …) all the same
     log_every: int = 1
     preview_every: int = 100  # 0 = no previews
     preview_views: int = 4
@@ -119,7 +120,9 @@ class TrainConfig:
     def to_yaml(self, path) -> None:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from ..config import write_text_atomic
+
+        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes) -> "TrainConfig":
         """A checked copy with ``changes`` applied; ``None`` values are ignored (unset CLI flags)."""
@@ -202,8 +205,9 @@ class TrainConfig:
         integer("preview_views", 1, 64)
         ranged("preview_steps", O.STEPS)
         ranged("preview_cfg", O.CFG)
-        if not isinstance(self.gradient_checkpointing, bool):
-            fail(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        for name in ("gradient_checkpointing", "resume_anyway"):
+            if not isinstance(getattr(self, name), bool):
+                fail(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.extra, dict):
             fail("extra must be a mapping")
         return self

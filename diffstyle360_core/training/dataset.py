@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -336,6 +337,9 @@ def _identity(rng: np.random.Generator) -> dict:
     }
 
 
+TINY_LIMITS = {"samples": (1, 1000), "views": (1, 1024), "size": (MIN_SIDE, 1024), "seed": (0, 2**32 - 1)}
+
+
 def make_tiny_dataset(folder, *, samples: int = 2, views: int = 16, size: int = 64, seed: int = 0) -> Path:
     """Write a tiny valid dataset (cartoon heads; a "zombie" style domain) and return its folder.
 
@@ -344,12 +348,34 @@ def make_tiny_dataset(folder, *, samples: int = 2, views: int = 16, size: int = 
     (``yaw = 360·k/views``), the unstyled content views at the same yaws, and the
     condition images (one other head, unstyled, at the same yaws, as DiffPortrait360's
     cross-identity condition renders, facts §3).
+
+    ``folder`` must be new or empty (nothing in it is replaced); the set is written into a
+    hidden sibling folder and renamed into place when complete, so an interrupted call
+    leaves no half dataset behind.
     """
+    for name, value in (("samples", samples), ("views", views), ("size", size), ("seed", seed)):
+        low, high = TINY_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InputError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     root = Path(os.fspath(folder)).expanduser()
     if root.exists() and not root.is_dir():
-        raise InputError(f"{root} is a file; give a folder for the tiny dataset")
-    if samples < 1 or views < 1 or size < MIN_SIDE:
-        raise InputError(f"need samples >= 1, views >= 1 and size >= {MIN_SIDE}")
+        raise InputError(f"{root} is a file; give a new or empty folder for the tiny dataset")
+    if root.is_dir() and any(root.iterdir()):
+        raise InputError(f"{root} is not empty; give a new or empty folder for the tiny dataset (nothing was changed)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = root.parent / f".{root.name}.partial-{os.getpid()}"
+    try:
+        _write_tiny_dataset(partial, samples, views, size, seed)
+        if root.is_dir():
+            root.rmdir()  # empty (checked above); a folder cannot be renamed onto a folder
+        os.replace(partial, root)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return root
+
+
+def _write_tiny_dataset(root: Path, samples: int, views: int, size: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     condition_head = _identity(rng)  # the condition renders show one other head for every sample (facts §3)
     yaws = [360.0 * k / views for k in range(views)]
@@ -368,4 +394,3 @@ def make_tiny_dataset(folder, *, samples: int = 2, views: int = 16, size: int = 
             save(_render_head(size, yaw, content, True), d / "target" / stem)
             save(_render_head(size, yaw, content, False), d / "content" / "views" / stem)
             save(_render_head(size, yaw, condition_head, False), d / "cam" / stem)
-    return root

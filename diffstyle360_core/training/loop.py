@@ -6,18 +6,20 @@ accumulation and DDP come from :class:`accelerate.Accelerator`. Output folder::
 
     OUT/style_module.safetensors (+ .json)   the trained module (appearance_module.* in finetune mode)
     OUT/config.yaml                          the resolved configuration
-    OUT/checkpoints/step_000100/             resumable states (trainable weights, optimizer, RNG, step)
+    OUT/run.json                             the run's fingerprint: weights, data, recipe (see .run_folder)
+    OUT/checkpoints/step_000100/             resumable state, data only (see .resume)
     OUT/logs/                                TensorBoard event files (loss, lr, it/s, previews)
     OUT/previews/step_000100.png             top row: ground truth, bottom row: generated views
 
 The data of step s is a function of (seed, s, process) only, so a resumed run
-continues exactly where the interrupted one would have been.
+continues exactly where the interrupted one would have been. One folder holds one
+run (:mod:`.run_folder`); Ctrl-C, SIGTERM and SIGHUP save the current step
+(:mod:`.interrupt`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +27,15 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import save_trained_module
+from .checkpoint import FILE_NAMES, save_trained_module
 from .config import ConfigError, TrainConfig
 from .dataset import StepSampler, StylizationDataset, collate_one, validate_dataset
+from .fingerprint import run_fingerprint
+from .interrupt import StopSignals, TrainingInterrupted
 from .recipe import (StyleTrainingStep, cast_frozen, draw_randomness, encode_batch, prepare_model, step_generator)
-
-CHECKPOINT_DIR = "checkpoints"
-TRAINABLE_FILE = "trainable.safetensors"
+from .resume import apply_tensors, folder_step, load_tensors, save_checkpoint, step_folder_name, trainable_state
+from .run_folder import (CHECKPOINT_DIR, RUN_FILE, plan_run, prune_checkpoints, relative_to_out,
+                         write_run_record)
 
 
 @dataclass
@@ -43,19 +47,6 @@ class TrainResult:
     losses: List[float] = field(default_factory=list)  # per optimizer step of this run (main process)
     seconds: float = 0.0
     model: Any = field(default=None, repr=False)  # the trained DiffStyle360Model (on the training device)
-
-
-class _StepCounter:
-    """Saved with every accelerate state so a resumed run knows where it was."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> Dict[str, int]:
-        return {"step": int(self.step)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.step = int(state["step"])
 
 
 def _as_config(config: Union[TrainConfig, Mapping[str, Any], str, os.PathLike]) -> TrainConfig:
@@ -84,31 +75,36 @@ def _main_model_folder(weights) -> Path:
     )
 
 
-def _mixed_precision(config: TrainConfig) -> str:
+def _mixed_precision(config: TrainConfig, device_type: str) -> str:
     if config.mixed_precision != "auto":
         return config.mixed_precision
-    on_cuda = torch.cuda.is_available() and (config.device is None or str(config.device).startswith("cuda"))
-    return "fp16" if on_cuda else "no"
+    return "fp16" if device_type == "cuda" else "no"
 
 
-def _checkpoints(out: Path) -> List[Path]:
-    folder = out / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_")),
-                  key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else -1)
+def training_device(config: TrainConfig) -> torch.device:
+    """The device this run trains on; a device this torch cannot use, or fp16 on the CPU, is refused.
+
+    ``None`` is accelerate's own choice (CUDA, then MPS, else the CPU), which
+    :func:`~diffstyle360_core.devices.resolve_device` makes too.
+    """
+    from ..devices import resolve_device
+
+    device = resolve_device(config.device)
+    if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ConfigError(f"device {config.device!r}: this PyTorch build or machine has no usable XPU; use 'cpu'")
+    if _mixed_precision(config, device.type) == "fp16" and device.type == "cpu":
+        raise ConfigError("mixed_precision fp16 needs a GPU, and this run trains on the CPU; use mixed_precision "
+                          "'no' (fp32) or 'bf16'")
+    return device
 
 
-def _resume_folder(config: TrainConfig, out: Path) -> Optional[Path]:
-    if config.resume is None:
-        return None
-    if config.resume == "latest":
-        found = _checkpoints(out)
-        return found[-1] if found else None
-    path = Path(config.resume).expanduser()
-    if not (path / TRAINABLE_FILE).is_file():
-        raise ConfigError(f"resume: {path} is not a checkpoint folder written by train (no {TRAINABLE_FILE})")
-    return path
+def _use_device(device: torch.device, accelerator) -> None:
+    """Refuse to go on if accelerate placed the run elsewhere than the device asked for (never train on the CPU
+    silently)."""
+    placed = accelerator.device
+    if placed.type != device.type or (device.index is not None and placed.index not in (None, device.index)):
+        raise ConfigError(f"device {str(device)!r} was asked for, but accelerate would train on {placed}; check the "
+                          "accelerate config (accelerate env) or choose the device it offers")
 
 
 def _hparams(config: TrainConfig) -> Dict[str, Any]:
@@ -120,42 +116,35 @@ def _hparams(config: TrainConfig) -> Dict[str, Any]:
     return out
 
 
-def _register_hooks(accelerator, step_module) -> None:
-    """accelerate states hold only the trainable weights (the frozen model is the weight set itself)."""
-    from safetensors.torch import load_file, save_file
+class _Kept:
+    """What a run has saved so far, for the message of an interrupted run (paths as the user named OUT)."""
 
-    def trainable_state(module) -> Dict[str, torch.Tensor]:
-        names = {n for n, p in module.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
-                if k in names or k.endswith(".pos_encoder.pe")}
+    def __init__(self, out: Path, shown_out: str, resumed_from: Optional[Path]):
+        self.out, self.shown_out, self.resumed_from = out, shown_out, resumed_from
+        inside = resumed_from is not None and resumed_from.resolve().parent == (out / CHECKPOINT_DIR).resolve()
+        self.checkpoint: Optional[Path] = resumed_from if inside else None  # what --resume latest would take
+        self.module: Optional[Path] = None
 
-    def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for module in models:
-                save_file(trainable_state(accelerator.unwrap_model(module)), os.path.join(output_dir, TRAINABLE_FILE))
-        while weights:
-            weights.pop()
+    def show(self, path: Path) -> str:
+        return relative_to_out(path, self.out, self.shown_out)
 
-    def load_hook(models, input_dir):
-        state = load_file(os.path.join(input_dir, TRAINABLE_FILE))
-        while models:
-            module = accelerator.unwrap_model(models.pop())
-            missing = set(trainable_state(module)) - set(state)
-            if missing:
-                raise ConfigError(f"resume: {input_dir} lacks {len(missing)} trainable tensors (e.g. "
-                                  f"{sorted(missing)[0]}); was it written with another mode?")
-            module.load_state_dict(state, strict=False)
+    def saved(self) -> str:
+        files = [self.show(p) for p in (self.checkpoint, self.module) if p is not None]
+        return " and ".join(files)
 
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
+    def stopped_at(self, step: int) -> str:
+        return f"interrupted at step {step}; saved {self.saved()}; resume with --resume latest"
 
-
-def _save_state(accelerator, out: Path, step: int, keep: int) -> None:
-    folder = out / CHECKPOINT_DIR / f"step_{step:06d}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        for old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    def forced(self, step: int) -> str:
+        """A second signal stops at once: what was kept when ``step`` steps were complete."""
+        if self.checkpoint is not None:
+            return (f"interrupted again after step {step}; kept {self.saved()} (step {folder_step(self.checkpoint)}); "
+                    "resume with --resume latest")
+        if self.resumed_from is not None:
+            return (f"interrupted again after step {step}, before any checkpoint in {self.shown_out}; resume again "
+                    f"with --resume {self.resumed_from}")
+        return (f"interrupted again after step {step}, before any checkpoint; {self.shown_out} holds only the run's "
+                f"settings ({RUN_FILE}, config.yaml) and logs; run again with --resume latest")
 
 
 @torch.no_grad()
@@ -192,36 +181,60 @@ def save_preview(model, item: dict, config: TrainConfig, path: Path, accelerator
 
 
 def train(config: Union[TrainConfig, Mapping[str, Any], str, os.PathLike], *, progress: bool = True) -> TrainResult:
-    """Fine-tune per ``config`` (a :class:`TrainConfig`, a dict or a YAML path); see the module docstring."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-    from tqdm.auto import tqdm
+    """Fine-tune per ``config`` (a :class:`TrainConfig`, a dict or a YAML path); see the module docstring.
 
-    from ..weights import load_model
-
+    Ctrl-C, SIGTERM or SIGHUP during the loop finish the current step, save it and raise
+    :class:`~.interrupt.TrainingInterrupted` saying what was kept.
+    """
     started = time.time()
     config = _as_config(config)
     config.require_paths()
     out = Path(config.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out {out} is a file; give a folder")
-    # Cheap checks first: a broken dataset or weight folder is reported before any model is built.
+    with StopSignals() as stop:
+        return _train(config, out, stop, progress, started)
+
+
+def _train(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, started: float) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    # Cheap checks first: a bad device, a broken dataset or weight folder is reported before any model is built.
+    device = training_device(config)
     samples = validate_dataset(config.data, views_per_sample=config.views_per_sample, view_stride=config.view_stride)
     main_folder = _main_model_folder(config.weights)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)  # accelerate uses the current CUDA device in a one-process run
 
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config),
+        mixed_precision=_mixed_precision(config, device.type),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=_tracker(),
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        cpu=config.device == "cpu",
+        cpu=device.type == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.condition_dropout > 0)],
     )
+    try:
+        return _run(config, out, stop, progress, started, accelerator, device, samples, main_folder)
+    finally:
+        _release_accelerate_state(accelerator)
+
+
+def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, started: float, accelerator,
+         device: torch.device, samples, main_folder: Path) -> TrainResult:
+    """Everything after accelerate is set up: plan the folder, load, resume, loop, save."""
+    from tqdm.auto import tqdm
+
+    from ..weights import load_model
+
+    if config.device is not None:
+        _use_device(device, accelerator)
     device = accelerator.device
+    main = accelerator.is_main_process
     config = config.replace(mixed_precision=accelerator.mixed_precision)  # recorded as resolved
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config.to_yaml(out / "config.yaml")
+    fingerprint = run_fingerprint(config, main_folder, config.data, samples)
+    plan = plan_run(config, out, fingerprint, accelerator.num_processes)  # refuses before anything is written
 
     model = load_model(main_folder, device="cpu", dtype=torch.float32)
     params = prepare_model(model, config.mode)
@@ -237,82 +250,128 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, os.PathLike], *, pr
         params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
         weight_decay=config.weight_decay,
     )
-    _register_hooks(accelerator, step_module)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    counter = _StepCounter()
-    accelerator.register_for_checkpointing(counter)
-
-    resume = _resume_folder(config, out)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        accelerator.print(f"resumed from {resume} at step {counter.step}")
-    start_step = counter.step
+    trainable_owner = accelerator.unwrap_model(step_module)
+    start_step = 0
+    if plan.checkpoint is not None:
+        tensors = load_tensors(plan.checkpoint, rank=accelerator.process_index,
+                               trainable=trainable_state(trainable_owner),
+                               param_shapes=[tuple(p.shape) for p in params])
+        apply_tensors(tensors, trainable_owner, optimizer, accelerator.scaler, plan.checkpoint.scaler)
+        start_step = plan.checkpoint.step
+    for note in plan.notes:
+        accelerator.print(note)
+    if plan.checkpoint is not None:
+        accelerator.print(f"resumed from {plan.checkpoint.folder} at step {start_step}")
     if start_step >= config.steps:
         accelerator.print(f"nothing to do: step {start_step} >= steps {config.steps}")
+
+    kept = _Kept(out, config.out, plan.checkpoint.folder if plan.checkpoint is not None else None)
+    stop.forced_message = kept.forced(start_step)
+    stop.deferring = True  # from here on files are written: a signal finishes the step and saves it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_record(out, fingerprint)
+        config.to_yaml(out / "config.yaml")
+    accelerator.wait_for_everyone()
 
     dataset = StylizationDataset(samples, model.config.image_size, config.views_per_sample, config.view_stride)
     sampler = StepSampler(samples, seed=config.seed, start_step=start_step, total_steps=config.steps,
                           rank=accelerator.process_index, micro_steps=config.gradient_accumulation_steps)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=config.num_workers,
                                          collate_fn=collate_one, pin_memory=device.type == "cuda")
-    if accelerator.is_main_process:
+    if main:
         accelerator.init_trackers("diffstyle360_training", config=_hparams(config))
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="it",
                disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
     preview_item = dataset[(0, 0)] if config.preview_every else None
     num_timesteps = model.config.schedule.num_train_timesteps
     losses: List[float] = []
-    micro, running, tick = 0, 0.0, time.time()
-    unwrapped = accelerator.unwrap_model(step_module).model
-    for item in loader:
-        step = counter.step
-        generator = step_generator(config.seed, step, micro, accelerator.process_index)
-        with accelerator.accumulate(step_module):
-            content, style, target, hints = encode_batch(unwrapped, item, generator, device)
-            t, noise, drop = draw_randomness(generator, target.shape, num_timesteps, config.condition_dropout)
-            loss = step_module(content, style, target, hints, t, noise.to(device), drop)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        running += float(loss.detach()) / config.gradient_accumulation_steps
-        micro += 1
-        if not accelerator.sync_gradients:
-            continue
-        counter.step += 1
-        step_loss = float(accelerator.reduce(torch.tensor(running, device=device), "mean"))
-        micro, running = 0, 0.0
-        losses.append(step_loss)
-        now = time.time()
-        rate = 1.0 / max(now - tick, 1e-9)
-        tick = now
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", t=t)
-        if counter.step % config.log_every == 0:
-            accelerator.log({"loss": step_loss, "lr": optimizer.param_groups[0]["lr"], "it_per_s": rate},
-                            step=counter.step)
-        last = counter.step == config.steps
-        if (config.checkpoint_every and counter.step % config.checkpoint_every == 0) or last:
-            _save_state(accelerator, out, counter.step, config.keep_checkpoints)
-            if accelerator.is_main_process:
-                save_trained_module(unwrapped, config, counter.step, out)
-        if accelerator.is_main_process and config.preview_every and (counter.step % config.preview_every == 0
-                                                                     or last):
-            grid = save_preview(unwrapped, preview_item, config, out / "previews" / f"step_{counter.step:06d}.png",
-                                accelerator)
-            try:
-                accelerator.get_tracker("tensorboard", unwrap=True).add_image("preview", grid, counter.step)
-            except Exception:  # noqa: BLE001 - a preview that cannot be logged is still on disk
-                pass
-    bar.close()
-    accelerator.wait_for_everyone()
-    module_path = out / ("style_module.safetensors" if config.mode == "style_module" else "appearance_module.safetensors")
-    if accelerator.is_main_process and not module_path.is_file():
-        save_trained_module(unwrapped, config, counter.step, out)
-    accelerator.end_training()
-    _release_accelerate_state(accelerator)
-    return TrainResult(module_path, out, start_step, counter.step, losses, time.time() - started, unwrapped)
+    step, micro, running, tick = start_step, 0, 0.0, time.time()
+    saved_step = start_step if plan.checkpoint is not None else None
+    unwrapped = trainable_owner.model
+
+    def save(at: int) -> None:
+        nonlocal saved_step
+        folder = out / CHECKPOINT_DIR / step_folder_name(at)
+        try:
+            save_checkpoint(accelerator, folder, step=at, fingerprint=fingerprint,
+                            trainable=trainable_state(trainable_owner) if main else {}, optimizer=optimizer,
+                            scaler=accelerator.scaler)
+        except OSError as err:
+            kept_now = f"kept {kept.saved()}" if kept.checkpoint is not None else "no checkpoint kept"
+            raise OSError(f"cannot save the checkpoint of step {at} in {kept.show(folder.parent)} "
+                          f"({err.strerror or err}); {kept_now}; free space or fix the folder, then resume with "
+                          "--resume latest") from None
+        kept.checkpoint, saved_step = folder, at
+        stop.forced_message = kept.forced(at)  # before pruning: the message names only what exists
+        if main:
+            kept.module = save_trained_module(unwrapped, config, at, out)
+            stop.forced_message = kept.forced(at)
+            prune_checkpoints(out, fingerprint, config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    try:
+        for item in loader:
+            generator = step_generator(config.seed, step, micro, accelerator.process_index)
+            with accelerator.accumulate(step_module):
+                content, style, target, hints = encode_batch(unwrapped, item, generator, device)
+                t, noise, drop = draw_randomness(generator, target.shape, num_timesteps, config.condition_dropout)
+                loss = step_module(content, style, target, hints, t, noise.to(device), drop)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += float(loss.detach()) / config.gradient_accumulation_steps
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            stop.forced_message = kept.forced(step)
+            step_loss = float(accelerator.reduce(torch.tensor(running, device=device), "mean"))
+            micro, running = 0, 0.0
+            losses.append(step_loss)
+            now = time.time()
+            rate = 1.0 / max(now - tick, 1e-9)
+            tick = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", t=t)
+            if step % config.log_every == 0:
+                accelerator.log({"loss": step_loss, "lr": optimizer.param_groups[0]["lr"], "it_per_s": rate}, step=step)
+            last = step == config.steps
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+                save(step)
+            signum = _stop_requested(stop, accelerator)
+            if signum and not last:  # at the last step the run is complete and saved: it simply ends
+                if saved_step != step:
+                    save(step)
+                bar.close()
+                raise TrainingInterrupted(kept.stopped_at(step), signum)
+            if main and config.preview_every and (step % config.preview_every == 0 or last) and not signum:
+                grid = save_preview(unwrapped, preview_item, config, out / "previews" / f"step_{step:06d}.png",
+                                    accelerator)
+                try:
+                    accelerator.get_tracker("tensorboard", unwrap=True).add_image("preview", grid, step)
+                except Exception:  # noqa: BLE001 - a preview that cannot be logged is still on disk
+                    pass
+        bar.close()
+        accelerator.wait_for_everyone()
+        module_path = out / FILE_NAMES[config.mode]
+        if main and not module_path.is_file():
+            save_trained_module(unwrapped, config, step, out)
+    finally:
+        bar.close()
+        accelerator.end_training()
+    return TrainResult(module_path, out, start_step, step, losses, time.time() - started, unwrapped)
+
+
+def _stop_requested(stop: StopSignals, accelerator) -> int:
+    """The signal that asked to stop (0: none); every process agrees, so they all stop after the same step."""
+    signum = stop.requested or 0
+    if accelerator.num_processes > 1:
+        signum = int(accelerator.gather(torch.tensor([signum], device=accelerator.device)).max())
+    return signum
 
 
 def _release_accelerate_state(accelerator) -> None:
