@@ -720,8 +720,9 @@ def _run(folder: Path, todo: _Todo, keep: bool, progress: Optional[ProgressCallb
     _check_disk(folder, need, f"getting the weights (downloads {_size(sum(remaining.values()))}, fp16 conversion "
                               f"{_size(sum(c for c, _ in conversions))})")
 
-    phase = _Phase(progress, "download", ", ".join(todo.download), sum(remaining.values()))
+    phase = _Phase(progress, "download", "", sum(remaining.values()))
     for name in todo.download:
+        phase.item = name
         _download(hub[name], commit, folder, phase)
         report.downloaded.append(name)
 
@@ -739,8 +740,7 @@ def _run(folder: Path, todo: _Todo, keep: bool, progress: Optional[ProgressCallb
         if ours:
             _finish_original(archive, folder, keep)
 
-    phase = _Phase(progress, "convert", ", ".join(th.name for th, _ in todo.convert.values()),
-                   sum(c for c, _ in conversions))
+    phase = _Phase(progress, "convert", "", sum(c for c, _ in conversions))
     for kind, (th, ours) in todo.convert.items():
         phase.item = th.name
         _convert(th, folder, kind, phase)

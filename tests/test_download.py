@@ -425,3 +425,100 @@ def test_target_folder_prefers_an_existing_set_then_the_first_root(tmp_path):
     (second / dl.OFFICIAL_SET).mkdir(parents=True)
     assert dl.target_folder([first, second]) == second / dl.OFFICIAL_SET
 
+
+
+# --------------------------------------------------------------------------------------------- node and command line
+@pytest.fixture
+def comfy_roots(tmp_path, monkeypatch):
+    """Two diffstyle360 model folders as ComfyUI gives them: the extra_model_paths.yaml one first, then the default."""
+    from nodes import host, loader
+
+    roots = [tmp_path / "yaml_models", tmp_path / "ComfyUI" / "models" / "diffstyle360"]
+    monkeypatch.setattr(host, "model_roots", lambda: [str(r) for r in roots])
+    loader.clear_cache()
+    host.request_interrupt(False)
+    host.RecordingProgressBar.instances.clear()
+    yield roots
+    loader.clear_cache()
+    host.request_interrupt(False)
+
+
+def test_loader_node_offers_the_official_set_and_downloads_it_on_first_run(hub, hub_files, comfy_roots):
+    import nodes
+    from nodes import host, loader
+
+    node = nodes.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]
+    spec = node.INPUT_TYPES()
+    assert spec["required"]["weight_set"][0] == [dl.OFFICIAL_SET]  # offered although nothing is on disk
+    assert spec["optional"]["keep_downloaded_th"][0] == "BOOLEAN"
+
+    (handle,) = node().load(dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32", "off", True)
+    folder = comfy_roots[0] / dl.OFFICIAL_SET  # the extra_model_paths.yaml folder comes first
+    assert handle.path == folder and (folder / MAIN_TH).is_file()  # keep_downloaded_th=True kept it
+    bars = host.RecordingProgressBar.instances
+    download_bar = bars[0]  # ComfyUI's progress bar in bytes, ending at the total
+    total = sum(len(d) for d in hub_files.values())
+    assert download_bar.total == total and download_bar.calls[-1][:2] == (total, total)
+    assert len(download_bar.calls) >= 3 and all(t == total for _, t, _ in download_bar.calls)
+    assert bars[-1].calls[-1][0] == bars[-1].total  # the conversion bar finished
+    assert handle.main_model().config.kind == MAIN and len(handle.cameras()) == 32
+
+    before = len(hub.requests)
+    node().load(dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32")
+    assert len(hub.requests) == before  # later runs: nothing asked, nothing downloaded
+
+
+def test_loader_node_converts_hand_placed_th_and_passes_cancel_through(hub, tiny_weights, comfy_roots):
+    import nodes
+    from nodes import host, loader
+
+    node = nodes.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]
+    mine = comfy_roots[1] / "mine"
+    mine.mkdir(parents=True)
+    tiny = Path(tiny_weights)
+    shutil.copy(tiny / "original" / "model_state-tiny.th", mine / "model_state-tiny.th")
+    shutil.copy(tiny / "original" / "model_state-tiny.config.json", mine / "model_state-tiny.config.json")
+    shutil.copytree(tiny / "cam_condition", mine / "cam_condition")
+    assert "mine" in node.INPUT_TYPES()["required"]["weight_set"][0]  # listed before it is converted
+    (handle,) = node().load("mine", loader.TRAINING_FREE, "fp32")
+    assert handle.has(MAIN) and not handle.has(BACK_VIEW) and (mine / "model_state-tiny.th").is_file()
+    assert hub.requests == []  # a set of the user's own is never downloaded into
+
+    host.request_interrupt(True)  # Cancel pressed: the host's exception, not a DiffStyle360 error
+    with pytest.raises(host.InterruptProcessingException):
+        node().load(dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32")
+
+
+def test_loader_node_errors_are_one_sentence(hub, comfy_roots, monkeypatch):
+    import nodes
+    from nodes import loader
+    from nodes.common import DiffStyle360Error
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DiffStyle360Error) as err:
+        nodes.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]().load(dl.OFFICIAL_SET, loader.TRAINING_FREE)
+    message = str(err.value)
+    assert message.startswith("Load Appearance Modules: HF_HUB_OFFLINE is set") and "\n" not in message
+
+
+def test_cli_download_command(hub, tmp_path, capsys, monkeypatch):
+    from huggingface_hub.utils import enable_progress_bars
+
+    from diffstyle360_core.cli.main import main
+
+    folder = tmp_path / "weights"
+    try:
+        assert main(["download", "--weights-dir", str(folder), "--keep-th"]) == 0
+        out, err = capsys.readouterr()
+        assert f"weights ready in {folder}" in out
+        assert "downloading" in err and "converting" in err and " MB" in err
+        assert (folder / MAIN_TH).is_file() and loading.read_config(folder, BACK_VIEW).kind == BACK_VIEW
+        assert main(["download", "--weights-dir", str(folder)]) == 0
+        assert "nothing to do" in capsys.readouterr().out
+
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert main(["download", "--weights-dir", str(tmp_path / "other")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: HF_HUB_OFFLINE is set")
+    finally:
+        enable_progress_bars()

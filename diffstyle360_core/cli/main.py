@@ -28,7 +28,7 @@ from .. import options as O
 from .outputs import OutputError, RunOutput
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
-PLUGINS = ("diffstyle360_core.cli.train",)
+PLUGINS = ("diffstyle360_core.cli.train", "diffstyle360_core.cli.download")
 
 #: core argument names → the flags that set them (core messages never name flags; ours do)
 FLAGS = {
