@@ -73,7 +73,7 @@ class ByteProgress:
         total = max(1, event.total)
         if event.phase != self.phase:
             self.phase, self.bar, self.shown = event.phase, host.progress_bar(total), 0.0
-            _log.info("DiffStyle360: %s %s (%.2f GB)", event.phase, event.item, event.total / 1e9)
+            _log.info("DiffStyle360: %s, %.2f GB in all, starting with %s", event.phase, event.total / 1e9, event.item)
         now = time.monotonic()
         if event.done >= event.total or now - self.shown >= self.interval:
             self.shown = now

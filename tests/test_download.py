@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -181,7 +182,8 @@ def hub(hub_files, monkeypatch, tmp_path):
 
     # huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE once at import: point those copies here too.
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        server.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     yield server
     server.close()
@@ -216,7 +218,7 @@ def test_fresh_download_converts_verifies_and_loads(hub, hub_files, tiny_weights
     down = events_of(events, "download")
     total = sum(len(d) for d in hub_files.values())
     assert down[-1].done == down[-1].total == total
-    assert all(a.done <= b.done for a, b in zip(down, down[1:]))
+    assert all(a.done <= b.done for a, b in itertools.pairwise(down))
     conv = events_of(events, "convert")
     assert conv[-1].done == conv[-1].total > 0
     # the converted weights are fp16 and equal the reference conversion within fp16 rounding
