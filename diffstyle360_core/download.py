@@ -334,7 +334,8 @@ def _file_location(name: str, commit: str, folder: Path) -> Tuple[str, Optional[
 
 # --------------------------------------------------------------------------------------------- one download
 class _Cancelled(Exception):
-    """Wraps what the progress callback raised, so it is told apart from network errors."""
+    """Wraps what our side of a write raised (a Cancel from the progress callback, a full disk), so it is
+    raised as it is instead of being retried like a network error."""
 
     def __init__(self, inner: BaseException):
         super().__init__(str(inner))
@@ -349,9 +350,9 @@ class _CountingFile:
         self.rewound = False  # the server ignored our Range: the hash is recomputed from the file
 
     def write(self, data) -> int:
-        n = self._f.write(data)
-        self._hasher.update(data)
         try:
+            n = self._f.write(data)
+            self._hasher.update(data)
             self._report(len(data))
         except BaseException as err:
             raise _Cancelled(err) from None
