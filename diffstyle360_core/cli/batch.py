@@ -149,6 +149,7 @@ def cross_product(contents: str, styles: str) -> List[Job]:
 
 def _name_jobs(jobs: List[Job]) -> List[Job]:
     """Give unnamed jobs ``<content>__<style>`` names, made unique with a hash of their flags."""
+    named = {id(job) for job in jobs if job.name}
     for job in jobs:
         if not job.name:
             job.name = _default_name(job.argv)
@@ -156,7 +157,7 @@ def _name_jobs(jobs: List[Job]) -> List[Job]:
     for job in jobs:
         counts[job.name] = counts.get(job.name, 0) + 1
     for job in jobs:
-        if counts[job.name] > 1:
+        if counts[job.name] > 1 and id(job) not in named:
             job.name += "-" + hashlib.sha256("\0".join(job.argv).encode()).hexdigest()[:8]
     seen: Dict[str, Job] = {}
     for job in jobs:
