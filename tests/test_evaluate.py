@@ -169,6 +169,11 @@ def test_shuffled_views_score_worse_on_view_consistency(tmp_path):
     assert R.met3r(_job("s", shuffled), pair_scorer) > R.met3r(_job("o", views), pair_scorer)
     same = [views[0]] * 4
     assert R.depth_consistency(_job("same", same), depths) == pytest.approx(0.0, abs=1e-20)
+    job = _job("gt", views)
+    job.ground_truth = list(views)  # the views are their own ground truth: ΔD 0
+    assert R.depth_vs_ground_truth(job, depths) == pytest.approx(0.0, abs=1e-20)
+    job.ground_truth = shuffled
+    assert R.depth_vs_ground_truth(job, depths) > 1e-3
     assert R.met3r(_job("same", same), pair_scorer) == 0.0
 
 
@@ -178,7 +183,8 @@ def test_report_pools_fid_per_run_gives_per_style_stats_and_refuses_unequal_n(tm
                    style=IMAGES / "style_posterized.png", label="posterized")]
     jobs = ink + poster
     reference = [v for j in jobs for v in j.views]
-    report = R.evaluate({"ours": jobs}, STAND_INS, R.Settings(kid_subsets=5), reference=reference)
+    report = R.evaluate({"ours": jobs}, STAND_INS, R.Settings(kid_subsets=5), reference=reference,
+                        ground_truth=True)
     summary = report["summary"]["ours"]
     assert list(summary) == ["ink", "posterized", "all styles"]
     assert summary["ink"]["jobs"] == 2 and summary["all styles"]["views"] == 12
@@ -235,14 +241,16 @@ def test_evaluate_command_writes_the_table_and_json_with_stand_ins(tmp_path, mon
         _turntable(reference / job, FACE, n=4, step=4)
     monkeypatch.setattr(E, "backends_from_args", lambda args: STAND_INS)
     out = tmp_path / "report" / "table.md"
-    assert main(["evaluate", "--runs", str(runs), "--reference", str(reference), "--out", str(out),
-                 "--kid-subsets", "5"]) == 0
+    assert main(["evaluate", "--runs", str(runs), "--reference", str(reference), "--ground-truth", str(reference),
+                 "--out", str(out), "--kid-subsets", "5"]) == 0
     table, data = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     assert table in capsys.readouterr().out
     assert "| run | style | jobs | views | ID ↑ |" in table and "| run | style_ink | 2 | 8 |" in table
     assert set(data["jobs"]["run"]) == {"a__ink", "b__ink", "a__poster"}
     assert data["jobs"]["run"]["a__ink"]["clip_ref"] == pytest.approx(1.0, abs=1e-9)  # identical to its reference
     assert data["jobs"]["run"]["a__poster"]["clip_ref"] is None  # no reference for this job
+    assert data["jobs"]["run"]["a__ink"]["depth_gt"] == pytest.approx(0.0, abs=1e-12)
+    assert data["jobs"]["run"]["b__ink"]["depth_gt"] > 0  # its views slide 5 px, its ground truth 4
     assert data["summary"]["run"]["all styles"]["fid"]["n"] == 12
     assert data["columns"]["identity"]["definition"].startswith("ArcFace cosine similarity")
 
@@ -257,7 +265,7 @@ def test_evaluate_command_without_models_gives_na_columns_and_no_download(tmp_pa
     assert main(["evaluate", "--runs", str(runs)]) == 0
     table = (runs / "report.md").read_text()
     for reason in ("n/a (insightface not installed (test))", "n/a (transformers not installed (test))",
-                   "n/a (needs --reference)", "n/a (met3r not installed (test))"):
+                   "n/a (needs --reference)", "n/a (met3r not installed (test))", "n/a (needs --ground-truth"):
         assert reason in table
     capsys.readouterr()
     assert main(["evaluate", "--runs", str(tmp_path / "nowhere")]) == 2

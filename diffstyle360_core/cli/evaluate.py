@@ -33,6 +33,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--reference", default=None,
                    help="reference images (e.g. SD img2img): every image under it is pooled for FID/KID; "
                         "REFERENCE/<job>/<view file> is the matched image for CLIP-ref")
+    p.add_argument("--ground-truth", default=None,
+                   help="unedited views at the same cameras (e.g. RenderMe360): GROUND_TRUTH/<job>/<view file>, "
+                        "for the paper's ΔD")
     p.add_argument("--out", default=None, help="Markdown report (default: the first RUNS/report.md); JSON beside it")
     p.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {', '.join(METRICS)}")
     p.add_argument("--clip-model", default=CLIP_DEFAULT, help="transformers CLIP model id or folder")
@@ -49,7 +52,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
 
 
-def collect_runs(folders: List[str], reference: "Path | None") -> Dict[str, list]:
+def collect_runs(folders: List[str], reference: "Path | None", ground_truth: "Path | None" = None) -> Dict[str, list]:
     """The complete jobs of each batch output folder as :class:`RunJob` lists, keyed by a unique run name."""
     from ..evaluation.report import RunJob
 
@@ -69,10 +72,12 @@ def collect_runs(folders: List[str], reference: "Path | None") -> Dict[str, list
             alpha = record.get("alpha")
             styles = [Path(s) for s in record.get("styles") or []]
             refs = [(reference / job_dir.name / v.name) if reference else None for v in views]
+            truth = [(ground_truth / job_dir.name / v.name) if ground_truth else None for v in views]
             jobs.append(RunJob(name=job_dir.name, style=record.get("style_label") or "plain", views=views, yaws=yaws,
                                content=Path(record["content"]) if record.get("content") else None, styles=styles,
                                style_weights=[1 - alpha, alpha] if alpha is not None and len(styles) == 2 else None,
-                               references=[r if r is not None and r.is_file() else None for r in refs]))
+                               references=[r if r is not None and r.is_file() else None for r in refs],
+                               ground_truth=[t if t is not None and t.is_file() else None for t in truth]))
         if not jobs:
             raise O.InputError(f"--runs {root} holds no complete job; run (or finish) the batch first")
         name = root.resolve().name or str(root)
@@ -136,9 +141,12 @@ def run_evaluate(args: argparse.Namespace, backends=None) -> None:
 
     reference = Path(args.reference).expanduser() if args.reference else None
     pool = _reference_pool(reference)
-    runs = collect_runs(args.runs, reference)
+    truth = Path(args.ground_truth).expanduser() if args.ground_truth else None
+    if truth is not None and not truth.is_dir():
+        raise FileNotFoundError(f"--ground-truth folder {truth} not found")
+    runs = collect_runs(args.runs, reference, truth)
     backends = backends or backends_from_args(args)
-    report = evaluate(runs, backends, settings_from_args(args), reference=pool)
+    report = evaluate(runs, backends, settings_from_args(args), reference=pool, ground_truth=truth is not None)
     out = Path(args.out).expanduser() if args.out else Path(args.runs[0]).expanduser() / "report.md"
     write_report(report, out)
     print(to_markdown(report), end="")

@@ -19,7 +19,8 @@ from .extractors import MetricUnavailable
 
 #: (key, table header); the order of the table's columns
 COLUMNS = (("identity", "ID ↑"), ("face_rate", "face det."), ("clip_style", "CLIP-style ↑"),
-           ("clip_ref", "CLIP-ref ↑"), ("fid", "FID ↓"), ("kid", "KID ↓"), ("depth", "ΔD ↓"), ("met3r", "MEt3R ↓"))
+           ("clip_ref", "CLIP-ref ↑"), ("fid", "FID ↓"), ("kid", "KID ↓"), ("depth_gt", "ΔD ↓"),
+           ("depth", "ΔD-nb ↓"), ("met3r", "MEt3R ↓"))
 POOLED = ("fid", "kid")
 
 
@@ -35,6 +36,7 @@ class RunJob:
     styles: List[Path] = field(default_factory=list)
     style_weights: Optional[List[float]] = None
     references: List[Optional[Path]] = field(default_factory=list)  # reference view per view (or None)
+    ground_truth: List[Optional[Path]] = field(default_factory=list)  # unedited view per view (or None)
 
 
 @dataclass
@@ -79,11 +81,15 @@ def definitions(s: Settings) -> Dict[str, str]:
                "eigenvalues of Σ1^½Σ2Σ1^½. Biased in N: runs are compared only at equal N.",
         "kid": f"Kernel Inception Distance on the same features: unbiased MMD² with k(x,y) = (x·y/d + 1)³, mean ± "
                f"std over {s.kid_subsets} random subsets of min({s.kid_subset_size}, N_run, N_ref) images each side.",
-        "depth": f"ΔD, view consistency: relative depth ({s.depth_model}) of each pair of neighbouring views (i, i+1 "
+        "depth_gt": f"ΔD as in the paper: relative depth ({s.depth_model}) of each view and of the unedited "
+                    "ground-truth view at the same camera (GROUND_TRUTH/<job>/<view file>, resized to the view); "
+                    "the ground truth's map min-max normalised to [0, 1], the view's map least-squares "
+                    "scale-and-shift aligned to it, then the mean squared difference over all pixels; mean over "
+                    "the views that have one, then over jobs.",
+        "depth": f"ΔD-nb, view consistency without ground truth: relative depth ({s.depth_model}) of each pair of neighbouring views (i, i+1 "
                  "mod N, the loop closed); view i's map min-max normalised to [0, 1], view i+1's map least-squares "
                  "scale-and-shift aligned to it, then the mean squared difference over all pixels; mean over pairs, "
-                 "then over jobs. Part of it is the true parallax between neighbours: compare at equal N and views. "
-                 "(The paper's ΔD compares to ground-truth views, which a stylization does not have.)",
+                 "then over jobs. Part of it is the true parallax between neighbours: compare at equal N and views.",
         "met3r": f"MEt3R ×100 ({s.met3r}) of each pair of neighbouring views (i, i+1 mod N), both directions "
                  "averaged; mean over pairs, then over jobs. Lower is more consistent.",
     }
@@ -145,6 +151,16 @@ def clip_reference(job: RunJob, clip) -> Optional[float]:
     return float(np.mean(stats.cosine(views, refs)))
 
 
+def depth_vs_ground_truth(job: RunJob, depth) -> Optional[float]:
+    pairs = [(v, g) for v, g in zip(job.views, job.ground_truth) if g is not None]
+    if not pairs:
+        return None
+    views = _Images.open([v for v, _ in pairs])
+    truth = [g.resize(v.size) if g.size != v.size else g for g, v in zip(_Images.open([g for _, g in pairs]), views)]
+    maps_v, maps_g = depth(views), depth(truth)
+    return float(np.mean([stats.depth_pair_error(g, v) for g, v in zip(maps_g, maps_v)]))
+
+
 def depth_consistency(job: RunJob, depth) -> Optional[float]:
     pairs = stats.loop_pairs(len(job.views))
     if not pairs:
@@ -188,15 +204,17 @@ class _Models:
 
 
 def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settings = Settings(),
-             reference: Optional[List[Path]] = None) -> dict:
+             reference: Optional[List[Path]] = None, ground_truth: bool = False) -> dict:
     """Every metric of every job of every run, per-style means/stds, pooled FID/KID, column definitions."""
     models = _Models(backends)
     unavailable: Dict[str, str] = {}
     need_model = {"identity": "face", "face_rate": "face", "clip_style": "clip", "clip_ref": "clip",
-                  "depth": "depth", "met3r": "met3r", "fid": "inception", "kid": "inception"}
+                  "depth": "depth", "depth_gt": "depth", "met3r": "met3r", "fid": "inception", "kid": "inception"}
     if not reference:
         for key in ("clip_ref", "fid", "kid"):
             unavailable[key] = "needs --reference"
+    if not ground_truth:
+        unavailable["depth_gt"] = "needs --ground-truth (unedited views at the same cameras)"
     sizes = {run: sum(len(j.views) for j in jobs) for run, jobs in runs.items()}
     if len(set(sizes.values())) > 1 and "fid" not in unavailable:
         why = ("runs differ in N (" + ", ".join(f"{r}: {n}" for r, n in sizes.items())
@@ -225,6 +243,9 @@ def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settin
             clip = model_for("clip_ref")
             if clip is not None:
                 values["clip_ref"] = clip_reference(job, clip)
+            depth = model_for("depth_gt")
+            if depth is not None:
+                values["depth_gt"] = depth_vs_ground_truth(job, depth)
             depth = model_for("depth")
             if depth is not None:
                 values["depth"] = depth_consistency(job, depth)
@@ -277,7 +298,7 @@ def _cell(value: Optional[dict], key: str, unavailable: Optional[str], pooled_ro
         return "(pooled)"
     if value is None:
         return "—"
-    digits = 2 if key == "fid" else (4 if key in ("kid", "depth") else 3)
+    digits = 2 if key == "fid" else (4 if key in ("kid", "depth", "depth_gt") else 3)
     mean, std = value["mean"], value["std"]
     if key == "face_rate":
         return f"{100 * mean:.0f}%"
@@ -299,7 +320,7 @@ def to_markdown(report: dict) -> str:
     lines += ["", "Mean ± standard deviation over the jobs (portraits) of each style; '—': no value for these "
               "jobs; FID and KID are computed once per run over all its styles (the **all styles** row).", ""]
     for key, c in columns.items():
-        note = f" **n/a here: {c['unavailable']}.**" if c["unavailable"] else ""
+        note = f" **n/a here: {c['unavailable'].rstrip('.')}.**" if c["unavailable"] else ""
         lines.append(f"- **{c['header']}** — {c['definition']}{note}")
     lines.append(f"\nImages per run (N): {report['n_images']}; reference images: {report['reference_images']}.")
     return "\n".join(lines) + "\n"
