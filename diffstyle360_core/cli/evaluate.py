@@ -73,6 +73,10 @@ def collect_runs(folders: List[str], reference: "Path | None", ground_truth: "Pa
             styles = [Path(s) for s in record.get("styles") or []]
             refs = [(reference / job_dir.name / v.name) if reference else None for v in views]
             truth = [(ground_truth / job_dir.name / v.name) if ground_truth else None for v in views]
+            for path in [record.get("content"), *(record.get("styles") or [])]:
+                if path and not Path(path).is_file():
+                    raise FileNotFoundError(f"job {job_dir.name}: its input {path} (named in its job.json) is "
+                                            "missing; evaluate where the batch's inputs are")
             jobs.append(RunJob(name=job_dir.name, style=record.get("style_label") or "plain", views=views, yaws=yaws,
                                content=Path(record["content"]) if record.get("content") else None, styles=styles,
                                style_weights=[1 - alpha, alpha] if alpha is not None and len(styles) == 2 else None,
