@@ -436,7 +436,8 @@ class BatchRunner:
         if device.type == "cuda" and device.index is None:
             import torch
 
-            device = torch.device("cuda", self.shard.local_rank)  # one GPU per process
+            # one GPU per process; more processes than GPUs share them in turn
+            device = torch.device("cuda", self.shard.local_rank % max(1, torch.cuda.device_count()))
         self.device, self.dtype = device, dtype
         self.size = loading.read_config(self.args.weights, "main").image_size
         self.full = loading.load_cameras(self.args.weights, self.size, conditions=self.args.conditions)
