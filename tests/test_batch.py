@@ -204,6 +204,34 @@ def test_shards_cover_every_job_once_in_balanced_blocks():
         B.shard_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
+def test_back_view_cache_is_keyed_by_image_and_settings_and_outlives_memory(tmp_path):
+    from diffstyle360_core.images import to_model_tensor
+    from diffstyle360_core.options import SamplerOptions
+
+    calls = []
+
+    def generate(fronts, sampler, crop):
+        calls.append(len(fronts))
+        return torch.cat([-to_model_tensor(f, 16, crop=crop) for f in fronts])
+
+    face = Image.open(IMAGES / "astronaut.png").convert("RGB")
+    mirror = face.transpose(Image.FLIP_LEFT_RIGHT)
+    seed1, seed2 = SamplerOptions(seed=1, steps=1), SamplerOptions(seed=2, steps=1)
+    cache = B.BackViewCache(tmp_path, {"weights": "w"}, generate, keep=1)
+    first = cache.backs([face, mirror, face], 16, seed1, "center")
+    assert calls == [2]  # two distinct images, one batched run
+    torch.testing.assert_close(first[0], first[2], rtol=0, atol=0)
+    again = cache.backs([face, mirror], 16, seed1, "center")  # face was evicted from memory: read from disk
+    assert calls == [2]
+    torch.testing.assert_close(again[0], first[0], rtol=0, atol=0)
+    cache.backs([face], 16, seed2, "center")  # another seed: another back view
+    assert calls == [2, 1]
+    B.BackViewCache(tmp_path, {"weights": "w"}, generate).backs([mirror], 16, seed1, "center")  # a rerun
+    assert calls == [2, 1]
+    B.BackViewCache(tmp_path, {"weights": "other"}, generate).backs([mirror], 16, seed1, "center")
+    assert calls == [2, 1, 1]
+
+
 # --------------------------------------------------------------------------- #
 # two processes (torchrun, gloo): one rank killed mid-way, then the batch resumed
 # --------------------------------------------------------------------------- #

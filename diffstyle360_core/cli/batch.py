@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -225,7 +226,8 @@ def _stamp(path: str) -> List:
 def _spec(job: Job, batch_args: argparse.Namespace) -> dict:
     """Everything that decides a job's result: its flags, input-file stamps and the batch-wide model settings."""
     paths = [v for flag, v in zip(job.argv[::2], job.argv[1::2]) if flag.lstrip("-").replace("-", "_") in PATH_COLUMNS]
-    options = {k: v for k, v in sorted(vars(job.args).items()) if k not in ("out", "_commands", "command")} \
+    skip = ("out", "_commands", "command", "device")  # where it runs does not change what it makes
+    options = {k: v for k, v in sorted(vars(job.args).items()) if k not in skip} \
         if job.args is not None else {"argv": job.argv}
     return {"options": json.loads(json.dumps(options, default=str)), "inputs": [_stamp(p) for p in paths],
             "weights": str(Path(batch_args.weights).resolve()),
@@ -321,13 +323,14 @@ class _Group:
 class BackViewCache:
     """Back views keyed by the front image (as the model sees it) and the back-view settings.
 
-    Kept in memory for this process and on disk (``folder/<key>.safetensors``, written atomically)
-    for other processes and reruns. ``generate(fronts, sampler, crop)`` runs the back-view model.
+    Kept in memory for this process (the ``keep`` most recently used) and on disk
+    (``folder/<key>.safetensors``, written atomically) for other processes and reruns.
+    ``generate(fronts, sampler, crop)`` runs the back-view model.
     """
 
-    def __init__(self, folder: Path, fingerprint: dict, generate: Callable):
-        self.folder, self.fingerprint, self.generate = folder, fingerprint, generate
-        self.memory: Dict[str, object] = {}
+    def __init__(self, folder: Path, fingerprint: dict, generate: Callable, keep: int = 64):
+        self.folder, self.fingerprint, self.generate, self.keep = folder, fingerprint, generate, keep
+        self.memory: "OrderedDict[str, object]" = OrderedDict()
         self.generated = 0  # back views this process computed (for the summary line and tests)
 
     def key(self, front, size: int, sampler: "O.SamplerOptions", crop: str) -> str:
@@ -349,7 +352,12 @@ class BackViewCache:
                 self.memory[k] = back
                 self._save(k, back)
             self.generated += len(todo)
-        return [self.memory[k] for k in keys]
+        backs = [self.memory[k] for k in keys]
+        for k in keys:
+            self.memory.move_to_end(k)
+        while len(self.memory) > self.keep:  # a catalogue of heads: the disk copy stays
+            self.memory.popitem(last=False)
+        return backs
 
     def _load(self, key: str) -> bool:
         path = self.folder / f"{key}.safetensors"
