@@ -102,14 +102,36 @@ def test_a_batch_job_gives_what_stylize_gives(tiny_weights, tmp_path, folders):
     out, single = tmp_path / "out", tmp_path / "single"
     manifest = tmp_path / "jobs.csv"
     manifest.write_text("job,content,style,tau,seed\none,contents/a.png,styles/style_ink.png,1.1,7\n")
-    assert main(_batch(tiny_weights, out, "--manifest", str(manifest))) == 0
+    three = ["--steps", "1", "--views", "3"]  # 0°, 120°, 240°: the back view still comes from the set's 180° view
+    assert main(["batch", "--weights", str(tiny_weights), "--out", str(out), "--manifest", str(manifest), *three]) == 0
     assert main(["stylize", "--weights", str(tiny_weights), "--content", str(contents / "a.png"), "--style",
-                 str(styles / "style_ink.png"), "--tau", "1.1", "--seed", "7", *FAST, "--out", str(single)]) == 0
-    for name in ("view_000.png", "view_001.png", "back_views/content_back_000.png"):
+                 str(styles / "style_ink.png"), "--tau", "1.1", "--seed", "7", *three, "--out", str(single)]) == 0
+    for name in ("view_000.png", "view_002.png", "back_views/content_back_000.png"):
         ours = torch.from_numpy(np.asarray(Image.open(out / "jobs" / "one" / name), dtype=np.float32))
         ref = torch.from_numpy(np.asarray(Image.open(single / name), dtype=np.float32))
         # the cached back view goes in as an image clamped to [-1, 1]: at most a rounding step on 8 bits
         torch.testing.assert_close(ours, ref, atol=2.0, rtol=0.0)
+
+
+def test_back_views_use_the_sets_180_degree_view_in_stylize_and_batch(tiny_weights, tmp_path, folders, monkeypatch):
+    import diffstyle360_core.pipeline as P
+
+    chosen = []
+    original = P.back_view_index
+
+    def spy(cameras):
+        index = original(cameras)
+        chosen.append(cameras.yaws_deg[index])
+        return index
+
+    monkeypatch.setattr(P, "back_view_index", spy)
+    contents, styles = folders
+    three = ["--steps", "1", "--views", "3"]  # 0°, 120°, 240°: no 180° among the rendered views
+    assert main(["stylize", "--weights", str(tiny_weights), "--content", str(contents / "a.png"), "--style",
+                 str(styles / "style_ink.png"), *three, "--out", str(tmp_path / "single")]) == 0
+    assert main(["batch", "--weights", str(tiny_weights), "--contents", str(contents), "--styles", str(styles),
+                 *three, "--out", str(tmp_path / "out")]) == 0
+    assert chosen and all(abs(yaw - 180.0) < 1e-6 for yaw in chosen), chosen
 
 
 def test_a_failing_job_is_recorded_and_the_batch_goes_on(tiny_weights, tmp_path, folders, monkeypatch, capsys):

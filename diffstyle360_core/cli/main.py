@@ -349,7 +349,7 @@ def _stylize(args) -> None:
         main = loading.load_main(args.weights, device=load_device, dtype=dtype, style_module=args.style_module)
         back = loading.load_back_view(args.weights, device=load_device, dtype=dtype) if need_backs else None
         _prepare_models(args, dtype, main, back)
-        pipe = DiffStyle360Pipeline(main, back, cameras, placement=placement)
+        pipe = DiffStyle360Pipeline(main, back, full, placement=placement)  # back views: the set's view nearest 180°
         made = (["content"] if args.content_back is None else []) + (
             [f"style {k + 1}" for k in range(len(args.style))] if args.style and not args.style_back else [])
         bar = ProgressBar({"back views": f"back views ({' + '.join(made)}, one batched run)",
