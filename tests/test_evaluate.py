@@ -162,6 +162,19 @@ def test_another_identity_scores_lower_and_faceless_or_back_views_follow_the_sta
         np.mean(S.cosine(np.stack(faces([Image.open(p) for p in own[:2]])), faces([Image.open(FACE)])[0])))
 
 
+def test_identity_against_ground_truth_views_takes_its_valid_views_from_the_ground_truth(tmp_path):
+    views = _turntable(tmp_path / "v", FACE, n=4, step=2)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(blank)
+    job = _job("j", views[:3] + [blank], yaws=[0.0, 20.0, 40.0, 50.0])
+    job.ground_truth = [views[0], views[1], blank, views[3]]  # view 2's ground truth has no face: not counted
+    result = R.identity_vs_ground_truth(job, faces, 60.0)
+    assert result["face_rate"] == pytest.approx(2 / 3)  # view 3 (blank) lost its face: a miss
+    assert result["identity"] == pytest.approx(1.0, abs=1e-12)  # views 0 and 1 equal their ground truth
+    job.ground_truth = [views[1], views[0], None, None]
+    assert R.identity_vs_ground_truth(job, faces, 60.0)["identity"] < 1.0
+
+
 def test_shuffled_views_score_worse_on_view_consistency(tmp_path):
     views = _turntable(tmp_path / "tt", FACE, n=8, step=6)
     shuffled = [views[i] for i in (0, 4, 1, 6, 2, 7, 3, 5)]
@@ -272,6 +285,8 @@ def test_evaluate_command_without_models_gives_na_columns_and_no_download(tmp_pa
     assert "has no jobs/ folder" in capsys.readouterr().err
     assert main(["evaluate", "--runs", str(runs), "--metrics", "clip,colour"]) == 2
     assert "--metrics: unknown ['colour']" in capsys.readouterr().err
+    assert main(["evaluate", "--runs", str(runs), "--id-against", "ground-truth"]) == 2
+    assert "--id-against ground-truth needs --ground-truth" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- #

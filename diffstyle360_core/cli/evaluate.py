@@ -44,6 +44,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--arcface-pack", default=ARCFACE_DEFAULT,
                    help="insightface model pack name or folder (non-commercial research licence)")
     p.add_argument("--det-thresh", type=float, default=0.5, help="face detection threshold (stylized faces: ~0.3)")
+    p.add_argument("--id-against", choices=["content", "ground-truth"], default="content",
+                   help="identity against the content portrait, or each view against its --ground-truth view")
     p.add_argument("--max-yaw", type=float, default=60.0, help="identity: views with |yaw| above this are excluded")
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--kid-subsets", type=int, default=100)
@@ -123,7 +125,7 @@ def backends_from_args(args):
 def settings_from_args(args):
     from ..evaluation.report import Settings
 
-    return Settings(max_yaw=args.max_yaw, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
+    return Settings(max_yaw=args.max_yaw, id_against=args.id_against, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
                     clip_model=args.clip_model, depth_model=args.depth_model, arcface_pack=args.arcface_pack,
                     met3r=f"backbone {args.met3r_backbone}, {args.met3r_size}px")
 
@@ -146,6 +148,8 @@ def run_evaluate(args: argparse.Namespace, backends=None) -> None:
     reference = Path(args.reference).expanduser() if args.reference else None
     pool = _reference_pool(reference)
     truth = Path(args.ground_truth).expanduser() if args.ground_truth else None
+    if args.id_against == "ground-truth" and truth is None:
+        raise O.InputError("--id-against ground-truth needs --ground-truth (the unedited views at the same cameras)")
     if truth is not None and not truth.is_dir():
         raise FileNotFoundError(f"--ground-truth folder {truth} not found")
     runs = collect_runs(args.runs, reference, truth)
