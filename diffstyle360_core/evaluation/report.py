@@ -121,6 +121,12 @@ class _Images:
         return out
 
 
+def _pooled_features(paths: List[Path], model, batch: int = 64) -> np.ndarray:
+    """Features of many images, opened a batch at a time (a run of thousands of views does not fit in memory)."""
+    return np.concatenate([np.asarray(model(_Images.open(paths[i:i + batch])), dtype=np.float64)
+                           for i in range(0, len(paths), batch)])
+
+
 def _yaw_distance(yaw: float) -> float:
     y = abs(float(yaw)) % 360.0
     return min(y, 360.0 - y)
@@ -287,9 +293,9 @@ def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settin
         if key in unavailable:
             unavailable.setdefault(twin, unavailable[key])
     if inception is not None:
-        ref_features = inception(_Images.open(reference))
+        ref_features = _pooled_features(reference, inception)
         for run, jobs in runs.items():
-            features = inception(_Images.open([v for j in jobs for v in j.views]))
+            features = _pooled_features([v for j in jobs for v in j.views], inception)
             if len(features) < 2 or len(ref_features) < 2:
                 pooled[run] = {"fid": None, "kid": None}
                 continue
