@@ -494,8 +494,9 @@ class BatchRunner:
                   "style_label": _style_label(args), "views": len(result.views),
                   "yaws_deg": [float(y) for y in result.yaws_deg], "spec": job.spec}
         with RunOutput(self.out / JOBS_DIR / job.name) as run:
-            cli._save_run(run, result, fps=args.fps)
-            record["files"] = sorted({n.split("/")[0] for n in run.names})
+            paths = cli._save_run(run, result, fps=args.fps)
+            written = [*paths.get("png", []), *(paths[k] for k in ("gif", "webp") if k in paths)]
+            record["files"] = sorted({Path(f).name for f in written} | {"back_views"})  # what must be there
             record["seconds"] = round(time.time() - start, 3)
             peak = _peak_memory_mib(self.device)
             record["peak_memory_mib"] = round(peak, 1) if peak is not None else None
