@@ -34,7 +34,8 @@ from .outputs import OutputError, RunOutput
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
 #: signals handled like Ctrl-C: the run stops, cleans up and exits 128 + the signal's number
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-PLUGINS = ("diffstyle360_core.cli.train", "diffstyle360_core.cli.download")
+PLUGINS = ("diffstyle360_core.cli.train", "diffstyle360_core.cli.download", "diffstyle360_core.cli.batch",
+           "diffstyle360_core.cli.evaluate")
 
 #: core argument names → the flags that set them (core messages never name flags; ours do)
 FLAGS = {
@@ -383,34 +384,21 @@ def _prepare_models(args, dtype, *models) -> None:
 
 def _stylize(args) -> None:
     checked = _check_stylize_options(args)  # no torch yet
-    sampler, windows = checked["sampler"], checked["windows"]
+    windows = checked["windows"]
     device, dtype = _device_dtype(args)
     STATE.oom_hint = (f"lower --windows-per-batch (now {windows.windows_per_batch}), then --window or --views"
                       + (", or use --dtype fp16" if dtype != _torch().float16 else "")
                       + ("" if args.offload else ", or add --offload")
                       + ("" if args.fp8_weights else ", then --fp8-weights"))
     from .. import loading
-    from ..cameras import load_condition_set, select_views
 
     need_backs = bool(args.content_back is None or (args.style and not args.style_back))
     if need_backs:
         loading.model_folder(args.weights, "back_view")  # clear message for a wrong --weights, before loading
     size = loading.read_config(args.weights, "main").image_size
     images = _read_images(args, size)
-    full = cameras = loading.load_cameras(args.weights, size, conditions=args.conditions)
-    if args.yaw_range is not None:
-        cameras = select_views(full, yaw_range=tuple(args.yaw_range), views=args.views)
-    elif args.views is not None:
-        cameras = select_views(full, views=args.views)
-    guides = None
-    if args.guide_frames:
-        frames = load_condition_set(args.guide_frames, size)
-        if len(frames) == len(full) and len(frames) != len(cameras):
-            frames = frames.select(cameras.indices)  # a full-turntable guide video: keep the chosen views
-        if len(frames) != len(cameras):
-            raise O.InputError(f"--guide-frames has {len(frames)} frames for {len(cameras)} views; give one per "
-                               "view, or one per view of the whole condition set")
-        guides = (frames.images + 1) / 2
+    full = loading.load_cameras(args.weights, size, conditions=args.conditions)
+    cameras, guides = _select_cameras(args, full, size)
 
     from ..cameras import find_condition_folder
 
@@ -425,34 +413,67 @@ def _stylize(args) -> None:
         inputs.append(("--weights", find_condition_folder(loading.weight_set_root(args.weights))))
     run = _open_output(args, "stylize", inputs, _stylize_names(len(cameras), len(args.style)))
     with run:
-        from ..pipeline import DiffStyle360Pipeline, Style, alpha_weights
+        from ..pipeline import DiffStyle360Pipeline
 
         load_device, placement = _placement(args, device)
         main = loading.load_main(args.weights, device=load_device, dtype=dtype, style_module=args.style_module)
         back = loading.load_back_view(args.weights, device=load_device, dtype=dtype) if need_backs else None
         _prepare_models(args, dtype, main, back)
-        pipe = DiffStyle360Pipeline(main, back, cameras, placement=placement)
-        style = None
-        if args.style:
-            style = Style(images=images["styles"],
-                          weights=list(alpha_weights(args.alpha)) if args.alpha is not None else None,
-                          backs=images["backs"] or None, mask=images["masks"]["mask"],
-                          back_mask=images["masks"]["back_mask"])
+        pipe = DiffStyle360Pipeline(main, back, full, placement=placement)  # back views: the set's view nearest 180°
         made = (["content"] if args.content_back is None else []) + (
             [f"style {k + 1}" for k in range(len(args.style))] if args.style and not args.style_back else [])
         bar = ProgressBar({"back views": f"back views ({' + '.join(made)}, one batched run)",
                            "turntable": f"turntable ({len(cameras)} views)",
                            "decode": f"decode ({len(cameras)} views)"})
-        result = pipe.stylize(
-            images["content"], style, content_back=images["content_back"], cameras=cameras, tau=checked["tau"],
-            pairing=args.pairing, mask_mode=args.mask_mode, seed=sampler.seed, steps=sampler.steps,
-            cfg=sampler.cfg, eta=sampler.eta, scheduler=sampler.scheduler, window=windows.window,
-            window_mode=windows.mode, overlap=windows.overlap, windows_per_batch=windows.windows_per_batch,
-            guide_frames=guides, crop=args.crop, progress=bar,
-        )
+        result = _turntable(pipe, args, checked, images, cameras, guides, progress=bar)
         paths = _save_run(run, result, fps=args.fps)
         run.commit()
     print(f"wrote {len(result.views)} views to {args.out}: {paths.get('gif') or paths['png'][0]}")
+
+
+def _select_cameras(args, full, size: int):
+    """(the views a run renders: --yaw-range / --views of the ``full`` set, their --guide-frames or None)."""
+    from ..cameras import load_condition_set, select_views
+
+    cameras = full
+    if args.yaw_range is not None:
+        cameras = select_views(full, yaw_range=tuple(args.yaw_range), views=args.views)
+    elif args.views is not None:
+        cameras = select_views(full, views=args.views)
+    guides = None
+    if args.guide_frames:
+        frames = load_condition_set(args.guide_frames, size)
+        if len(frames) == len(full) and len(frames) != len(cameras):
+            frames = frames.select(cameras.indices)  # a full-turntable guide video: keep the chosen views
+        if len(frames) != len(cameras):
+            raise O.InputError(f"--guide-frames has {len(frames)} frames for {len(cameras)} views; give one per "
+                               "view, or one per view of the whole condition set")
+        guides = (frames.images + 1) / 2
+    return cameras, guides
+
+
+def _turntable(pipe, args, checked: dict, images: dict, cameras, guides, *, content_back=None, style_backs=None,
+               progress=None):
+    """One stylize run of ``pipe`` with checked options and read images (shared by stylize and batch).
+
+    ``content_back`` / ``style_backs``: back views already at hand (e.g. cached), instead of the files'.
+    """
+    from ..pipeline import Style, alpha_weights
+
+    sampler, windows = checked["sampler"], checked["windows"]
+    style = None
+    if args.style:
+        style = Style(images=images["styles"],
+                      weights=list(alpha_weights(args.alpha)) if args.alpha is not None else None,
+                      backs=style_backs or images["backs"] or None, mask=images["masks"]["mask"],
+                      back_mask=images["masks"]["back_mask"])
+    return pipe.stylize(
+        images["content"], style, content_back=content_back if content_back is not None else images["content_back"],
+        cameras=cameras, tau=checked["tau"], pairing=args.pairing, mask_mode=args.mask_mode, seed=sampler.seed,
+        steps=sampler.steps, cfg=sampler.cfg, eta=sampler.eta, scheduler=sampler.scheduler, window=windows.window,
+        window_mode=windows.mode, overlap=windows.overlap, windows_per_batch=windows.windows_per_batch,
+        guide_frames=guides, crop=args.crop, progress=progress,
+    )
 
 
 CONTENT_BACK = "back_views/content_back"
