@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CORE_NODES = Path(__file__).with_name("comfy_core_nodes.json")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+#: Frontend-only node types: drawn in the graph, never sent to the server (no /object_info entry).
+VIRTUAL_NODES = {"Note", "MarkdownNote"}
+#: LiteGraph modes that leave a node out of the prompt: muted ("never") and bypassed.
+INACTIVE_MODES = (2, 4)
+#: Height of a node's title bar above its ``pos`` (LiteGraph.NODE_TITLE_HEIGHT).
+TITLE_HEIGHT = 30
 
 
 def _our_definitions() -> Dict[str, dict]:
@@ -83,6 +89,12 @@ def widget_slots(definition: dict) -> List[Tuple[str, Any, dict, str]]:
         if opts.get("image_upload"):
             uploads.append((name, kind, opts, "upload"))  # the frontend adds the upload button last
     return slots + uploads
+
+
+def widget_types(definition: dict) -> Dict[str, str]:
+    """Widget name → the type a link into it must carry (a widget can take a link, e.g. from an Int primitive)."""
+    return {name: ("COMBO" if isinstance(kind, list) else kind)
+            for name, kind, _, role in widget_slots(definition) if role == "value"}
 
 
 def socket_inputs(definition: dict) -> List[Tuple[str, str, bool]]:
