@@ -24,9 +24,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-from workflow_graph import (CONTROL_VALUES, INACTIVE_MODES, TITLE_HEIGHT, VIRTUAL_NODES,  # noqa: E402
-                            combo_values, node_definitions, socket_inputs, types_compatible, widget_slots,
-                            widget_types)
+from workflow_graph import (CONTROL_VALUES, FRONTEND_WIDGETS, INACTIVE_MODES, TITLE_HEIGHT,  # noqa: E402
+                            VIRTUAL_NODES, combo_values, node_definitions, socket_inputs, types_compatible,
+                            widget_slots, widget_types)
 
 from nodes import examples, host, loader  # noqa: E402
 
@@ -125,7 +125,11 @@ def validate(workflow: dict, defs: dict) -> list:
         d = defs[kind]
         slots = widget_slots(d)
         values = node.get("widgets_values", [])
-        if len(values) != len(slots):
+        if kind in FRONTEND_WIDGETS:
+            if values != FRONTEND_WIDGETS[kind]:
+                problems.append(f"node {node['id']} {kind}: widgets {values}, the frontend writes "
+                                f"{FRONTEND_WIDGETS[kind]}")
+        elif len(values) != len(slots):
             problems.append(f"node {node['id']} {kind}: {len(values)} widget values, definition has {len(slots)}")
         else:
             for (name, wkind, opts, role), value in zip(slots, values):

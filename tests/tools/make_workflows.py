@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_graph import (ROOT, TITLE_HEIGHT, node_definitions, socket_inputs,  # noqa: E402
-                            widget_slots)
+from workflow_graph import (FRONTEND_WIDGETS, ROOT, TITLE_HEIGHT, node_definitions,  # noqa: E402
+                            socket_inputs, widget_slots)
 
 from nodes.examples import input_name  # noqa: E402
 
@@ -62,7 +62,7 @@ class Node:
                 values.append(opts["default"])
             else:
                 raise KeyError(f"{kind}.{name} needs a value")
-        self.widgets_values = values
+        self.widgets_values = values or list(FRONTEND_WIDGETS.get(kind, []))
 
     def out(self, index: int = 0):
         return (self, index)

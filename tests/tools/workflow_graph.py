@@ -21,6 +21,9 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 #: Frontend-only node types: drawn in the graph, never sent to the server (no /object_info entry).
 VIRTUAL_NODES = {"Note", "MarkdownNote"}
+#: Widgets the frontend itself adds to a core node (not in /object_info) and re-serializes in widgets_values:
+#: Preview as Text's text area, markdown view and mode toggle (frontend 1.35's Comfy.PreviewAny extension).
+FRONTEND_WIDGETS = {"PreviewAny": [None, None, False]}
 #: LiteGraph modes that leave a node out of the prompt: muted ("never") and bypassed.
 INACTIVE_MODES = (2, 4)
 #: Height of a node's title bar above its ``pos`` (LiteGraph.NODE_TITLE_HEIGHT).
@@ -78,7 +81,8 @@ def combo_values(kind: Any, opts: dict):
 
 def widget_slots(definition: dict) -> List[Tuple[str, Any, dict, str]]:
     """Widget values in ``widgets_values`` order: (input name, type, options, role); role is "value",
-    "control" (the control-after-generate value behind a seed) or "upload" (LoadImage's button, added after the other widgets)."""
+    "control" (the control-after-generate value behind a seed) or "upload" (LoadImage's button, added after the
+    other widgets)."""
     slots, uploads = [], []
     for name, kind, opts, _ in ordered_inputs(definition):
         if not is_widget(kind, opts):

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_graph import INACTIVE_MODES, VIRTUAL_NODES, widget_slots  # noqa: E402
+from workflow_graph import FRONTEND_WIDGETS, INACTIVE_MODES, VIRTUAL_NODES, widget_slots  # noqa: E402
 
 
 def server_definitions(server: str) -> Dict[str, dict]:
@@ -57,6 +57,8 @@ def to_api(workflow: dict, defs: Dict[str, dict], overrides: Optional[Dict[str, 
             raise KeyError(f"node {nid}: type {kind} is not installed")
         inputs: Dict[str, Any] = {}
         values = list(node.get("widgets_values") or [])
+        if kind in FRONTEND_WIDGETS:
+            values = []  # the frontend's own widgets: not inputs of the node
         slots = widget_slots(defs[kind])
         if len(values) != len(slots):
             raise ValueError(f"node {nid} {kind}: {len(values)} widget values for {len(slots)} widgets")
