@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from workflow_graph import FRONTEND_WIDGETS  # noqa: E402
 from workflow_to_api import server_definitions, to_api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,9 +54,15 @@ def search(page, query: str) -> list:
     page.mouse.dblclick(800, 450)
     page.wait_for_timeout(1200)
     page.keyboard.type(query, delay=30)
-    page.wait_for_timeout(1500)
-    found = page.evaluate("() => Array.from(document.querySelectorAll('[role=option]'))"
-                          ".map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(t => t)")
+    page.wait_for_timeout(1200)  # the box searches after a debounce: earlier lists can be the previous query's
+    found, before = [], None
+    for _ in range(10):  # then until the result list stops changing
+        page.wait_for_timeout(600)
+        found = page.evaluate("() => Array.from(document.querySelectorAll('[role=option]'))"
+                              ".map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(t => t)")
+        if found and found == before:
+            break
+        before = found
     page.keyboard.press("Escape")
     page.wait_for_timeout(300)
     return found
@@ -117,6 +124,8 @@ def main() -> None:
                     diffs.append(f"node {nid} {entry['class_type']}: frontend {other['inputs']} vs ours "
                                  f"{entry['inputs']}")
             for node in workflow["nodes"]:
+                if node["type"] in FRONTEND_WIDGETS:
+                    continue  # the frontend's own preview widgets: not idempotent, never sent to the server
                 fw = result["widgets"].get(str(node["id"])) or result["widgets"].get(node["id"])
                 if (fw or []) != node.get("widgets_values", []):
                     diffs.append(f"node {node['id']} {node['type']}: widgets re-serialized as {fw}, file has "
@@ -163,7 +172,7 @@ def main() -> None:
                 await {APP}.extensionManager.setting.set('Comfy.Minimap.Visible', false); }} catch (e) {{}} }}""")
             page.keyboard.press("Escape")
             # the whole graph at a zoom the canvas still draws text at (below ~0.6 it draws boxes only)
-            page.evaluate(f"""() => {{ const c = {APP}.canvas; c.ds.scale = 0.62; c.ds.offset = [10, 60];
+            page.evaluate(f"""() => {{ const c = {APP}.canvas; c.ds.scale = 0.62; c.ds.offset = [90, 60];
                                         c.setDirty(true, true); }}""")
             page.wait_for_timeout(1500)
             page.screenshot(path=args.screenshot)
