@@ -48,21 +48,23 @@ def drawn_overlaps(rects) -> list:
     return out
 
 
-def search(page, query: str) -> list:
-    """The node search box's results for ``query`` (double-click on the empty canvas, type)."""
+def search(page, query: str, want: str) -> list:
+    """The node search box's results for ``query`` (double-click on the empty canvas, type).
+
+    The box searches after a debounce and a loaded machine shows the previous list for a
+    while, so the list is read until it holds ``want`` or 10 seconds have passed.
+    """
     page.keyboard.press("Escape")
     page.mouse.dblclick(800, 450)
     page.wait_for_timeout(1200)
     page.keyboard.type(query, delay=30)
-    page.wait_for_timeout(1200)  # the box searches after a debounce: earlier lists can be the previous query's
-    found, before = [], None
-    for _ in range(10):  # then until the result list stops changing
-        page.wait_for_timeout(600)
+    found = []
+    for _ in range(20):
+        page.wait_for_timeout(500)
         found = page.evaluate("() => Array.from(document.querySelectorAll('[role=option]'))"
                               ".map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(t => t)")
-        if found and found == before:
+        if any(want in text and "DiffStyle360" in text for text in found):
             break
-        before = found
     page.keyboard.press("Escape")
     page.wait_for_timeout(300)
     return found
@@ -151,10 +153,10 @@ def main() -> None:
             problems += not ok
             print(f"new {kind}: control after generate = {controls.get(kind)!r} ({'ok' if ok else 'expected ' + want})")
         for query, want in SEARCHES.items():
-            found = search(page, query)
+            found = search(page, query, want)
             hits = [i for i, text in enumerate(found) if want in text and "DiffStyle360" in text]
             problems += not hits
-            print(f"search {query!r}: {f'result {hits[0] + 1} of {len(found)}' if hits else 'NOT FOUND'}")
+            print(f"search {query!r}: {f'result {hits[0] + 1} of {len(found)}' if hits else f'NOT FOUND in {found}'}")
         if args.screenshot:  # a fresh page with only the first workflow, fitted to the window
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(args.server, wait_until="networkidle", timeout=120_000)
