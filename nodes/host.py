@@ -228,3 +228,8 @@ class HostPlacement(ModelPlacement):
 
 def placement() -> ModelPlacement:
     return HostPlacement()
+
+
+def input_directory() -> Optional[str]:
+    """ComfyUI's input folder (where Load Image looks), or None without ComfyUI."""
+    return _folder_paths.get_input_directory() if IN_COMFYUI else None

@@ -322,5 +322,7 @@ def test_two_processes_share_the_jobs_and_a_killed_rank_is_finished_by_the_rerun
             assert row["status"] == "skipped" and record["run_id"] == first[job]["run_id"]
         else:
             assert row["status"] == "done" and record["rank"] == (0 if int(job[1:]) < 4 else 1)
-    assert not list(out.glob("jobs/*/.ds360-*"))  # no partial files left behind
+    leftovers = [p for pattern in (".ds360-partial-*", ".ds360-old-*", ".ds360-journal.json")
+                 for p in out.glob(f"jobs/*/{pattern}")]
+    assert not leftovers  # no partial run, aside folder or unfinished commit left behind
     assert "summary in" in out_text
