@@ -297,6 +297,16 @@ def test_low_memory_and_fallback_build_agree(tiny, monkeypatch):
     _assert_same_state(fast.state_dict(), slow.state_dict())
 
 
+def test_loaded_tensors_are_contiguous_and_aligned(tiny):
+    """Safetensors hands out views of its memory map at 8-byte offsets; the loader copies those into aligned
+    memory, so the memory-saving load runs the same CPU kernels as a model built in memory."""
+    _, paths = tiny
+    for model in (load_model(paths[MAIN]), load_style_module(load_model(paths[MAIN]), paths["style_module"])):
+        tensors = list(model.named_parameters()) + list(model.named_buffers())
+        odd = [name for name, t in tensors if not t.is_contiguous() or t.data_ptr() % 64]
+        assert tensors and not odd, odd[:5]
+
+
 def test_empty_prompt_embedding(tiny, reference_models):
     from transformers import CLIPTextConfig, CLIPTextModel
 
