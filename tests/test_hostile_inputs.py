@@ -335,3 +335,15 @@ def test_an_hxwx1_mask_is_one_mask_not_h_masks():
     m[10:40, 5:30] = 1.0
     assert torch.equal(load_mask(m[..., None], 16, crop="none"), load_mask(m, 16, crop="none"))
     assert torch.equal(load_mask(torch.from_numpy(m)[..., None], 16), load_mask(m, 16))
+
+
+def test_a_weight_set_with_a_wrong_config_field_stays_listed(tiny_weights, tmp_path):
+    """The node list shows a damaged set (rather than hiding it), so loading it can say which field is wrong."""
+    from diffstyle360_core.catalog import list_weight_sets
+
+    root = tmp_path / "models"
+    shutil.copytree(Path(tiny_weights) / MAIN, root / "damaged" / MAIN)
+    config = json.loads((root / "damaged" / MAIN / CONFIG_NAME).read_text())
+    config["schedule"]["beta_end"] = "high"
+    (root / "damaged" / MAIN / CONFIG_NAME).write_text(json.dumps(config))
+    assert MAIN in list_weight_sets([root])["damaged"].kinds
