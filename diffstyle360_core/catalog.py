@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from .cameras import find_condition_folder
-from .config import BACK_VIEW, CONFIG_NAME, MAIN, WEIGHTS_SUFFIX, BackboneConfig
+from .config import BACK_VIEW, CONFIG_NAME, MAIN, WEIGHTS_SUFFIX, BackboneConfig, ConfigValueError
 from .images import ImageInputError
 
 PathLike = Union[str, os.PathLike]
@@ -61,6 +61,8 @@ def _is_model(folder: Path, kind: str) -> bool:
         return False
     try:
         return BackboneConfig.load(folder).kind == kind
+    except ConfigValueError:  # ours, with a wrong field: listed, so that loading it names the field
+        return True
     except (ValueError, OSError):
         return False
 

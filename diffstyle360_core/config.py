@@ -229,6 +229,7 @@ class BackboneConfig:
             raise ValueError(f"not a DiffStyle360 model config ({err})") from None
         if config.kind not in (MAIN, BACK_VIEW):
             raise ValueError(f"not a DiffStyle360 model config (kind {config.kind!r})")
+        check_config_values(config)
         return config
 
     def save(self, folder: Path) -> None:
@@ -242,11 +243,110 @@ class BackboneConfig:
             raise FileNotFoundError(f"{path} is missing: {folder} is not a converted DiffStyle360 model folder")
         try:
             return cls.from_dict(json.loads(path.read_text()))
+        except ConfigValueError as err:
+            raise ConfigValueError(
+                f"{path}: {err}; fix that field, or convert the official checkpoint into this folder again"
+            ) from None
         except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(
                 f"{path}: {err}. This folder does not hold a model written by `python -m diffstyle360_core "
                 "convert`; re-run convert into it"
             ) from None
+
+
+# --------------------------------------------------------------------------- #
+# Value checks: a config.json is read before any weight, so a wrong field is named there
+# --------------------------------------------------------------------------- #
+#: Prediction types the schedulers (diffusers) accept.
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+class ConfigValueError(ValueError):
+    """A field of a model config has the wrong type or lies outside its range; the message names the field."""
+
+
+def _field(where: str, value, want: str) -> ConfigValueError:
+    return ConfigValueError(f"field {where!r} must be {want}, got {value!r:.80}")
+
+
+def _positive_int(value, where: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _field(where, value, f"an integer >= {low}")
+    return value
+
+
+def _channels(section: dict, name: str, where: str) -> list:
+    value = section.get(name)
+    if not isinstance(value, list) or not value:
+        raise _field(f"{where}.{name}", value, "a non-empty list of channel counts")
+    for i, c in enumerate(value):
+        _positive_int(c, f"{where}.{name}[{i}]")
+    return value
+
+
+def _groups(section: dict, where: str, channels: list) -> None:
+    groups = _positive_int(section.get("norm_num_groups"), f"{where}.norm_num_groups")
+    if any(c % groups for c in channels):
+        raise _field(f"{where}.norm_num_groups", groups, f"a divisor of every channel count {channels}")
+
+
+def _section(config: "BackboneConfig", name: str) -> dict:
+    value = getattr(config, name)
+    if not isinstance(value, dict):
+        raise _field(name, value, "a JSON object (the component's diffusers / transformers config)")
+    return value
+
+
+def check_config_values(config: "BackboneConfig") -> None:
+    """Types and ranges of the fields this package reads or builds from, before any weight is read.
+
+    Refuses with :class:`ConfigValueError` naming the field (``unet.block_out_channels[2]``, …);
+    whatever diffusers itself still refuses is reported by the loader as the config's fault.
+    """
+    unet, controlnet, vae, text = (_section(config, n) for n in ("unet", "controlnet", "vae", "text_encoder"))
+    unet_channels = _channels(unet, "block_out_channels", "unet")
+    _groups(unet, "unet", unet_channels)
+    _positive_int(unet.get("layers_per_block"), "unet.layers_per_block")
+    _positive_int(unet.get("cross_attention_dim"), "unet.cross_attention_dim")
+    for name in ("in_channels", "out_channels"):
+        if unet.get(name, 4) != 4:
+            raise _field(f"unet.{name}", unet.get(name), "4 (the latent channels of SD1.5's VAE)")
+    _channels(controlnet, "block_out_channels", "controlnet")
+    _channels(controlnet, "conditioning_embedding_out_channels", "controlnet")
+    vae_channels = _channels(vae, "block_out_channels", "vae")
+    _groups(vae, "vae", vae_channels)
+    if vae.get("latent_channels", 4) != 4:
+        raise _field("vae.latent_channels", vae.get("latent_channels"), "4")
+    scaling = vae.get("scaling_factor", 0.18215)
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < float("inf"):
+        raise _field("vae.scaling_factor", scaling, "a positive number")
+    _positive_int(text.get("hidden_size"), "text_encoder.hidden_size")
+    factor = 2 ** (len(vae_channels) - 1) * 2 ** (len(unet_channels) - 1)
+    size = _positive_int(config.image_size, "image_size")
+    if size % factor:
+        raise _field("image_size", size, f"a multiple of {factor} (VAE and UNet downsampling)")
+    if config.temporal is not None:
+        t = config.temporal
+        _positive_int(t.num_heads, "temporal.num_heads")
+        _positive_int(t.norm_num_groups, "temporal.norm_num_groups")
+        for c in unet_channels:
+            if c % t.num_heads or c % t.norm_num_groups:
+                raise _field("temporal.num_heads / norm_num_groups", (t.num_heads, t.norm_num_groups),
+                             f"divisors of every UNet channel count {unet_channels}")
+        max_views = _positive_int(t.max_views, "temporal.max_views")
+        window = _positive_int(t.window, "temporal.window")
+        if window > max_views:
+            raise _field("temporal.window", window, f"at most temporal.max_views ({max_views})")
+    sched = config.schedule
+    for name in ("beta_start", "beta_end"):
+        value = getattr(sched, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise _field(f"schedule.{name}", value, "a number between 0 and 1")
+    if sched.beta_start >= sched.beta_end:
+        raise _field("schedule.beta_start", sched.beta_start, f"below schedule.beta_end ({sched.beta_end})")
+    _positive_int(sched.num_train_timesteps, "schedule.num_train_timesteps")
+    if sched.prediction not in PREDICTIONS:
+        raise _field("schedule.prediction", sched.prediction, f"one of {PREDICTIONS}")
 
 
 def official_config(kind: str = MAIN) -> BackboneConfig:

@@ -30,8 +30,30 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def _xpu_available() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
+def usable_devices() -> list:
+    """Device names this PyTorch build can compute on here ("cpu" always; "cuda", "mps", "xpu" when present)."""
+    found = ["cuda"] if torch.cuda.is_available() else []
+    found += ["mps"] if _mps_available() else []
+    found += ["xpu"] if _xpu_available() else []
+    return found + ["cpu"]
+
+
+def _refuse(device, why: str) -> InputError:
+    return InputError(f"device {str(device)!r}: {why}; use {' or '.join(map(repr, usable_devices()))} (or 'auto')")
+
+
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """``None``/``"auto"``: CUDA if present, then MPS, else CPU; anything else must exist here."""
+    """``None``/``"auto"``: CUDA if present, then MPS, else CPU; anything else must be usable by this torch, here.
+
+    The one check for every entry point (library, ``stylize --device``, ``train --device``, nodes):
+    a device this build or machine cannot compute on (``xpu``, ``mps``, ``cuda`` on a CPU build,
+    ``meta``, a garbled name) is refused in one sentence that lists what can be used instead.
+    """
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -42,6 +64,8 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
         dev = torch.device(device)
     except (RuntimeError, ValueError):
         raise InputError(f"device {device!r} is not a device name; use 'cuda', 'cuda:N', 'mps' or 'cpu'") from None
+    if dev.type == "cpu":
+        return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(
@@ -50,11 +74,16 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif dev.type == "mps" and not _mps_available():
-        raise InputError(f"device {str(device)!r}: MPS is not available here; use 'cpu'")
-    elif dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise InputError(f"device {str(device)!r} is not supported; use 'cuda', 'mps' or 'cpu'")
-    return dev
+        return dev
+    if dev.type == "mps":
+        if not _mps_available():
+            raise _refuse(device, "MPS (Apple GPU) is not available to this PyTorch here")
+        return dev
+    if dev.type == "xpu":
+        if not _xpu_available():
+            raise _refuse(device, "no Intel XPU is available to this PyTorch here")
+        return dev
+    raise _refuse(device, f"DiffStyle360 cannot compute on {dev.type!r} devices")
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Union[str, torch.device, None] = None) -> torch.dtype:

@@ -23,9 +23,14 @@ Two more differences from the official reading, both deliberate and documented:
   store, often black); ``alpha="white"`` / ``"black"`` composite onto that
   background first.
 
-Masks (:func:`load_mask`): floats must lie in 0..1; bool and integer masks whose
-largest value is 1 are read as 0/1; other integer masks (and mask image files)
-as 0..255 grey levels (/255). One mask per call (a batch of several is refused),
+One rule for integer data, images and masks alike (:func:`_integer_levels`):
+bool arrays, and integer arrays (uint8, int64, …) whose largest value is 1, are
+0/1 labels (1 = white); other integer arrays are 0..255 grey levels (values
+outside 0..255 are refused). So an int64 0/1 image and the same int64 0/1 mask
+mean the same pixels. Floats must lie in 0..1. Image *files* are read as the
+official code reads them (8-bit, no relabelling); mask files follow the rule.
+
+Masks (:func:`load_mask`): one mask per call (a batch of several is refused),
 and a mask that is (nearly) zero everywhere is refused.
 
 Outputs are decoded frames in [-1, 1]; the official code clamps them, maps them to
@@ -41,13 +46,12 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 from .options import ALPHA_MODES, ASPECT_TOL, CROP_MODES, InputError
@@ -205,6 +209,9 @@ def load_image(path: str | os.PathLike, *, name: str = "image", alpha: str = "dr
 # --------------------------------------------------------------------------- #
 def _as_numpy(x: Any, name: str) -> np.ndarray:
     if torch.is_tensor(x):
+        if x.is_meta:
+            raise ImageInputError(f"{name}: the tensor is on the meta device (it has a shape but no data); "
+                                  "pass a tensor with real values")
         x = x.detach().cpu()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
@@ -212,19 +219,29 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
     return np.asarray(x)
 
 
-def _normalize_dtype(a: np.ndarray, name: str, *, kind: str = "image") -> np.ndarray:
-    """-> uint8 array (kept as is) or float32 array validated to lie in [0, 1]."""
-    if a.dtype == np.uint8:
-        return a
+def _integer_levels(a: np.ndarray, name: str, kind: str) -> np.ndarray:
+    """The one rule for bool / integer images and masks -> uint8 0..255.
+
+    bool, or largest value 1: 0/1 labels, 1 read as white (255); otherwise 0..255
+    grey levels as they are. Values outside 0..255 are refused.
+    """
     if a.dtype == np.bool_:
-        return a.astype(np.float32)
-    if np.issubdtype(a.dtype, np.integer):
-        if a.size and (a.min() < 0 or a.max() > 255):
-            raise ImageInputError(
-                f"{name}: integer {kind} values must be 0..255, got "
-                f"{a.min()}..{a.max()}. Pass uint8 0..255 or float 0..1 data."
-            )
-        return a.astype(np.uint8)
+        return a.astype(np.uint8) * np.uint8(255)
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if lo < 0 or hi > 255:
+        raise ImageInputError(
+            f"{name}: integer {kind} values must be 0/1 or 0..255, got {lo}..{hi}. "
+            "Pass 0/1 labels, 0..255 grey levels (uint8) or float 0..1 data."
+        )
+    if hi <= 1:
+        return a.astype(np.uint8) * np.uint8(255)
+    return a if a.dtype == np.uint8 else a.astype(np.uint8)
+
+
+def _normalize_dtype(a: np.ndarray, name: str, *, kind: str = "image") -> np.ndarray:
+    """-> uint8 array (by :func:`_integer_levels`) or float32 array validated to lie in [0, 1]."""
+    if a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
+        return _integer_levels(a, name, kind)
     if not np.issubdtype(a.dtype, np.floating):
         raise ImageInputError(f"{name}: unsupported {kind} dtype {a.dtype}; use uint8 or float")
     return _float_01(a, name, kind, "Pass 0..1 images (divide 0..255 data by 255; map -1..1 data with (x+1)/2).")
@@ -330,8 +347,8 @@ def to_model_tensor(image: Any, size: int, *, name: str = "image",
                     crop: str = "center", alpha: str = "drop") -> torch.Tensor:
     """Any user image -> model input ``[B, 3, size, size]`` float32 in [-1, 1].
 
-    Accepts a ``PIL.Image``, a file path, a numpy array (HxWxC / HxW, uint8 0..255
-    or float 0..1) or a torch tensor in ComfyUI layout ``[B,H,W,C]`` / ``[H,W,C]``
+    Accepts a ``PIL.Image``, a file path, a numpy array (HxWxC / HxW, integer
+    0..255 or 0/1 labels as :func:`_integer_levels` reads them, or float 0..1) or a torch tensor in ComfyUI layout ``[B,H,W,C]`` / ``[H,W,C]``
     (float 0..1) or channels-first ``[B,C,H,W]`` / ``[C,H,W]``. The channel axis is
     the one of size 1, 3 or 4; when both ends qualify, channels-last is assumed.
     1 channel is repeated to RGB. A 4th (alpha) channel is dropped (``alpha="drop"``,
@@ -422,9 +439,9 @@ def _mask_to_bhw(a: np.ndarray, name: str) -> np.ndarray:
     if a.ndim == 2:
         return a[None]
     if a.ndim == 3:
+        if shape[-1] == 1 and shape[0] != 1:
+            return a[None, :, :, 0]  # [H,W,1]: one mask with a channel axis, never H masks of width W
         if shape[-1] in _CHANNELS and min(shape[0], shape[1]) >= MIN_SIDE and shape[-1] < MIN_SIDE:
-            if shape[-1] == 1:
-                return a[None, :, :, 0]  # [H,W,1]
             raise ImageInputError(
                 f"{name}: shape {shape} looks like an HxWxC image, not a mask. Pass a "
                 "single-channel HxW (or 1xHxW ComfyUI MASK) array, or the mask's file path."
@@ -446,17 +463,8 @@ def _mask_to_bhw(a: np.ndarray, name: str) -> np.ndarray:
 
 def _mask_values(a: np.ndarray, name: str) -> np.ndarray:
     """Mask array (bool, integer or float) -> float32 in [0, 1], by the rules of :func:`load_mask`."""
-    if a.dtype == np.bool_:
-        return a.astype(np.float32)
-    if np.issubdtype(a.dtype, np.integer):
-        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if lo < 0 or hi > 255:
-            raise ImageInputError(
-                f"{name}: integer mask values must be 0/1 or 0..255, got {lo}..{hi}. "
-                "Pass a 0/1 (or 0..255) integer mask or a float mask in 0..1."
-            )
-        # largest value 1: a 0/1 label mask; otherwise 8-bit grey levels
-        return a.astype(np.float32) if hi <= 1 else a.astype(np.float32) / 255.0
+    if a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
+        return _integer_levels(a, name, "mask").astype(np.float32) / 255.0
     if not np.issubdtype(a.dtype, np.floating):
         raise ImageInputError(f"{name}: unsupported mask dtype {a.dtype}; use float 0..1, bool or integer 0/1")
     return _float_01(a, name, "mask",
@@ -490,12 +498,14 @@ def load_mask(path_or_array: Any, size: int, *, name: str = "mask", crop: str = 
     * File path or ``PIL.Image`` (grayscale/RGB/RGBA): the luminance ('L') channel,
       read by the integer rule below (an 8-bit image whose brightest pixel is 1 is
       a 0/1 label mask). Alpha is ignored: paint the region to stylize white on black.
-    * numpy / torch ``[H,W]``, ``[1,H,W]`` (ComfyUI MASK), ``[1,1,H,W]`` or ``[1,H,W,1]``:
+    * numpy / torch ``[H,W]``, ``[H,W,1]``, ``[1,H,W]`` (ComfyUI MASK), ``[1,1,H,W]``
+      or ``[1,H,W,1]``:
 
       - float: must lie in 0..1 (values > 1 are refused: divide 0..255 data by 255);
       - bool: 0/1;
       - integer (uint8, int64, ...): **largest value 1 → read as 0/1**; otherwise
-        0..255 grey levels, divided by 255 (values outside 0..255 are refused).
+        0..255 grey levels, divided by 255 (values outside 0..255 are refused) —
+        the same rule as for integer images (:func:`_integer_levels`).
 
     One mask per call: a batch of several masks (``[B,H,W]`` with B > 1) is refused
     (nothing is silently ignored). NaN/inf values are refused, and so is a mask that

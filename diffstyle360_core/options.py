@@ -159,6 +159,8 @@ class WindowOptions:
 
 
 TauSpec = Union[float, Mapping[str, float]]
+#: Named in the message for a τ key that matches no layer.
+_TAU_PREFIX_EXAMPLES = "'down_blocks.0', 'mid_block', 'up_blocks.3'"
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ class FusionSettings:
     mask_mode: str = MASK_MODES[0]
     _table: Tuple[Tuple[str, float], ...] = field(default=(), repr=False, compare=False)
 
-    def checked(self) -> "FusionSettings":
+    def checked(self, layers: Optional[Sequence[str]] = None) -> "FusionSettings":
+        """Validated copy; with the model's attention-layer names, every τ key must name at least one layer."""
         if isinstance(self.tau, Mapping):
             if not self.tau:
                 raise InputError("tau: the per-layer mapping is empty; give a float or at least one entry")
@@ -183,6 +186,11 @@ class FusionSettings:
             for key, value in self.tau.items():
                 if not isinstance(key, str) or not key:
                     raise InputTypeError(f"tau: per-layer keys must be layer-name prefixes (strings), got {key!r}")
+                if layers is not None and key != "*" and not any(name.startswith(key) for name in layers):
+                    raise InputError(
+                        f"tau: key {key!r} matches no attention layer of this model; use a layer-name prefix such as "
+                        f"{_TAU_PREFIX_EXAMPLES}, a full layer name, or '*' for the rest (tau_by_resolution builds them)"
+                    )
                 table.append((key, TAU.check(value, f"tau[{key!r}]")))
             table.sort(key=lambda kv: -len(kv[0]))
             default = dict(table).get("*", TAU.default)

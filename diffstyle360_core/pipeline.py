@@ -5,9 +5,10 @@ modules, pose ControlNet, view-consistency modules), the back-view model and a
 camera-condition set. :meth:`~DiffStyle360Pipeline.stylize` is made of steps a
 host can also call one by one: :meth:`~DiffStyle360Pipeline.prepare_references`
 (back views + encoding), :meth:`~DiffStyle360Pipeline.denoise` and
-:meth:`~DiffStyle360Pipeline.decode`. Every argument is checked through
-:mod:`.options` and :mod:`.images` before the first model runs; per-call settings
-are passed per call, so the models are left exactly as they were.
+:meth:`~DiffStyle360Pipeline.decode`. Every argument is checked by
+:mod:`.inputs` and :mod:`.options` before the first model runs, so this file is
+the method itself; per-call settings are passed per call, so the models are left
+exactly as they were.
 """
 
 from __future__ import annotations
@@ -20,51 +21,22 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from . import inputs, loading
 from .attention import FusionCall, StyleEntry
-from .cameras import CameraSet, back_view_index, select_views
-from .config import BACK_VIEW, MAIN, mix_seed
+from .cameras import CameraSet
+from .config import mix_seed
 from .devices import empty_cache
-from .fusion import MASK_SUM_TOL, WEIGHT_SUM_TOL, alpha_weights
-from .images import image_hw, load_mask, to_model_tensor
-from . import loading
+from .fusion import alpha_weights
+from .inputs import Style, TurntableInputs
 from .loading import model_device_dtype
 from .model import DiffStyle360Model
-from .options import (
-    CROP_MODES,
-    DECODE_CHUNK,
-    VIEWS,
-    FusionSettings,
-    InputError,
-    InputTypeError,
-    SamplerOptions,
-    WindowOptions,
-    check_choice,
-)
+from .options import CROP_MODES, DECODE_CHUNK, FusionSettings, InputError, SamplerOptions, WindowOptions, check_choice
 from .sampling import denoise_views, guide_frame_noise, make_scheduler, randn_rows, view_windows
 
 
-
 # --------------------------------------------------------------------------- #
-# inputs and results
+# results and hooks
 # --------------------------------------------------------------------------- #
-@dataclass
-class Style:
-    """One style region for :meth:`DiffStyle360Pipeline.stylize`.
-
-    ``images``: one style image, or several to interpolate (§4) with ``weights``
-    (for two styles ``alpha_weights(α)`` = (1-α, α)). ``backs``: their back views
-    (generated with the back-view model when None). ``mask``: where this style
-    applies, painted on the style image (1 = stylize); ``back_mask`` the same on
-    the style's back view (default: nothing on the back). No mask: everywhere.
-    """
-
-    images: List[Any]
-    weights: Optional[Sequence[float]] = None
-    backs: Optional[List[Any]] = None
-    mask: Any = None
-    back_mask: Any = None
-
-
 @dataclass
 class TurntableResult:
     views: torch.Tensor  # [N,3,H,W] in [-1,1], ordered as the cameras
@@ -109,14 +81,6 @@ class ModelPlacement:
 
 
 @dataclass
-class _StyleInput:
-    fronts: List[torch.Tensor]
-    backs: List[Optional[torch.Tensor]]
-    weights: Optional[List[float]]
-    mask: Optional[torch.Tensor]  # [2,H,W] float32 (front, back plane) or None
-
-
-@dataclass
 class References:
     """Encoded references of one turntable: content front+back and every style image front+back.
 
@@ -154,7 +118,7 @@ class _Progress:
     """Turns per-phase step hooks into :class:`ProgressEvent` calls with an overall count."""
 
     def __init__(self, callback: Optional[ProgressCallback], total: int):
-        self.callback, self.total, self.done = callback, total, 0
+        self.callback, self.total, self.done = inputs.progress_callback(callback), total, 0
 
     def phase(self, name: str, steps: int):
         """A step hook for one phase, or None when nobody listens (the loop then copies nothing to the CPU)."""
@@ -186,39 +150,6 @@ def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int)
     return model.encode(images.to(device, dtype), generator)
 
 
-def _as_style_list(style) -> List[Style]:
-    if style is None:
-        return []
-    if isinstance(style, Style):
-        return [style]
-    if isinstance(style, (list, tuple)) and style and all(isinstance(s, Style) for s in style):
-        return list(style)
-    if isinstance(style, (list, tuple)) and any(isinstance(s, Style) for s in style):
-        raise InputTypeError("style: a list of styles must hold only Style objects")
-    return [Style(images=[style])]
-
-
-def _blend_weights(k: int, spec: Style) -> Optional[List[float]]:
-    if not isinstance(spec.images, (list, tuple)) or not spec.images:
-        raise InputError(f"style {k + 1}: no style image given (Style.images must be a non-empty list)")
-    if spec.weights is None:
-        if len(spec.images) > 1:
-            raise InputError(f"style {k + 1}: several images need blend weights (e.g. alpha_weights(0.5))")
-        return None
-    if isinstance(spec.weights, (str, bytes)) or not isinstance(spec.weights, Sequence):
-        raise InputTypeError(f"style {k + 1}: blend weights must be a list of numbers, got {spec.weights!r:.60}")
-    if len(spec.weights) != len(spec.images):
-        raise InputError(f"style {k + 1}: {len(spec.weights)} blend weights for {len(spec.images)} images")
-    from .options import ALPHA
-
-    weights = [ALPHA.check(w, f"style {k + 1} blend weight {j + 1}") for j, w in enumerate(spec.weights)]
-    if abs(sum(weights) - 1.0) > WEIGHT_SUM_TOL:
-        raise InputError(
-            f"style {k + 1}: blend weights must sum to 1, got {weights} (for two styles use alpha_weights(α))"
-        )
-    return weights
-
-
 # --------------------------------------------------------------------------- #
 # the pipeline
 # --------------------------------------------------------------------------- #
@@ -231,13 +162,7 @@ class DiffStyle360Pipeline:
         *,
         placement: Optional[ModelPlacement] = None,
     ):
-        for slot, model, kind in (("main", main, MAIN), ("back_view_model", back_view_model, BACK_VIEW)):
-            if model is not None and not isinstance(model, DiffStyle360Model):
-                raise InputTypeError(f"{slot} must be a DiffStyle360Model, got {type(model).__name__}")
-            if model is not None and model.config.kind != kind:
-                raise InputError(f"{slot} got a {model.config.kind} model; pass the {kind} weights")
-        if cameras is not None and not isinstance(cameras, CameraSet):
-            raise InputTypeError(f"cameras must be a CameraSet, got {type(cameras).__name__}")
+        inputs.check_models(main, back_view_model, cameras)
         self.main = main
         self.back_view_model = back_view_model
         self.cameras = cameras
@@ -275,13 +200,6 @@ class DiffStyle360Pipeline:
     def image_size(self) -> int:
         return (self.main or self.back_view_model).config.image_size
 
-    @staticmethod
-    def _trained_fusion(model: DiffStyle360Model, pairing: Optional[str], mask_mode: Optional[str]) -> tuple:
-        """Pairing and mask mode: as given, else what a trained style module was trained with, else the paper's."""
-        trained = getattr(model, "style_module_settings", None) or {}
-        return (pairing if pairing is not None else trained.get("pairing", FusionSettings.pairing),
-                mask_mode if mask_mode is not None else trained.get("mask_mode", FusionSettings.mask_mode))
-
     def _main_model(self) -> DiffStyle360Model:
         if self.main is None:
             raise InputError("no main model loaded (weights/main); load the weight set's main model")
@@ -293,57 +211,19 @@ class DiffStyle360Pipeline:
         return self.back_view_model
 
     @staticmethod
-    def _image(image, name: str, size: int, crop: str) -> torch.Tensor:
-        if image is None:
-            raise InputTypeError(f"{name}: no image given")
-        x = to_model_tensor(image, size, name=name, crop=crop)
-        if x.shape[0] != 1:
-            raise InputError(f"{name}: expected one image, got a batch of {x.shape[0]}; pick one image")
-        return x
-
-    def _cameras(self, cameras, views, size: int) -> CameraSet:
-        if cameras is not None and not isinstance(cameras, CameraSet):
-            raise InputTypeError(
-                f"cameras must be a CameraSet (see cameras.load_condition_set / user_conditions), "
-                f"got {type(cameras).__name__}"
-            )
-        cams = cameras if cameras is not None else self.cameras
-        if cams is None:
-            raise InputError("no camera conditions: load a condition set (cam_condition/sphere32) or pass cameras")
-        if cameras is None and views is not None:
-            cams = select_views(cams, views=VIEWS.check(views))
-        if cams.size != size:
-            raise InputError(
-                f"camera conditions are {cams.size}px but the model works at {size}px; "
-                f"load them with load_condition_set(folder, {size})"
-            )
-        if not bool(torch.isfinite(cams.images).all()):
-            raise InputError("cameras: the condition images contain NaN or infinite values")
-        return cams
-
-    def _back_camera(self, camera, size: int) -> torch.Tensor:
-        if camera is None:
-            cams = self._cameras(None, None, size)
-            return cams.images[back_view_index(cams)][None]
-        if not torch.is_tensor(camera):
-            raise InputTypeError(f"camera must be a [1,3,{size},{size}] tensor in [-1,1], got {type(camera).__name__}")
-        if tuple(camera.shape) not in ((1, 3, size, size), (3, size, size)):
-            raise InputError(f"camera must be [1,3,{size},{size}] in [-1,1], got {tuple(camera.shape)}")
-        if not bool(torch.isfinite(camera).all()):
-            raise InputError("camera: the condition image contains NaN or infinite values")
-        return camera.reshape(1, 3, size, size).float()
+    def _fusion(model: DiffStyle360Model, tau, pairing: Optional[str], mask_mode: Optional[str]) -> FusionSettings:
+        """τ checked against the model's layers; pairing and mask mode as given, else as a trained style module
+        was trained (:func:`~.weights.read_style_module_file` checked them), else the paper's."""
+        trained = getattr(model, "style_module_settings", None) or {}
+        return FusionSettings(tau, pairing if pairing is not None else trained.get("pairing", FusionSettings.pairing),
+                              mask_mode if mask_mode is not None else trained.get("mask_mode", FusionSettings.mask_mode)
+                              ).checked(layers=model.attention_layers)
 
     # --------------------------------------------------------------- back views
     @torch.no_grad()
-    def back_views(
-        self,
-        fronts: Sequence[Any],
-        *,
-        sampler: SamplerOptions = SamplerOptions(),
-        camera: Optional[torch.Tensor] = None,
-        crop: str = "center",
-        progress: Optional[ProgressCallback] = None,
-    ) -> torch.Tensor:
+    def back_views(self, fronts: Sequence[Any], *, sampler: SamplerOptions = SamplerOptions(),
+                   camera: Optional[torch.Tensor] = None, crop: str = "center",
+                   progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Front portraits → backs of the heads ``[B,3,H,W]`` in [-1,1], in ONE batched run.
 
         Each image's noise comes from (seed, image), so a back view is the same
@@ -353,11 +233,9 @@ class DiffStyle360Pipeline:
         model = self._back_model()
         sampler = sampler.checked()
         crop = check_choice("crop", crop, CROP_MODES)
-        if isinstance(fronts, (str, bytes)) or not isinstance(fronts, Sequence) or not fronts:
-            raise InputTypeError("fronts must be a non-empty list of images")
         size = model.config.image_size
-        x = torch.cat([self._image(f, f"front {i + 1}", size, crop) for i, f in enumerate(fronts)])
-        hint = self._back_camera(camera, size)
+        x = inputs.front_images(fronts, size, crop)
+        hint = inputs.back_camera(camera, self.cameras, size)
         tracker = _Progress(progress, sampler.steps)
         return self._generate_backs(x, hint, sampler, tracker.phase("back views", sampler.steps))
 
@@ -388,53 +266,13 @@ class DiffStyle360Pipeline:
             z = denoise_views(model, x_t, hints, scheduler, references_at=references_at, generators=generators,
                               guidance=sampler.cfg, eta=sampler.eta, windows=[list(range(batch))],
                               windows_per_batch=1, num_views_per_window=1, on_step=hook)
-            return model.decode(z.to(dtype))
+            return inputs.finite_output(model.decode(z.to(dtype)), "back views")
         except BaseException:
             z_front = x_t = hints = z = None
             empty_cache(device)
             raise
 
     # --------------------------------------------------------------- references
-    def _read_inputs(self, content, content_back, styles: List[Style], size: int, crop: str):
-        """Every image and mask read and checked before the first model runs."""
-        x_content = self._image(content, "content", size, crop)
-        x_back = self._image(content_back, "content_back", size, crop) if content_back is not None else None
-        inputs = []
-        for k, spec in enumerate(styles):
-            weights = _blend_weights(k, spec)
-            fronts = [self._image(img, f"style {k + 1} image {j + 1}", size, crop) for j, img in enumerate(spec.images)]
-            if spec.backs is not None and (not isinstance(spec.backs, (list, tuple)) or len(spec.backs) != len(fronts)):
-                n = len(spec.backs) if isinstance(spec.backs, (list, tuple)) else type(spec.backs).__name__
-                raise InputError(f"style {k + 1}: {n} back views for {len(fronts)} images; give one per image")
-            backs = [
-                self._image(b, f"style {k + 1} back {j + 1}", size, crop) if b is not None else None
-                for j, b in enumerate(spec.backs or [None] * len(fronts))
-            ]
-            inputs.append(_StyleInput(fronts, backs, weights, self._mask(spec, size, k, crop)))
-        if len(inputs) > 1:
-            if any(s.mask is None for s in inputs):
-                raise InputError("with several styles every style needs a mask (which region gets which style)")
-            if float(torch.stack([s.mask for s in inputs]).sum(0).max()) > 1.0 + MASK_SUM_TOL:
-                raise InputError(
-                    "style masks overlap: each pixel may belong to one style at most (sum of masks <= 1); "
-                    "erase the shared region from one of the masks"
-                )
-        return x_content, x_back, inputs
-
-    @staticmethod
-    def _mask(spec: Style, size: int, k: int, crop: str) -> Optional[torch.Tensor]:
-        if spec.mask is None:
-            if spec.back_mask is not None:
-                raise InputError(f"style {k + 1}: back_mask given without a front mask")
-            return None
-        hw = image_hw(spec.images[0], name=f"style {k + 1} image 1")
-        front = load_mask(spec.mask, size, name=f"style {k + 1} mask", crop=crop, match_hw=hw)[0, 0]
-        back_hw = (image_hw(spec.backs[0], name=f"style {k + 1} back 1")
-                   if spec.backs and spec.backs[0] is not None else None)
-        back = (load_mask(spec.back_mask, size, name=f"style {k + 1} back_mask", crop=crop, match_hw=back_hw)[0, 0]
-                if spec.back_mask is not None else torch.zeros_like(front))
-        return torch.stack([front, back]).float()
-
     def prepare_references(self, content, style=None, *, content_back=None,
                            sampler: SamplerOptions = SamplerOptions(), crop: str = "center",
                            progress: Optional[ProgressCallback] = None) -> References:
@@ -447,36 +285,28 @@ class DiffStyle360Pipeline:
         model = self._main_model()
         sampler = sampler.checked()
         crop = check_choice("crop", crop, CROP_MODES)
-        inputs = self._read_inputs(content, content_back, _as_style_list(style), model.config.image_size, crop)
-        missing = self._fronts_without_backs(*inputs)
-        tracker = _Progress(progress, sampler.steps if missing else 0)
-        return self._prepare(inputs, sampler, tracker)
+        given = inputs.read_turntable(content, content_back, style, model.config.image_size, crop)
+        tracker = _Progress(progress, sampler.steps if given.fronts_without_backs() else 0)
+        return self._prepare(given, sampler, tracker)
 
-    @staticmethod
-    def _fronts_without_backs(x_content, x_back, styles) -> List[torch.Tensor]:
-        """The front images whose back view must be generated (content first, then styles in order)."""
-        return ([x_content] if x_back is None else []) + [f for s in styles for f, b in zip(s.fronts, s.backs)
-                                                          if b is None]
-
-    def _prepare(self, inputs, sampler: SamplerOptions, tracker: _Progress) -> References:
-        x_content, x_back, styles = inputs
+    def _prepare(self, given: TurntableInputs, sampler: SamplerOptions, tracker: _Progress) -> References:
         model = self._main_model()
-        todo = self._fronts_without_backs(*inputs)
+        todo = given.fronts_without_backs()
         generated: List[torch.Tensor] = []
         if todo:
-            hint = self._back_camera(None, self.image_size)
+            hint = inputs.back_camera(None, self.cameras, self.image_size)
             made = self._generate_backs(torch.cat(todo), hint, sampler, tracker.phase("back views", sampler.steps))
             generated = list(made.float().cpu().split(1))
-        if x_back is None:
-            x_back = generated.pop(0)
-        style_backs = [[b if b is not None else generated.pop(0) for b in s.backs] for s in styles]
+        x_content = given.content
+        x_back = given.content_back if given.content_back is not None else generated.pop(0)
+        style_backs = [[b if b is not None else generated.pop(0) for b in s.backs] for s in given.styles]
         self.placement.activate(model)
         device, dtype = model_device_dtype(model)
         seed = sampler.seed
         refs = References(None, [], x_back, style_backs, seed)
         try:
             refs.content = _encode_reference(model, torch.cat([x_content, x_back.to(x_content)]), seed)
-            for spec, backs in zip(styles, style_backs):
+            for spec, backs in zip(given.styles, style_backs):
                 latents = [_encode_reference(model, torch.cat([f, b.to(f)]), seed)
                            for f, b in zip(spec.fronts, backs)]
                 mask = spec.mask.to(device) if spec.mask is not None else None
@@ -494,21 +324,12 @@ class DiffStyle360Pipeline:
                 progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Denoise one latent per camera with the references; returns x_0 ``[N,4,h,w]`` float32."""
         model = self._main_model()
-        sampler, fusion = sampler.checked(), fusion.checked()
+        sampler, fusion = sampler.checked(), fusion.checked(layers=model.attention_layers)
         windows = windows.checked(*_window_limits(model))
-        cams = self._cameras(cameras, None, model.config.image_size)
-        guide = self._guide(guide_frames, len(cams), model.config.image_size, crop)
+        cams = inputs.camera_set(cameras, None, None, model.config.image_size)
+        guide = inputs.guide_frames(guide_frames, len(cams), model.config.image_size, crop)
         tracker = _Progress(progress, sampler.steps)
         return self._denoise(references, cams, fusion, sampler, windows, guide, tracker)
-
-    @staticmethod
-    def _guide(guide_frames, n: int, size: int, crop: str) -> Optional[torch.Tensor]:
-        if guide_frames is None:
-            return None
-        guide = to_model_tensor(guide_frames, size, name="guide_frames", crop=crop)
-        if guide.shape[0] != n:
-            raise InputError(f"guide_frames: got {guide.shape[0]} frames for {n} views; give one per view")
-        return guide
 
     def _denoise(self, refs: References, cams: CameraSet, fusion: FusionSettings, sampler: SamplerOptions,
                  win: WindowOptions, guide: Optional[torch.Tensor], tracker: _Progress) -> torch.Tensor:
@@ -552,8 +373,7 @@ class DiffStyle360Pipeline:
                progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Latents → views ``[N,3,H,W]`` in [-1,1], ``chunk`` views at a time to bound VAE memory."""
         chunk = DECODE_CHUNK.check(chunk)
-        if not torch.is_tensor(latents) or latents.ndim != 4 or latents.shape[1] != 4:
-            raise InputError(f"latents must be [N,4,h,w], got {getattr(latents, 'shape', type(latents).__name__)}")
+        latents = inputs.latents(latents)
         tracker = _Progress(progress, math.ceil(latents.shape[0] / chunk))
         return self._decode(latents, chunk, tracker)
 
@@ -569,7 +389,7 @@ class DiffStyle360Pipeline:
                 out.append(model.decode(part.to(device, dtype), chunk=chunk))
                 if hook is not None:
                     hook(i + 1, len(parts), None)
-            return torch.cat(out)
+            return inputs.finite_output(torch.cat(out), "views")
         except BaseException:  # a cancel while decoding: this frame must not pin the latents or decoded views
             out = parts = part = latents = None
             empty_cache(device)
@@ -608,8 +428,9 @@ class DiffStyle360Pipeline:
         a list of :class:`Style` (several regions, several styles; masks must not
         overlap), or None for plain DiffPortrait360 novel views. ``views`` picks
         N evenly spaced cameras of the condition set (default: all); ``cameras``
-        gives them explicitly. ``tau`` is the key scale τ (§3.5): a float or a
-        per-layer mapping (:class:`~.options.FusionSettings`). ``pairing`` and
+        gives them explicitly (not both). ``tau`` is the key scale τ (§3.5): a
+        float or a per-layer mapping (:class:`~.options.FusionSettings`; a key
+        that names no layer is refused). ``pairing`` and
         ``mask_mode`` default to what a loaded trained style module was trained with
         (else "paper"). ``mask_mode``:
         "paper" masks keys only, as the paper writes it (style can leak outside
@@ -626,17 +447,17 @@ class DiffStyle360Pipeline:
         """
         model = self._main_model()
         sampler = SamplerOptions(seed, steps, cfg, eta, scheduler).checked()
-        fusion = FusionSettings(tau, *self._trained_fusion(model, pairing, mask_mode)).checked()
+        fusion = self._fusion(model, tau, pairing, mask_mode)
         win = WindowOptions(window, window_mode, overlap, windows_per_batch).checked(*_window_limits(model))
         crop = check_choice("crop", crop, CROP_MODES)
         chunk = DECODE_CHUNK.check(decode_chunk)
         size = model.config.image_size
-        cams = self._cameras(cameras, views, size)
-        inputs = self._read_inputs(content, content_back, _as_style_list(style), size, crop)
-        guide = self._guide(guide_frames, len(cams), size, crop)
-        back_steps = sampler.steps if self._fronts_without_backs(*inputs) else 0
+        cams = inputs.camera_set(cameras, self.cameras, views, size)
+        given = inputs.read_turntable(content, content_back, style, size, crop)
+        guide = inputs.guide_frames(guide_frames, len(cams), size, crop)
+        back_steps = sampler.steps if given.fronts_without_backs() else 0
         tracker = _Progress(progress, back_steps + sampler.steps + math.ceil(len(cams) / chunk))
-        refs = self._prepare(inputs, sampler, tracker)
+        refs = self._prepare(given, sampler, tracker)
         try:
             latents = self._denoise(refs, cams, fusion, sampler, win, guide, tracker)
             views_out = self._decode(latents, chunk, tracker)

@@ -57,6 +57,7 @@ from .config import (
     official_config,
 )
 from .devices import resolve_device, resolve_dtype
+from .options import MASK_MODES, PAIRINGS
 from .layout import expected_shapes, folder_shapes
 from .official_keys import (
     CLIP_MODEL_PREFIX,
@@ -78,6 +79,7 @@ from .official_keys import (
 __all__ = [
     "CheckpointFileError",
     "NonFiniteWeightError",
+    "WeightDtypeError",
     "load_official_state_dict",
     "sidecar_config_path",
     "convert_official",
@@ -108,6 +110,10 @@ class CheckpointFileError(ValueError):
 
 class NonFiniteWeightError(CheckpointFileError):
     """A weight file reads fine but holds NaN or inf values (a damaged file or a diverged training run)."""
+
+
+class WeightDtypeError(CheckpointFileError):
+    """A weight file holds an integer, bool or complex tensor where the model has floating-point weights."""
 
 
 #: Elements per finite check: small tensors are checked in batches of about this size (a few
@@ -150,6 +156,33 @@ def _check_finite(tensors: Mapping[str, torch.Tensor], where: str, hint: str) ->
     bad = _first_non_finite(tensors)
     if bad is not None:
         raise NonFiniteWeightError(f"{where}: weight {bad!r} holds NaN or inf values; the file is damaged: {hint}")
+
+
+#: Keys whose tensors are integer by nature (CLIP's ``position_ids`` in official checkpoints; never loaded).
+_INTEGER_KEYS = ("position_ids",)
+
+
+def _check_dtypes(tensors: Mapping[str, torch.Tensor], where: str, hint: str) -> None:
+    """Every weight of our model is floating point: an integer, bool or complex tensor is refused like a bad shape.
+
+    (Cast silently, an int64 tensor would load as whole numbers and a bool one as 0/1: a broken model
+    that runs.)
+    """
+    bad = [(k, t.dtype) for k, t in tensors.items()
+           if not t.is_floating_point() and not k.endswith(_INTEGER_KEYS)]
+    if bad:
+        key, dtype = bad[0]
+        more = f" (and {len(bad) - 1} more non-float tensors)" if len(bad) > 1 else ""
+        raise WeightDtypeError(
+            f"{where}: weight {key!r} is {str(dtype).removeprefix('torch.')}, but the model needs "
+            f"floating-point weights{more}; the file is damaged or not a DiffStyle360 weight file: {hint}"
+        )
+
+
+def _check_tensors(tensors: Mapping[str, torch.Tensor], where: str, hint: str) -> None:
+    """What a read weight file must hold besides the right keys and shapes: floating-point, finite values."""
+    _check_dtypes(tensors, where, hint)
+    _check_finite(tensors, where, hint)
 
 
 # =========================================================================== #
@@ -244,6 +277,8 @@ def convert_official(
     """
     keymap = map_official_keys(state_dict, config)
     check_map(keymap, expected_shapes(config), config, source=source)
+    _check_dtypes({tag.key: state_dict[tag.key] for entries in keymap.mapping.values() for tag in entries.values()},
+                  source, _GET_OFFICIAL)
     out: Dict[str, Dict[str, torch.Tensor]] = {}
     for comp, entries in keymap.mapping.items():
         if comp == "temporal" and config.temporal is None:
@@ -457,9 +492,28 @@ def _read_safetensors(path: Path, hint: str = _CONVERT_HINT) -> Dict[str, torch.
         raise CheckpointFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+#: Byte alignment of a freshly allocated CPU tensor (PyTorch's CPU allocator): what the kernels expect.
+_ALIGNMENT = 64
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when contiguous and 64-byte aligned, else a contiguous, aligned copy.
+
+    Tensors read from a safetensors file are views of its memory map and start
+    wherever the file puts them (8-byte offsets); a CPU kernel may then take a
+    different (unaligned) code path than for the same values in freshly
+    allocated memory, so the memory-saving load would not compute what the
+    in-memory model computes (a 1e-6 difference was seen on an AMD EPYC). Only
+    tensors that no move or cast has copied already are copied here.
+    """
+    if t.is_contiguous() and t.data_ptr() % _ALIGNMENT == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def _place(tensors: Mapping[str, torch.Tensor], device: torch.device, dtype: Optional[torch.dtype]):
-    """Move to ``device``; cast floating tensors to ``dtype`` (None: keep the stored dtype)."""
-    return {k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
+    """Move to ``device``; cast floating tensors to ``dtype`` (None: keep the stored dtype); contiguous and aligned."""
+    return {k: _aligned(v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else None))
             for k, v in tensors.items()}
 
 
@@ -550,7 +604,11 @@ def load_model(
         raise FileNotFoundError(
             f"{folder} is incomplete: {', '.join(missing_files)} missing (conversion interrupted?); {_CONVERT_HINT}"
         )
-    expected = folder_shapes(config, with_style)
+    try:  # builds the model on the meta device: what diffusers refuses in config.json is named before any read
+        expected = folder_shapes(config, with_style)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+        raise ValueError(f"{folder / CONFIG_NAME}: the model it describes cannot be built ({str(err)[:200]}); "
+                         f"fix config.json or {_CONVERT_HINT}") from None
     problems: Dict[str, Problems] = {}
     state: Dict[str, Dict[str, torch.Tensor]] = {}
     for comp in components + (("style_appearance",) if with_style else ()):
@@ -559,7 +617,7 @@ def load_model(
         else:
             path = folder / component_file(comp)
             sd = _read_safetensors(path)
-            _check_finite(sd, str(path), _CONVERT_HINT)
+            _check_tensors(sd, str(path), _CONVERT_HINT)
         problems.update(compare_shapes({comp: sd}, {comp: expected[comp]}))
         # one component at a time: the CPU copy is released before the next file is read
         state[comp] = _place(sd, device, dtype) if not any(problems.values()) else sd
@@ -623,7 +681,7 @@ def _read_style_file(path: Path, config: BackboneConfig) -> Dict[str, torch.Tens
         sd = _read_safetensors(path, hint=hint)
     else:
         sd = load_official_state_dict(path)
-    _check_finite(sd, str(path), hint)
+    _check_tensors(sd, str(path), hint)
     return _style_to_ours(sd, config, str(path))
 
 
@@ -669,6 +727,34 @@ def _safetensors_metadata(path: Path) -> Dict[str, str]:
         return {}
 
 
+#: Training settings stored in a style module that a run uses as its defaults, and the values they may take.
+_TRAINED_SETTINGS = {"pairing": PAIRINGS, "mask_mode": MASK_MODES}
+
+
+def _training_settings(path: Path, meta: Mapping[str, str]) -> Dict[str, object]:
+    """The ``diffstyle360_training`` metadata of a style module, checked here so that a bad value is reported as
+    the file's metadata (never as a ``pairing`` or ``--mask-mode`` the user did not pass)."""
+    text = meta.get("diffstyle360_training")
+    if text is None:
+        return {}
+    try:
+        settings = json.loads(text)
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise CheckpointFileError(
+            f"style module {path}: its metadata 'diffstyle360_training' is not a JSON object of training settings "
+            f"({text[:60]!r}); the file was damaged or edited: train it again or use an intact copy"
+        )
+    for key, allowed in _TRAINED_SETTINGS.items():
+        if key in settings and settings[key] not in allowed:
+            raise CheckpointFileError(
+                f"style module {path}: its metadata says it was trained with {key}={settings[key]!r:.40}, which is "
+                f"not one of {allowed}; the file was damaged or edited: train it again or use an intact copy"
+            )
+    return settings
+
+
 def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig) -> StyleModuleFile:
     """Read a style module: a DiffStyle360 ``.safetensors`` (``unet.*`` keys, plus ``temporal.*`` and
     metadata when written by ``train``) or an official-layout file (``control_model.*``)."""
@@ -681,10 +767,7 @@ def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig
     component = meta.get("diffstyle360_component", "style_appearance")
     if component not in ("style_appearance", "appearance"):
         raise ValueError(f"style module {path} holds a {component!r} component, not a style or appearance module")
-    try:
-        settings = json.loads(meta.get("diffstyle360_training", "{}"))
-    except ValueError:
-        settings = {}
+    settings = _training_settings(path, meta)
     expected = expected_shapes(config)
     problems = compare_shapes({"style_appearance": appearance}, {"style_appearance": expected["appearance"]})
     if temporal:
@@ -693,7 +776,7 @@ def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig
         problems.update(compare_shapes({"temporal": temporal}, {"temporal": expected["temporal"]}))
     if any(problems.values()):
         raise WeightMismatchError(f"style module {path} does not match this model:", problems)
-    return StyleModuleFile(appearance, temporal, component, settings if isinstance(settings, dict) else {})
+    return StyleModuleFile(appearance, temporal, component, settings)
 
 
 def _new_temporal(config: BackboneConfig, meta: bool = True) -> nn.Module:

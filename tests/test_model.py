@@ -31,7 +31,9 @@ def test_walk_without_insertions_is_the_stock_unet(main_model):
     unet = main_model.unet
     x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
     with torch.no_grad():
-        assert torch.equal(walk_unet(unet, x, 5, ctx), unet(x, 5, encoder_hidden_states=ctx).sample)
+        ours, stock = walk_unet(unet, x, 5, ctx), unet(x, 5, encoder_hidden_states=ctx).sample
+    # two code paths (our walk, diffusers' forward): equal within float32 rounding, not bit for bit on every CPU
+    torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-6)
 
 
 def test_control_residuals_match_diffusers_controlnet_path(main_model):
@@ -119,7 +121,7 @@ def test_unconditional_branch_drops_references_and_pose(main_model):
         uncond = main_model.predict_noise(x, 21, hint, num_views=2, references=None)
         plain = main_model.predict_noise(x, 21, None, num_views=2, references=FusionCall())
         cond = main_model.predict_noise(x, 21, hint, num_views=2, references=FusionCall(cb))
-    assert torch.equal(uncond, plain)
+    torch.testing.assert_close(uncond, plain, rtol=1e-5, atol=1e-6)  # two branches of predict_noise: float32 rounding
     assert not torch.allclose(cond, plain)
     assert main_model.fusion.call is None  # nothing of a call stays on the model
 

@@ -341,7 +341,7 @@ def test_steps_called_separately_equal_stylize(pipe, images):
     latents = pipe.denoise(refs, select_views(pipe.cameras, views=4), fusion=FusionSettings(tau=1.2),
                            sampler=sampler, windows=WindowOptions(window=2))
     assert latents.dtype == torch.float32 and latents.shape == (4, 4, 8, 8)
-    assert torch.equal(pipe.decode(latents), whole)
+    assert torch.equal(pipe.decode(latents), whole)  # the same path: stylize() is exactly these three calls
 
 
 def test_a_call_leaves_the_model_as_it_was(pipe, images):
@@ -362,7 +362,7 @@ def test_per_layer_tau_is_reachable_from_stylize(pipe, images):
     flat = pipe.stylize(content, spec, tau=1.05, **kw).views
     same = pipe.stylize(content, spec, tau={"*": 1.05}, **kw).views
     fine = pipe.stylize(content, spec, tau=tau_by_resolution(1.05, {0: 1.6}), **kw).views
-    assert torch.equal(flat, same)
+    assert torch.equal(flat, same)  # the same kernels on the same values: only the τ lookup differs
     assert not torch.allclose(flat, fine, atol=1e-5)
 
 

@@ -273,7 +273,9 @@ def test_tiny_forward_identical_after_round_trip(tiny, reference_models):
     model, _ = reference_models[MAIN]
     before = _forward(model)
     assert torch.isfinite(before).all() and before.abs().mean() > 1e-3
-    assert torch.equal(before, _forward(load_model(paths[MAIN])))
+    # two separately built models: the states are bitwise equal (test_tiny_convert_reproduces_the_written_model);
+    # their outputs agree within float32 rounding (an AMD EPYC gave 1e-6 where this machine gives 0)
+    torch.testing.assert_close(_forward(load_model(paths[MAIN])), before, rtol=1e-5, atol=1e-5)
 
 
 def test_low_memory_and_fallback_build_agree(tiny, monkeypatch):
@@ -295,6 +297,16 @@ def test_low_memory_and_fallback_build_agree(tiny, monkeypatch):
     _assert_same_state(fast.state_dict(), slow.state_dict())
 
 
+def test_loaded_tensors_are_contiguous_and_aligned(tiny):
+    """Safetensors hands out views of its memory map at 8-byte offsets; the loader copies those into aligned
+    memory, so the memory-saving load runs the same CPU kernels as a model built in memory."""
+    _, paths = tiny
+    for model in (load_model(paths[MAIN]), load_style_module(load_model(paths[MAIN]), paths["style_module"])):
+        tensors = list(model.named_parameters()) + list(model.named_buffers())
+        odd = [name for name, t in tensors if not t.is_contiguous() or t.data_ptr() % 64]
+        assert tensors and not odd, odd[:5]
+
+
 def test_empty_prompt_embedding(tiny, reference_models):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -308,12 +320,14 @@ def test_empty_prompt_embedding(tiny, reference_models):
     from safetensors.torch import load_file
 
     _, paths = tiny
-    assert torch.equal(load_file(str(paths[MAIN] / "text_embedding.safetensors"))["text_embedding"], emb)
+    # computed by a separately built CLIP at conversion: equal within float32 rounding
+    saved = load_file(str(paths[MAIN] / "text_embedding.safetensors"))["text_embedding"]
+    torch.testing.assert_close(saved, emb, rtol=1e-5, atol=1e-6)
 
     # Official-style names (transformers 4.30: text_model.* plus position_ids) give the same result.
     named = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text.items()}
     named["text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    assert torch.equal(empty_prompt_embedding(named, config), emb)
+    torch.testing.assert_close(empty_prompt_embedding(named, config), emb, rtol=1e-5, atol=1e-6)  # another CLIP
 
     # It is the last hidden state *after* the final layer norm (FrozenCLIPEmbedder's output).
     clip = CLIPTextModel(CLIPTextConfig(**config.text_encoder))
