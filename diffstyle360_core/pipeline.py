@@ -24,7 +24,7 @@ from .attention import FusionCall, StyleEntry
 from .cameras import CameraSet, back_view_index, select_views
 from .config import BACK_VIEW, MAIN, mix_seed
 from .devices import empty_cache
-from .fusion import MASK_SUM_TOL, WEIGHT_SUM_TOL, alpha_weights
+from .fusion import alpha_weights, check_disjoint_masks, checked_blend_weights
 from .images import image_hw, load_mask, to_model_tensor
 from . import loading
 from .loading import model_device_dtype
@@ -205,18 +205,7 @@ def _blend_weights(k: int, spec: Style) -> Optional[List[float]]:
         if len(spec.images) > 1:
             raise InputError(f"style {k + 1}: several images need blend weights (e.g. alpha_weights(0.5))")
         return None
-    if isinstance(spec.weights, (str, bytes)) or not isinstance(spec.weights, Sequence):
-        raise InputTypeError(f"style {k + 1}: blend weights must be a list of numbers, got {spec.weights!r:.60}")
-    if len(spec.weights) != len(spec.images):
-        raise InputError(f"style {k + 1}: {len(spec.weights)} blend weights for {len(spec.images)} images")
-    from .options import ALPHA
-
-    weights = [ALPHA.check(w, f"style {k + 1} blend weight {j + 1}") for j, w in enumerate(spec.weights)]
-    if abs(sum(weights) - 1.0) > WEIGHT_SUM_TOL:
-        raise InputError(
-            f"style {k + 1}: blend weights must sum to 1, got {weights} (for two styles use alpha_weights(α))"
-        )
-    return weights
+    return checked_blend_weights(spec.weights, len(spec.images), f"style {k + 1} blend weights")
 
 
 # --------------------------------------------------------------------------- #
@@ -414,11 +403,7 @@ class DiffStyle360Pipeline:
         if len(inputs) > 1:
             if any(s.mask is None for s in inputs):
                 raise InputError("with several styles every style needs a mask (which region gets which style)")
-            if float(torch.stack([s.mask for s in inputs]).sum(0).max()) > 1.0 + MASK_SUM_TOL:
-                raise InputError(
-                    "style masks overlap: each pixel may belong to one style at most (sum of masks <= 1); "
-                    "erase the shared region from one of the masks"
-                )
+            check_disjoint_masks([s.mask for s in inputs])
         return x_content, x_back, inputs
 
     @staticmethod

@@ -435,7 +435,9 @@ def _convert(args) -> None:
     STATE.interrupt_note = f"interrupted; {args.out} may hold an incomplete conversion: run convert again"
     from ..weights import convert_checkpoint
 
-    dtype = {"fp32": _torch().float32, "fp16": _torch().float16}.get(args.dtype)
+    from ..devices import DTYPES
+
+    dtype = DTYPES.get(args.dtype)
     folder = convert_checkpoint(args.checkpoint, args.out, kind=args.kind, dtype=dtype)
     print(f"converted {args.checkpoint} → {folder}")
 
