@@ -22,7 +22,7 @@ from torch import nn
 
 from .attention import FusionCall, StyleEntry
 from .cameras import CameraSet, back_view_index, select_views
-from .config import BACK_VIEW, MAIN, mix_seed
+from .config import BACK_VIEW, MAIN
 from .devices import empty_cache
 from .fusion import alpha_weights, check_disjoint_masks, checked_blend_weights
 from .images import image_hw, load_mask, to_model_tensor
@@ -40,7 +40,7 @@ from .options import (
     WindowOptions,
     check_choice,
 )
-from .sampling import denoise_views, guide_frame_noise, make_scheduler, randn_rows, view_windows
+from .sampling import denoise_views, guide_frame_noise, make_scheduler, mix_seed, randn_rows, view_windows
 
 
 
