@@ -56,14 +56,13 @@ def timestep_tensor(timestep, device: torch.device) -> torch.Tensor:
 
 
 def time_embedding(unet: nn.Module, sample: torch.Tensor, timestep) -> torch.Tensor:
-    """The UNet's timestep embedding for a batch (scalar or per-sample ``timestep``)."""
-    t = timestep_tensor(timestep, sample.device)
-    if t.ndim == 0:
-        t = t[None]
-    t = t.expand(sample.shape[0]) if t.shape[0] == 1 else t
-    t_emb = unet.time_proj(t).to(dtype=sample.dtype)
-    emb = unet.time_embedding(t_emb)
-    if getattr(unet, "time_embed_act", None) is not None:
+    """The UNet's timestep embedding for a batch: diffusers' ``get_time_embed`` then ``time_embedding``.
+
+    SD1.5 has no class or augmentation embedding, so this is all of the stock
+    forward's embedding; ``timestep`` (scalar or per sample) goes in as a tensor.
+    """
+    emb = unet.time_embedding(unet.get_time_embed(sample, timestep_tensor(timestep, sample.device)))
+    if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
     return emb
 
