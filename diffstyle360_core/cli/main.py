@@ -184,14 +184,9 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 
 def _register_plugin(module: str, sub) -> Dict[str, Callable]:
-    """``module.register(subparsers) -> {command: handler}``; a missing module adds nothing."""
+    """``module.register(subparsers) -> {command: handler}``; a module that fails to import adds nothing."""
     try:
         mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and (module == err.name or module.startswith(err.name + ".")):
-            return {}  # not installed / not written yet: the command is simply absent
-        print(f"warning: the commands of {module} are unavailable ({type(err).__name__}: {err})", file=sys.stderr)
-        return {}
     except Exception as err:  # a broken plug-in must not take the other commands down
         print(f"warning: the commands of {module} are unavailable ({type(err).__name__}: {err})", file=sys.stderr)
         return {}
