@@ -45,6 +45,9 @@ _LEVELS = (
 
 
 class KeyScale:
+    """All of Style Fusion Attention's settings, not only the key scale: τ (§3.5), a τ per latent resolution
+    (tau_res64 … tau_res8; 0 keeps τ), the key/value pairing and the style-mask mode, as one FusionSettings."""
+
     DESCRIPTION = (
         "Style Fusion Attention settings: the key scale tau (how strongly attention is pulled toward the style; "
         "paper default 1.05, explored 1.00-1.10), optionally a different tau per latent resolution, the key/value "
