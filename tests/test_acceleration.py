@@ -323,16 +323,18 @@ def test_fp8_scales_keep_small_weights_out_of_subnormals():
         naive.weight.copy_(naive.weight.to(torch.float8_e4m3fn).float())
     scaled = copy.deepcopy(layer)
     store_weights_fp8(scaled, torch.float32)
-    layerwise = copy.deepcopy(layer)
-    hooks = pytest.importorskip("diffusers.hooks", reason="diffusers >= 0.32 has layerwise casting")
-    hooks.apply_layerwise_casting(layerwise, torch.float8_e4m3fn, torch.float32, skip_modules_pattern=())
     with torch.no_grad():
         err_naive = float((naive(x) - want).norm() / want.norm())
         err_scaled = float((scaled(x) - want).norm() / want.norm())
+    assert err_scaled < 0.05 < err_naive, (err_scaled, err_naive)  # measured: 0.024 vs 0.127
+    # diffusers' enable_layerwise_casting stores the same fp8 without a scale: as far off as the plain cast,
+    # which is why store_weights_fp8 is ours
+    hooks = pytest.importorskip("diffusers.hooks", reason="diffusers >= 0.32 has layerwise casting")
+    layerwise = copy.deepcopy(layer)
+    hooks.apply_layerwise_casting(layerwise, torch.float8_e4m3fn, torch.float32, skip_modules_pattern=())
+    with torch.no_grad():
         err_layerwise = float((layerwise(x) - want).norm() / want.norm())
-    # measured: scaled 0.024, plain cast and diffusers' layerwise casting (enable_layerwise_casting's hook, a
-    # plain cast as well) 0.127: why store_weights_fp8 is ours
-    assert err_scaled < 0.05 < min(err_naive, err_layerwise), (err_scaled, err_naive, err_layerwise)
+    assert err_scaled < 0.05 < err_layerwise, (err_scaled, err_layerwise)
 
 
 # --------------------------------------------------------------------------- offload
