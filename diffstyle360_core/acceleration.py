@@ -16,6 +16,9 @@ None of these changes what the model computes beyond rounding; each is opt-in.
   (``mode="reduce-overhead"``). Both rely on the attention layers reading
   their per-call reference slots as plain tensors (:class:`~.attention.FusionSlot`),
   so no Python state splits a graph. ``DIFFSTYLE360_COMPILE=0`` turns compiling off.
+  Nothing process-wide changes: the compile choice is the model object's own
+  (two models over the same modules keep theirs), and dynamo's recompile caps
+  are raised only while our compiled functions run.
 * :func:`store_weights_fp8` keeps Linear/Conv weights in ``torch.float8_e4m3fn``
   with one scale per output channel and casts them to the compute dtype on every call
   (as ComfyUI's fp8 weight dtypes and diffusers' layerwise casting do, plus the
