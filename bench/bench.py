@@ -51,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from diffstyle360_core.config import BACK_VIEW, MAIN, official_config, sd15_controlnet, sd15_unet, tiny_config
+from diffstyle360_core.devices import DTYPES
 
 SCHEDULER_VARIANTS = ("dpmpp_2m", "unipc", "euler")
 #: compiled variants: (compile scope, torch.compile mode; None = --compile-mode)
@@ -63,7 +64,6 @@ CUDA_ONLY = {"offload": "nothing to offload to without a GPU", "fp8": "fp8 stora
              "channels_last": "layout effect is a cuDNN matter", "cudnn_benchmark": "cuDNN autotuning",
              "compiled_cudagraphs": "CUDA graphs need a GPU"}
 OFFICIAL_STEPS = 50
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAST_LINE = "speedup_vs_official_schedule"
 
 

@@ -39,6 +39,7 @@ def probe(*, size: str = "full", iters: int = 5, warmup: int = 2, views: int = 1
     """One setting: build, warm up, time ``iters`` optimizer steps; returns a dict of measurements."""
     from accelerate import Accelerator
 
+    from diffstyle360_core.devices import mixed_precision_dtype
     from diffstyle360_core.training.config import TrainConfig
     from diffstyle360_core.training.loop import _release_accelerate_state
     from diffstyle360_core.training.recipe import StyleTrainingStep, cast_frozen, draw_randomness, encode_batch, prepare_model, step_generator
@@ -52,7 +53,7 @@ def probe(*, size: str = "full", iters: int = 5, warmup: int = 2, views: int = 1
     built = time.time()
     model = _model(size, device)
     params = prepare_model(model, mode)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    dtype = mixed_precision_dtype(accelerator.mixed_precision)
     cast_frozen(model, mode, dtype)
     if gradient_checkpointing:
         from diffstyle360_core.training.grad_checkpoint import enable_gradient_checkpointing

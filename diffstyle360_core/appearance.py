@@ -9,14 +9,14 @@ have no ``out.*``).
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
 from .attention import ReferenceBank, install_bank_writers
-from .unet_walk import CompiledForward, run_forward, timestep_tensor, walk_unet
+from .unet_walk import CompiledForward, active_compile_key, run_forward, timestep_tensor, walk_unet
 
 
 def reference_walk(unet: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> None:
@@ -37,17 +37,18 @@ class AppearanceModule(nn.Module):
         self.unet.conv_out = None
         self._bank = ReferenceBank()
         self.layer_names = install_bank_writers(self.unet, self._bank)
-        self.compiled_forward: Optional[CompiledForward] = None  # set by compile_model(scope="full")
+        self.compiled_forwards: Dict[tuple, CompiledForward] = {}  # compile_model(scope="full"), per settings
 
     def forward(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Bank ``{attn1 layer name: [R, tokens, C]}`` for R clean reference latents at timestep t."""
         self._bank.clear()
         self._bank.recording = True
         try:
-            run_forward(self.compiled_forward, reference_walk, self.unet, latents,
+            run_forward(self.compiled_forwards, reference_walk, self.unet, latents,
                         timestep_tensor(timestep, latents.device), context)
             bank = self._bank.features
-            if self.compiled_forward is not None and self.compiled_forward.cuda_graphs:
+            compiled = self.compiled_forwards.get(active_compile_key())
+            if compiled is not None and compiled.cuda_graphs:
                 bank = {name: features.clone() for name, features in bank.items()}  # out of the graph's pool
         finally:
             self._bank.recording = False

@@ -7,9 +7,10 @@ own W_K / W_V. DiffStyle360 (§3.3) extends the read side to Style Fusion
 Attention. Layers are paired by diffusers layer name (e.g.
 ``down_blocks.1.attentions.0.transformer_blocks.0.attn1``), never by list order.
 
-What a read processor does comes from the :class:`FusionCall` of the forward in
-flight (references, τ, masks, blend weights), handed over for that one call and
-removed afterwards: no setting outlives a call, and two pipelines never share one.
+What a read processor does comes from the :class:`FusionCall` of the denoising
+step in flight (references, τ, masks, blend weights), bound for each forward of
+that step and removed afterwards: no setting outlives a forward, and two
+pipelines never share one.
 """
 
 from __future__ import annotations
@@ -112,13 +113,14 @@ class StyleEntry:
 
 @dataclass
 class FusionCall:
-    """What the main UNet's ``attn1`` layers attend to during one forward (per call, never stored on the model).
+    """What the main UNet's ``attn1`` layers attend to during one denoising step (never stored on the model).
 
-    ``content`` None: stock self-attention. ``content`` and no styles:
+    One per step, because the references depend on t but not on the view: every
+    denoiser forward of the step (each batch of view windows) is handed the same
+    one, and each layer's reference slots are built on first use and cached on
+    it. ``content`` None: stock self-attention. ``content`` and no styles:
     DiffPortrait360 reference attention ``[K_l, K_c]``. With styles: Style
-    Fusion Attention with ``settings`` (τ, pairing, mask mode). Each layer's
-    reference slots are built once and cached on the call, so every window of a
-    step reuses them: build one call per denoising step.
+    Fusion Attention with ``settings`` (τ, pairing, mask mode).
     """
 
     content: Optional[Bank] = None

@@ -8,20 +8,20 @@ keeps the same topology (16 self-attention layers, 8 + 12 view-consistency
 modules) at a size that runs in milliseconds on a CPU.
 
 Also the one list of components (:data:`COMPONENTS`; the weight loader, the
-layout, the official key map and the catalog derive theirs from it), the
-weight-set folder names, and the seed-mixing rule :func:`mix_seed`.
+layout, the official key map, the catalog and the compiler derive theirs from
+it), the weight-set folder names, and the one set of safetensors metadata keys
+our files carry (:func:`file_metadata`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import operator
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
+
+from .files import write_text_atomic
 
 MAIN = "main"
 BACK_VIEW = "back_view"
@@ -49,34 +49,19 @@ WEIGHTS_SUFFIX = ".safetensors"
 CONDITION_SUBDIRS = ("cam_condition/sphere32", "cam_condition", "sphere32")
 #: Views in the official sphere32 turntable (yaw 360°·k/32, k = 0 frontal, 16 the back).
 OFFICIAL_VIEWS = 32
+#: The component a trained module file holds, per training mode (``train --mode``).
+TRAINED_COMPONENTS = {"style_module": "style_appearance", "finetune_appearance": "appearance"}
+#: Key prefix of the view-consistency weights inside a trained module file (beside the ``unet.*`` keys).
+TRAINED_TEMPORAL_PREFIX = "temporal."
+
+# safetensors metadata of every file we write (weights.write_component_file, training.checkpoint)
+META_COMPONENT = "diffstyle360_component"
+META_FORMAT = "diffstyle360_format"
+META_TRAINING = "diffstyle360_training"  # trained files: the JSON of the recipe (pairing, mask mode, τ, …)
+
 #: CLIP text context length of SD1.5 (``openai/clip-vit-large-patch14``): the
 #: empty-prompt embedding is ``[1, 77, context_dim]``.
 CLIP_CONTEXT_LENGTH = 77
-
-
-# --------------------------------------------------------------------------- #
-# Seeds
-# --------------------------------------------------------------------------- #
-#: Sub-seeds from :func:`mix_seed` lie in ``[0, SEED_MODULUS)``, which every ``torch.Generator`` accepts.
-SEED_MODULUS = 2**63
-# A prime multiplier. Changing it would change every derived stream (seeds would no
-# longer reproduce earlier results), so it is fixed.
-_SEED_MULTIPLIER = 1_000_003
-
-
-def mix_seed(seed: int, *parts: int) -> int:
-    """One rule for deriving sub-seeds: ``h = (h * 1_000_003 + part) mod 2**63`` for each part.
-
-    Folds integer ``parts`` (a CRC of a name, an image digest, an index) into
-    ``seed`` so each gets its own reproducible generator stream. Integers only
-    (Python or numpy); any seed of ComfyUI's range ``0 … 2**64 - 1`` gives a
-    value in ``[0, 2**63)``; no parts gives ``seed mod 2**63``. Deterministic
-    across runs and platforms (no ``hash()``).
-    """
-    h = operator.index(seed) % SEED_MODULUS
-    for part in parts:
-        h = (h * _SEED_MULTIPLIER + operator.index(part)) % SEED_MODULUS
-    return h
 
 
 def component_file(component: str) -> str:
@@ -84,21 +69,22 @@ def component_file(component: str) -> str:
     return component + WEIGHTS_SUFFIX
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+def file_metadata(component: str, training: Optional[Mapping[str, object]] = None) -> Dict[str, str]:
+    """The safetensors metadata of a file we write: its component, our format version, the training recipe."""
+    meta = {"format": "pt", META_COMPONENT: component, META_FORMAT: str(FORMAT_VERSION)}
+    if training is not None:
+        meta[META_TRAINING] = json.dumps(training, sort_keys=True)
+    return meta
 
-    A reader never sees a half-written file; the file ends up 0644 like other model files.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+def split_trained_state(state: Mapping[str, object]) -> Tuple[dict, dict]:
+    """A trained module file's tensors → (appearance ``unet.*`` keys, view-consistency keys without the prefix)."""
+    n = len(TRAINED_TEMPORAL_PREFIX)
+    appearance = {k: v for k, v in state.items() if not k.startswith(TRAINED_TEMPORAL_PREFIX)}
+    temporal = {k[n:]: v for k, v in state.items() if k.startswith(TRAINED_TEMPORAL_PREFIX)}
+    return appearance, temporal
+
+
 
 _DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")

@@ -19,6 +19,8 @@ DTYPE_NAMES = {
 }
 #: Choices offered by the CLI and the loader node ("auto" = fp16 on CUDA, fp32 elsewhere).
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
+#: The three concrete choices by short name (the bench's and make-tiny's ``--dtype``).
+DTYPES = {name: DTYPE_NAMES[name] for name in DTYPE_CHOICES[1:]}
 #: Weight storage in 8 bits, computed in the run's dtype (acceleration.store_weights_fp8); ComfyUI's name for it.
 FP8_WEIGHTS = "fp8_e4m3fn"
 #: Parts left in the compute dtype when weights are stored in fp8: the VAE decodes every view (small, sensitive).
@@ -98,6 +100,11 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Union[str, torch
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPE_NAMES:
         return DTYPE_NAMES[dtype.lower().removeprefix("torch.")]
     raise InputError(f"dtype {dtype!r} is not supported; use one of {DTYPE_CHOICES[1:]} or 'auto'")
+
+
+def mixed_precision_dtype(mode: str) -> torch.dtype:
+    """accelerate's ``mixed_precision`` ("no", "fp16", "bf16") as the dtype frozen weights are kept in."""
+    return DTYPE_NAMES.get(mode, torch.float32)
 
 
 def empty_cache(device: Optional[torch.device]) -> None:

@@ -6,40 +6,43 @@ Paper map:
   style keys' per-channel statistics (:func:`adain`).
 * §3.3, eq. (2) and §3.5: one softmax attention over the concatenation of three
   key/value sets -- latent, "AdaIN" and style -- with the style keys scaled by a
-  temperature ``τ`` (:func:`style_fusion_attention`).
+  temperature ``τ``. The reference part (everything after ``K_l``/``V_l``) does
+  not depend on the latents, so it is built once per layer and denoising step
+  (:func:`reference_attention_inputs`) and attended by every window of views
+  (:func:`attend_with_references`); this is the one implementation the model runs.
 * §4 "Local Stylization": a style mask ``m`` gates the style keys and picks
   ``K̂_s`` where ``m = 1`` and ``K_c`` where ``m = 0``; several (style, mask)
-  pairs at once give multi-style local edits, Fig. 7b
-  (:func:`multi_style_fusion_attention`).
+  pairs at once give multi-style local edits, Fig. 7b. Masks may not overlap
+  (:func:`check_disjoint_masks`, the one rule for every entry point).
 * §4 "Style Interpolation": ``K_s = (1-α)·W_K F_s1 + α·W_K F_s2`` (and the same
-  for ``V_s``) (:func:`blend_styles`, :func:`alpha_weights`).
+  for ``V_s``) (:func:`blend_styles`, :func:`alpha_weights`, with the one weight
+  rule :func:`checked_blend_weights`).
 
 All attention inputs are already projected by the layer's ``W_Q``/``W_K``/``W_V``
 and laid out as ``[B, tokens, C]``. Everything here is functional and
-stateless; it never imports ComfyUI.
+stateless; it never imports ComfyUI. The tests check it against float64
+references written from the paper's equations.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .options import ALPHA, ASPECT_TOL, MASK_MODES, PAIRINGS  # noqa: F401 (ASPECT_TOL re-exported)
+from .options import ALPHA, ASPECT_TOL, MASK_MODES, PAIRINGS, InputError, InputTypeError  # noqa: F401 (ASPECT_TOL re-exported)
 
 __all__ = [
     "PAIRINGS",
     "adain",
     "MASK_MODES",
-    "fusion_keys_values",
-    "fusion_attention_inputs",
-    "style_fusion_attention",
-    "multi_style_fusion_attention",
     "blend_styles",
     "alpha_weights",
+    "checked_blend_weights",
+    "check_disjoint_masks",
     "ReferenceKV",
     "reference_attention_inputs",
     "attend_with_references",
@@ -57,6 +60,43 @@ CONTENT_REQUIRED = ("k_c: content references are required when a style is given 
 WEIGHT_SUM_TOL = 1e-4
 
 StyleTriple = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+# --------------------------------------------------------------------------- #
+# the rules every entry point shares (pipeline, nodes, CLI, this module)
+# --------------------------------------------------------------------------- #
+def checked_blend_weights(weights, count: int, name: str = "weights") -> List[float]:
+    """The style-interpolation weight rule (§4): one weight per style, each in [0, 1], summing to 1.
+
+    The sum may miss 1 by :data:`WEIGHT_SUM_TOL` (typed decimals). Returns the
+    weights as floats; :class:`~.options.InputError` naming ``name`` otherwise.
+    """
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise InputTypeError(f"{name} must be a list of numbers, got {weights!r:.60}")
+    if len(weights) != count:
+        raise InputError(f"{name}: {len(weights)} weights for {count} styles; give one weight per style")
+    ws = [ALPHA.check(w, f"{name}[{i}]") for i, w in enumerate(weights)]
+    if abs(sum(ws) - 1.0) > WEIGHT_SUM_TOL:
+        raise InputError(f"{name} must sum to 1, they sum to {sum(ws):.6g} (for two styles use alpha_weights(α))")
+    return ws
+
+
+def check_disjoint_masks(masks: Sequence[Optional[torch.Tensor]], name: str = "styles") -> None:
+    """The multi-style mask rule (§4, Fig. 7b): ``Σ m_i <= 1`` (+ :data:`MASK_SUM_TOL`) everywhere.
+
+    Each pixel (or reference token) belongs to one style at most, so its AdaIN
+    key is a convex mix of styles and content. ``masks``: broadcastable tensors
+    in [0, 1]; None means the whole image. One mask never overlaps itself.
+    """
+    if len(masks) < 2:
+        return
+    total = sum(torch.ones(()) if m is None else m.float() for m in masks)
+    peak = float(total.max())
+    if peak > 1.0 + MASK_SUM_TOL:
+        raise InputError(
+            f"{name}: the style masks overlap (they sum to {peak:.4g} > 1 where they meet); each pixel may "
+            "belong to one style at most, so erase the shared region from one of the masks (no mask means everywhere)"
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -81,7 +121,7 @@ def _check_batch(name: str, t: torch.Tensor, batch: int) -> None:
     # References do not depend on the view, so batch 1 is allowed and broadcast.
     if t.shape[0] not in (1, batch):
         raise ValueError(
-            f"{name}: batch must be 1 (broadcast) or {batch} (the latent batch), got {_fmt(t)}"
+            f"{name}: batch must be 1 (broadcast) or {batch} (the largest reference batch), got {_fmt(t)}"
         )
 
 
@@ -112,17 +152,6 @@ def _check_pairing(pairing) -> None:
 def _check_mask_mode(mask_mode) -> None:
     if mask_mode not in MASK_MODES:
         raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {mask_mode!r}")
-
-
-def _check_heads(heads, channels: int) -> int:
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads: expected a positive int, got {heads!r}")
-    if channels % heads != 0:
-        raise ValueError(
-            f"heads: channel count C={channels} is not divisible by heads={heads}; "
-            "pass the attention layer's head count"
-        )
-    return heads
 
 
 def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -180,34 +209,13 @@ def adain(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # shared key/value builder (the single code path for every SFA variant)
 # --------------------------------------------------------------------------- #
-def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool, trusted_masks: bool = False):
-    """Validate everything the builder consumes; return (tau, masks)."""
+def _validate_references(k_c, v_c, styles, tau, pairing, dtype, trusted_masks: bool = False):
+    """Validate everything the reference slots consume; return (tau, styles as a list, masks)."""
     _check_pairing(pairing)
     tau = _check_tau(tau)
-    _check_3d("k_l", k_l, "[B, N, C]")
-    _check_3d("v_l", v_l, "[B, N, C]")
-    if v_l.shape != k_l.shape:
-        raise ValueError(f"v_l: expected the same shape as k_l {_fmt(k_l)}, got {_fmt(v_l)}")
-    B, _, C = k_l.shape
-
     if (k_c is None) != (v_c is None):
         missing = "v_c" if v_c is None else "k_c"
         raise ValueError(f"{missing}: k_c and v_c must be given together (content references)")
-    n_ref = None
-    if k_c is not None:
-        _check_3d("k_c", k_c, "[B or 1, N_ref, C]")
-        if k_c.shape[-1] != C:
-            raise ValueError(f"k_c: expected [B or 1, N_ref, C] with C == {C}, got {_fmt(k_c)}")
-        _check_batch("k_c", k_c, B)
-        n_ref = k_c.shape[1]
-        _check_3d("v_c", v_c, "[B or 1, N_ref, C]")
-        if v_c.shape[1] != n_ref or v_c.shape[-1] != C:
-            raise ValueError(
-                f"v_c: expected [B or 1, N_ref, C] with N_ref == k_c tokens ({n_ref}) and C == {C}, "
-                f"got {_fmt(v_c)}"
-            )
-        _check_batch("v_c", v_c, B)
-
     if styles is None:
         styles = ()
     if not isinstance(styles, (list, tuple)):
@@ -216,18 +224,27 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool, trusted
         )
     if len(styles) and k_c is None:
         raise ValueError(CONTENT_REQUIRED)
+    if k_c is None:
+        return tau, [], []
+    _check_3d("k_c", k_c, "[B or 1, N_ref, C]")
+    _, n_ref, C = k_c.shape
+    _check_3d("v_c", v_c, "[B or 1, N_ref, C]")
+    if v_c.shape[1] != n_ref or v_c.shape[-1] != C:
+        raise ValueError(
+            f"v_c: expected [B or 1, N_ref, C] with N_ref == k_c tokens ({n_ref}) and C == {C}, got {_fmt(v_c)}"
+        )
+    # references of batch 1 are broadcast to the largest batch among them (B: per view)
+    B = max(t.shape[0] for t in (k_c, v_c, *(x for st in styles if isinstance(st, (list, tuple)) for x in st))
+            if isinstance(t, torch.Tensor) and t.dim() > 0)
+    _check_batch("k_c", k_c, B)
+    _check_batch("v_c", v_c, B)
 
     masks = []
-    mask_sum = None
     for i, st in enumerate(styles):
-        if single:
-            nk, nv, nm = "k_s", "v_s", "style_mask"
-        else:
-            if not isinstance(st, (list, tuple)) or len(st) != 3:
-                raise ValueError(f"styles[{i}]: expected a (k_s, v_s, mask) triple, got {st!r:.80}")
-            nk, nv, nm = f"styles[{i}] k_s", f"styles[{i}] v_s", f"styles[{i}] mask"
+        if not isinstance(st, (list, tuple)) or len(st) != 3:
+            raise ValueError(f"styles[{i}]: expected a (k_s, v_s, mask) triple, got {st!r:.80}")
         k_s, v_s, m = st
-        for name, t in ((nk, k_s), (nv, v_s)):
+        for name, t in ((f"styles[{i}] k_s", k_s), (f"styles[{i}] v_s", v_s)):
             _check_3d(name, t, "[B or 1, N_ref, C]")
             if t.shape[1] != n_ref or t.shape[-1] != C:
                 raise ValueError(
@@ -235,42 +252,29 @@ def _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single: bool, trusted
                     f"and C == {C}, got {_fmt(t)}"
                 )
             _check_batch(name, t, B)
-        if m is not None:
-            if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[0] not in (1, B) \
-                    or m.shape[1] != n_ref:
-                got = _fmt(m) if isinstance(m, torch.Tensor) else type(m).__name__
-                raise ValueError(
-                    f"{nm}: expected [B or 1, N_ref] = [{B} or 1, {n_ref}] (one weight per "
-                    f"reference token), got {got}"
-                )
-            mf = m.to(_work_dtype(k_l.dtype, m.dtype) if m.is_floating_point() else torch.float32)
-            if trusted_masks:  # validated once per run by the caller: no GPU sync per layer call
-                masks.append(mf)
-                continue
-            if not bool(torch.isfinite(mf).all()):
-                raise ValueError(f"{nm}: values must be finite")
-            if bool((mf < 0).any()) or bool((mf > 1).any()):
-                raise ValueError(
-                    f"{nm}: values must lie in [0, 1] (1 = stylize this token, 0 = keep content), "
-                    f"got min {float(mf.min()):.4g}, max {float(mf.max()):.4g}"
-                )
-            masks.append(mf)
-        else:
+        if m is None:
             masks.append(None)
-
-    if len(styles) > 1 and not trusted_masks:
-        # Σ m_i <= 1: each token's AdaIN slot is a convex mix of styles and content.
-        ones = torch.ones((1, n_ref), dtype=torch.float32, device=k_l.device)
-        for m in masks:
-            mm = ones if m is None else m
-            mask_sum = mm if mask_sum is None else mask_sum + mm
-        peak = float(mask_sum.max())
-        if peak > 1.0 + MASK_SUM_TOL:
+            continue
+        nm = f"styles[{i}] mask"
+        if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[0] not in (1, B) or m.shape[1] != n_ref:
+            got = _fmt(m) if isinstance(m, torch.Tensor) else type(m).__name__
             raise ValueError(
-                f"styles: masks overlap (sum of masks reaches {peak:.4g} > 1 at some token); "
-                "give each style a disjoint region (a mask of None means the whole reference)"
+                f"{nm}: expected [B or 1, N_ref] = [{B} or 1, {n_ref}] (one weight per reference token), got {got}"
             )
-    return tau, masks
+        mf = m.to(_work_dtype(dtype or k_c.dtype, m.dtype) if m.is_floating_point() else torch.float32)
+        masks.append(mf)
+        if trusted_masks:  # validated once per run by the caller: no GPU sync per layer call
+            continue
+        if not bool(torch.isfinite(mf).all()):
+            raise ValueError(f"{nm}: values must be finite")
+        if bool((mf < 0).any()) or bool((mf > 1).any()):
+            raise ValueError(
+                f"{nm}: values must lie in [0, 1] (1 = stylize this token, 0 = keep content), "
+                f"got min {float(mf.min()):.4g}, max {float(mf.max()):.4g}"
+            )
+    if not trusted_masks:
+        check_disjoint_masks(masks)
+    return tau, list(styles), masks
 
 
 class ReferenceKV(NamedTuple):
@@ -357,16 +361,6 @@ def _with_latents(k_l: torch.Tensor, v_l: torch.Tensor, refs: Optional[Reference
     return K, V, bias
 
 
-def _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode="paper", eps=1e-5):
-    """Assemble (K, V, bias) of §3.3/§3.5 (with §4 masks); inputs already validated.
-
-    ``bias`` is None except for ``mask_mode="confined"`` with masks: an additive
-    logit bias ``[B or 1, T]`` that is log(M) on the style slot (0 elsewhere).
-    """
-    refs = _reference_kv(k_c, v_c, styles, tau, pairing, masks, mask_mode, k_l.dtype, eps)
-    return _with_latents(k_l, v_l, refs)
-
-
 def reference_attention_inputs(
     k_c: Optional[torch.Tensor],
     v_c: Optional[torch.Tensor],
@@ -378,95 +372,59 @@ def reference_attention_inputs(
     dtype: Optional[torch.dtype] = None,
     trusted_masks: bool = False,
 ) -> Optional[ReferenceKV]:
-    """The latent-independent part of SFA's ``(K, V, bias)``: the reference slots, validated.
+    """The reference slots of Style Fusion Attention (§3.3 eq. 1–2, §3.5, §4), validated.
 
     Everything SFA adds after ``K_l``/``V_l`` depends only on the references and
     the settings, so a layer builds it once per denoising step and every window
-    of views reuses it (:func:`attend_with_references`). ``dtype``: the layer's
-    compute dtype (default ``k_c``'s). None when ``k_c`` is None.
+    of views reuses it (:func:`attend_with_references`). Inputs (already
+    projected by the layer's ``W_K``/``W_V``): ``k_c, v_c`` the content
+    references (front and back tokens concatenated) ``[B or 1, N_ref, C]``;
+    ``styles`` a sequence of ``(k_s, v_s, mask)`` with the same ``N_ref``, mask
+    ``[B or 1, N_ref]`` in [0, 1] or None (all ones). ``dtype``: the layer's
+    compute dtype (default ``k_c``'s). Returns None when ``k_c`` is None (plain
+    self-attention); with no styles the slots are ``K_c``/``V_c``
+    (DiffPortrait360's reference attention). With styles, ``M = Σ m_i``::
+
+        K̂ slot      Σ m_i·AdaIN(K_c, K_s_i) + (1 − M)·K_c      (eq. 1; K̂ = AdaIN(K_c, K_s) unmasked)
+        style slot  τ·Σ m_i·K_s_i                              (§3.5)
+        V̂_s         Σ m_i·V_s_i + (1 − M)·mean_i V_s_i          (== V_s for one style)
+        K = [K̂ slot, style slot]
+        V = [V̂_s, V_c] pairing="paper" (§3.5, literally)  or  [V_c, V̂_s] pairing="aligned"
+
+    Why two pairings: the paper's text pairs the AdaIN key K̂ with the style
+    values and the scaled style key with the content values; ``"aligned"``
+    pairs each key with its own value. They give different outputs; a trained
+    Style Appearance Module must run with the pairing it was trained with.
+    ``tau`` (> 0, paper default 1.05) multiplies the style-slot logits.
+
+    Masks (§4): masked-out style keys are zero, not removed (their logits are 0,
+    the paper's literal rule), and with ``pairing="paper"`` the K̂ slot still
+    carries style values where m = 0, so style can leak outside the mask.
+    ``mask_mode="confined"`` keeps the keys, fills the unclaimed ``(1 − M)`` of
+    the style values with ``V_c`` and adds the logit bias ``log M`` on the style
+    slot (``ReferenceKV.bias``): where M = 0 the layer is exactly content
+    attention; with M ≡ 1 both modes agree. Masks may not overlap
+    (:func:`check_disjoint_masks`). ``trusted_masks=True`` skips the value checks
+    (range, overlap), which force a GPU sync: for callers that checked them once per run.
     """
     _check_mask_mode(mask_mode)
+    tau, styles, masks = _validate_references(k_c, v_c, styles, tau, pairing, dtype, trusted_masks)
     if k_c is None:
-        if styles:
-            raise ValueError(CONTENT_REQUIRED)
         return None
-    _check_3d("k_c", k_c, "[B or 1, N_ref, C]")
-    dtype = dtype or k_c.dtype
-    probe = k_c.new_empty((k_c.shape[0], 1, k_c.shape[-1]), dtype=dtype)  # stands in for the latents
-    tau, masks = _validate_kv(probe, probe, k_c, v_c, list(styles or ()), tau, pairing, single=False,
-                              trusted_masks=trusted_masks)
-    return _reference_kv(k_c, v_c, list(styles or ()), tau, pairing, masks, mask_mode, dtype)
+    return _reference_kv(k_c, v_c, styles, tau, pairing, masks, mask_mode, dtype or k_c.dtype)
 
 
 def attend_with_references(q: torch.Tensor, k_l: torch.Tensor, v_l: torch.Tensor,
                            refs: Optional[ReferenceKV], heads: int) -> torch.Tensor:
-    """Eq. (2) with reference slots built by :func:`reference_attention_inputs` (no checks: the per-layer hot path)."""
+    """Eq. (2): ``softmax(Q·[K_l, refs.k]ᵀ/√d + bias)·[V_l, refs.v]`` per head, ``d = C/heads``.
+
+    ``q, k_l, v_l`` ``[B, N, C]`` (the latent tokens); ``refs`` from
+    :func:`reference_attention_inputs` (batch 1 or B, broadcast) or None for
+    plain self-attention. No checks: this is the per-layer hot path. Returns
+    ``[B, N, C]`` in ``q.dtype``.
+    """
     K, V, bias = _with_latents(k_l, v_l, refs)
     return _attend(q, K, V, heads, bias)
-
-
-def fusion_keys_values(
-    k_l: torch.Tensor,
-    v_l: torch.Tensor,
-    k_c: Optional[torch.Tensor] = None,
-    v_c: Optional[torch.Tensor] = None,
-    styles: Optional[Sequence[StyleTriple]] = None,
-    *,
-    tau: float = 1.0,
-    pairing: str = "paper",
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Build the concatenated ``(K, V)`` that SFA attends over (§3.3, §3.5, §4).
-
-    Exposed so callers (and tests) can inspect exactly which keys/values the
-    latent queries see; :func:`style_fusion_attention` and
-    :func:`multi_style_fusion_attention` both go through this one code path.
-
-    Returns ``K, V`` of shape ``[B, N + slots·N_ref, C]`` in ``k_l.dtype``:
-
-    * ``styles`` empty/None, ``k_c`` None: ``[K_l]``, ``[V_l]``.
-    * ``styles`` empty/None: ``[K_l, K_c]``, ``[V_l, V_c]``.
-    * otherwise ``[K_l, AdaIN slot, style slot]`` and, for ``pairing="paper"``,
-      ``[V_l, V̂_s, V_c]``; for ``"aligned"``, ``[V_l, V_c, V̂_s]``. The slots are
-      given in :func:`multi_style_fusion_attention`.
-
-    ``styles`` is a sequence of ``(k_s, v_s, mask)`` (mask ``[B or 1, N_ref]`` or
-    None = all ones); the masks must not overlap (``Σ m_i <= 1``).
-    """
-    K, V, _ = fusion_attention_inputs(k_l, v_l, k_c, v_c, styles, tau=tau, pairing=pairing)
-    return K, V
-
-
-def fusion_attention_inputs(
-    k_l: torch.Tensor,
-    v_l: torch.Tensor,
-    k_c: Optional[torch.Tensor] = None,
-    v_c: Optional[torch.Tensor] = None,
-    styles: Optional[Sequence[StyleTriple]] = None,
-    *,
-    tau: float = 1.0,
-    pairing: str = "paper",
-    mask_mode: str = "paper",
-) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """``(K, V, bias)`` for SFA: :func:`fusion_keys_values` plus the logit bias of
-    ``mask_mode="confined"`` (``[B or 1, T]``, log M on the style slot, else 0;
-    None when no bias applies)."""
-    _check_mask_mode(mask_mode)
-    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=False)
-    return _build_kv(k_l, v_l, k_c, v_c, list(styles or ()), tau, pairing, masks, mask_mode)
-
-
-# --------------------------------------------------------------------------- #
-# attention (eq. 2)
-# --------------------------------------------------------------------------- #
-def _check_query(q, k_l, heads) -> int:
-    _check_3d("q", q, "[B, N, C]")
-    _check_3d("k_l", k_l, "[B, N, C]")
-    if k_l.shape != q.shape:
-        raise ValueError(
-            f"k_l: expected the latent keys to have q's shape {_fmt(q)} (self-attention over "
-            f"the same N tokens), got {_fmt(k_l)}"
-        )
-    return _check_heads(heads, q.shape[-1])
 
 
 def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, bias=None) -> torch.Tensor:
@@ -475,146 +433,6 @@ def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, bias=
     mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # default scale 1/√d
     return rearrange(out, "b h n d -> b n (h d)")
-
-
-def style_fusion_attention(
-    q: torch.Tensor,
-    k_l: torch.Tensor,
-    v_l: torch.Tensor,
-    k_c: Optional[torch.Tensor] = None,
-    v_c: Optional[torch.Tensor] = None,
-    k_s: Optional[torch.Tensor] = None,
-    v_s: Optional[torch.Tensor] = None,
-    *,
-    heads: int,
-    tau: float = 1.0,
-    style_mask: Optional[torch.Tensor] = None,
-    pairing: str = "paper",
-    mask_mode: str = "paper",
-    trusted_masks: bool = False,
-) -> torch.Tensor:
-    """Style Fusion Attention (§3.3 eq. 1–2, key scaling §3.5, style mask §4).
-
-    The latent queries attend, in one softmax, to the latent tokens, to the
-    content keys re-normalized with style statistics, and to the style tokens,
-    so each latent token chooses per head how much structure vs. style to take.
-
-    Inputs (already projected by the layer's ``W_Q``/``W_K``/``W_V``), all
-    ``[batch, tokens, C]``:
-
-    * ``q, k_l, v_l``: latent tokens, ``[B, N, C]``.
-    * ``k_c, v_c``: content references (front and back views concatenated along
-      tokens), ``[B or 1, N_ref, C]``.
-    * ``k_s, v_s``: style references, ``[B or 1, N_ref, C]`` (same ``N_ref``).
-
-    Reference tensors may have batch 1 while ``q`` has batch ``B``: reference
-    features do not depend on the target view, so they are computed once and
-    AdaIN / masking run at batch 1 before being broadcast -- the efficient path.
-
-    Keys and values::
-
-        K̂   = AdaIN(K_c, K_s)                                   (eq. 1)
-        K   = [K_l, K̂, τ·K_s]
-        V   = [V_l, V_s, V_c]   pairing="paper"   (§3.5, literally)
-        V   = [V_l, V_c, V_s]   pairing="aligned"
-
-    Why two pairings: the paper's text pairs the AdaIN key K̂ with the style
-    values V_s and the scaled style key τ·K_s with the content values V_c.
-    ``"aligned"`` instead pairs each key with its own value (K̂ is built from
-    K_c, so it gets V_c; K_s gets V_s), which is what a shared-attention layer
-    would do by default. The two give different outputs; a fine-tuned Style
-    Appearance Module must be run with the pairing it was trained with.
-
-    ``tau`` (τ > 0, paper default 1.05) scales only the style-slot keys, which
-    multiplies their logits and shifts softmax mass toward them when they align
-    with the query (§3.5).
-
-    ``style_mask`` ``[B or 1, N_ref]`` in [0, 1] (local stylization, §4): the
-    style slot becomes ``τ·(m ⊙ K_s)`` and the AdaIN slot ``m·K̂ + (1−m)·K_c``;
-    values are unchanged. Note that masked-out style keys are zero, not removed:
-    their logits are 0, so they still receive ``exp(0)`` softmax weight (the
-    paper's literal formulation). The paper masks *keys* only, so with
-    ``pairing="paper"`` the AdaIN slot still carries the style values V_s where
-    m = 0 and style can leak outside the mask. ``mask_mode="confined"`` keeps the
-    same keys but gives masked-out style-slot tokens a logit bias of log m (−∞ at
-    m = 0) and pairs the unmasked part with content values (AdaIN-slot values
-    ``m·V_s + (1−m)·V_c`` for "paper", style-slot values the same for "aligned"):
-    where m = 0 the layer is exactly DiffPortrait360's content attention, and
-    with m ≡ 1 both modes are identical.
-
-    ``k_s = v_s = None``: ``K = [K_l, K_c]``, ``V = [V_l, V_c]`` (plain
-    DiffPortrait360 / back-view model); additionally ``k_c = v_c = None``:
-    plain self-attention.
-
-    ``trusted_masks=True`` skips the value checks of the masks (range, overlap),
-    which force a GPU sync; callers that validated the masks once per run use it.
-
-    Returns ``[B, N, C]`` in ``q.dtype`` (references are cast to it).
-    """
-    heads = _check_query(q, k_l, heads)
-    if (k_s is None) != (v_s is None):
-        missing = "v_s" if v_s is None else "k_s"
-        raise ValueError(f"{missing}: k_s and v_s must be given together (style references)")
-    if k_s is None:
-        if style_mask is not None:
-            raise ValueError("style_mask: given without k_s/v_s; a mask needs style references")
-        styles = []
-    else:
-        styles = [(k_s, v_s, style_mask)]
-    _check_mask_mode(mask_mode)
-    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=True, trusted_masks=trusted_masks)
-    K, V, bias = _build_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, masks, mask_mode)
-    return _attend(q, K, V, heads, bias)
-
-
-def multi_style_fusion_attention(
-    q: torch.Tensor,
-    k_l: torch.Tensor,
-    v_l: torch.Tensor,
-    k_c: torch.Tensor,
-    v_c: torch.Tensor,
-    styles: Sequence[StyleTriple],
-    *,
-    heads: int,
-    tau: float = 1.0,
-    pairing: str = "paper",
-    mask_mode: str = "paper",
-    trusted_masks: bool = False,
-) -> torch.Tensor:
-    """SFA with several (style, mask) pairs at once (§4, Fig. 7b: Joker mouth +
-    Pixar eyes).
-
-    ``styles``: sequence of ``(k_s_i, v_s_i, m_i)``, ``k_s_i``/``v_s_i``
-    ``[B or 1, N_ref, C]``, ``m_i`` ``[B or 1, N_ref]`` in [0, 1] or None (all
-    ones). The masks must not overlap: ``Σ_i m_i <= 1`` per token (+1e-4), so
-    every token's AdaIN key is a convex mix of styles and content. With
-    ``M = Σ_i m_i``::
-
-        AdaIN slot  Σ_i m_i·AdaIN(K_c, K_s_i) + (1 − M)·K_c
-        style slot  τ·Σ_i m_i·K_s_i
-        V̂_s         Σ_i m_i·V_s_i + (1 − M)·mean_i(V_s_i)
-        V = [V_l, V̂_s, V_c] (paper) or [V_l, V_c, V̂_s] (aligned)
-
-    This generalizes the single-mask rule of §4; the mean fills unmasked style
-    values (no style claims them). ``mask_mode="confined"`` (see
-    :func:`style_fusion_attention`) fills them with V_c instead and adds the
-    logit bias log M on the style slot. With one style it is exactly
-    :func:`style_fusion_attention` with that mask (same code path).
-    Returns ``[B, N, C]`` in ``q.dtype``.
-    """
-    heads = _check_query(q, k_l, heads)
-    if not isinstance(styles, (list, tuple)) or len(styles) == 0:
-        raise ValueError(
-            "styles: expected a non-empty sequence of (k_s, v_s, mask) triples; "
-            "for no style call style_fusion_attention without k_s/v_s"
-        )
-    if k_c is None or v_c is None:
-        raise ValueError("k_c: content references k_c and v_c are required for style fusion")
-    _check_mask_mode(mask_mode)
-    tau, masks = _validate_kv(k_l, v_l, k_c, v_c, styles, tau, pairing, single=False,
-                              trusted_masks=trusted_masks)
-    K, V, bias = _build_kv(k_l, v_l, k_c, v_c, list(styles), tau, pairing, masks, mask_mode)
-    return _attend(q, K, V, heads, bias)
 
 
 # --------------------------------------------------------------------------- #
@@ -634,8 +452,7 @@ def blend_styles(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     ``K_s`` and once on ``W_V F_si`` to get ``V_s``, then pass them to SFA. Since
     AdaIN is nonlinear, blending must happen before SFA, not on its output.
 
-    Weights must be finite, each in [0, 1], summing to 1 (±1e-4); tensors must
-    share shape and dtype. Zero-weight terms are skipped so α=0/1 reproduce a
+    Weights follow :func:`checked_blend_weights`; tensors must share shape and dtype. Zero-weight terms are skipped so α=0/1 reproduce a
     single style exactly. Accumulates in float32 at least; returns the tensors'
     dtype.
     """
@@ -648,19 +465,7 @@ def blend_styles(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
             raise ValueError(
                 f"tensors[{i}]: expected shape/dtype {_fmt(tensors[0])} like tensors[0], got {_fmt(t)}"
             )
-    if not isinstance(weights, (list, tuple)) or len(weights) != len(tensors):
-        n = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
-        raise ValueError(
-            f"weights: expected one weight per tensor ({len(tensors)}), got {n}; "
-            "for two styles use alpha_weights(alpha)"
-        )
-    ws = [_as_float(f"weights[{i}]", w) for i, w in enumerate(weights)]
-    for i, w in enumerate(ws):
-        if not 0.0 <= w <= 1.0:
-            raise ValueError(f"weights[{i}]: must lie in [0, 1], got {w!r}")
-    total = sum(ws)
-    if abs(total - 1.0) > WEIGHT_SUM_TOL:
-        raise ValueError(f"weights: must sum to 1 (got {total:.6g}); normalize them first")
+    ws = checked_blend_weights(weights, len(tensors))
     dt = tensors[0].dtype
     wd = _work_dtype(dt)
     out = None

@@ -17,10 +17,10 @@ import torch
 
 from .cameras import CameraSet, back_view_index, select_views
 from .config import BACK_VIEW, MAIN
-from .fusion import MASK_SUM_TOL, WEIGHT_SUM_TOL
+from .fusion import check_disjoint_masks, checked_blend_weights
 from .images import image_hw, load_mask, to_model_tensor
 from .model import DiffStyle360Model
-from .options import ALPHA, VIEWS, InputError, InputTypeError
+from .options import VIEWS, InputError, InputTypeError
 
 #: Slack on the [-1, 1] range of camera-condition images (rounding from other tools).
 _CAMERA_RANGE_TOL = 1e-3
@@ -120,16 +120,7 @@ def blend_weights(k: int, spec: Style) -> Optional[List[float]]:
         if len(spec.images) > 1:
             raise InputError(f"style {k + 1}: several images need blend weights (e.g. alpha_weights(0.5))")
         return None
-    if isinstance(spec.weights, (str, bytes)) or not isinstance(spec.weights, Sequence):
-        raise InputTypeError(f"style {k + 1}: blend weights must be a list of numbers, got {spec.weights!r:.60}")
-    if len(spec.weights) != len(spec.images):
-        raise InputError(f"style {k + 1}: {len(spec.weights)} blend weights for {len(spec.images)} images")
-    weights = [ALPHA.check(w, f"style {k + 1} blend weight {j + 1}") for j, w in enumerate(spec.weights)]
-    if abs(sum(weights) - 1.0) > WEIGHT_SUM_TOL:
-        raise InputError(
-            f"style {k + 1}: blend weights must sum to 1, got {weights} (for two styles use alpha_weights(α))"
-        )
-    return weights
+    return checked_blend_weights(spec.weights, len(spec.images), f"style {k + 1} blend weights")
 
 
 def style_mask(spec: Style, size: int, k: int, crop: str) -> Optional[torch.Tensor]:
@@ -153,11 +144,7 @@ def check_regions(styles: Sequence[StyleInput]) -> None:
         return
     if any(s.mask is None for s in styles):
         raise InputError("with several styles every style needs a mask (which region gets which style)")
-    if float(torch.stack([s.mask for s in styles]).sum(0).max()) > 1.0 + MASK_SUM_TOL:
-        raise InputError(
-            "style masks overlap: each pixel may belong to one style at most (sum of masks <= 1); "
-            "erase the shared region from one of the masks"
-        )
+    check_disjoint_masks([s.mask for s in styles])
 
 
 def read_style(k: int, spec: Style, size: int, crop: str) -> StyleInput:

@@ -10,7 +10,7 @@ once, at conversion).
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -21,7 +21,7 @@ from .attention import FusionCall, FusionSlot, install_fusion_readers
 from .config import CLIP_CONTEXT_LENGTH, BackboneConfig
 from .pose_control import PoseControlNet
 from .temporal import build_view_consistency_modules
-from .unet_walk import CompiledForward, run_forward, timestep_tensor, walk_unet
+from .unet_walk import CompiledForward, compile_key_of, compiling_as, run_forward, timestep_tensor, walk_unet
 
 
 def denoiser_forward(model: "DiffStyle360Model", noisy: torch.Tensor, timestep: torch.Tensor,
@@ -68,7 +68,7 @@ class DiffStyle360Model(nn.Module):
         self.pose_controlnet = PoseControlNet(config.controlnet)
         self.vae = AutoencoderKL(**config.vae)
         self.register_buffer("text_embedding", torch.zeros(1, CLIP_CONTEXT_LENGTH, config.context_dim))
-        self.compiled_forward: Optional[CompiledForward] = None  # set by compile_model(scope="full")
+        self.compiled_forwards: Dict[tuple, CompiledForward] = {}  # compile_model(scope="full"), per settings
 
     # ----- style appearance module (§3.2) -------------------------------------------------
     def add_style_module(self) -> AppearanceModule:
@@ -125,6 +125,13 @@ class DiffStyle360Model(nn.Module):
             groups.append(list(range(row, row + lat.shape[0])))
             row += lat.shape[0]
         context = self.text_embedding
+        with compiling_as(compile_key_of(self)):
+            banks = self._reference_banks(content, styles, images, groups, context, timestep)
+        if content is None:
+            return None, banks
+        return banks[0], banks[1:]
+
+    def _reference_banks(self, content, styles, images, groups, context, timestep) -> list:
         if self.training_free or not styles or content is None:
             # one pass: a single module sees every image (content module unless only styles)
             module = self.appearance if content is not None else self.style_module
@@ -134,9 +141,7 @@ class DiffStyle360Model(nn.Module):
             banks = split_references(self.appearance(content, timestep, context), groups[:1])
             style_groups = [[r - first for r in g] for g in groups[1:]]
             banks += split_references(self.style_module(torch.cat(images[1:]), timestep, context), style_groups)
-        if content is None:
-            return None, banks
-        return banks[0], banks[1:]
+        return banks
 
     # ----- one denoiser call --------------------------------------------------------------
     def predict_noise(
@@ -160,7 +165,8 @@ class DiffStyle360Model(nn.Module):
         timestep = timestep_tensor(timestep, noisy.device)
         self.fusion.bind(references)
         try:
-            return run_forward(self.compiled_forward, denoiser_forward, self, noisy, timestep,
-                               hints if references is not None else None, num_views)
+            with compiling_as(compile_key_of(self)):
+                return run_forward(self.compiled_forwards, denoiser_forward, self, noisy, timestep,
+                                   hints if references is not None else None, num_views)
         finally:
             self.fusion.release()

@@ -24,14 +24,13 @@ from torch import nn
 from . import inputs, loading
 from .attention import FusionCall, StyleEntry
 from .cameras import CameraSet
-from .config import mix_seed
 from .devices import empty_cache
 from .fusion import alpha_weights
 from .inputs import Style, TurntableInputs
 from .loading import model_device_dtype
 from .model import DiffStyle360Model
 from .options import CROP_MODES, DECODE_CHUNK, FusionSettings, InputError, SamplerOptions, WindowOptions, check_choice
-from .sampling import denoise_views, guide_frame_noise, make_scheduler, randn_rows, view_windows
+from .sampling import denoise_views, guide_frame_noise, make_scheduler, mix_seed, randn_rows, view_windows
 
 
 # --------------------------------------------------------------------------- #

@@ -19,6 +19,7 @@ batched nor on the device.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -27,6 +28,31 @@ from .config import ScheduleConfig
 from .options import SCHEDULERS, WINDOW_MODES, InputError, check_choice
 
 StepHook = Callable[..., None]  # on_step(step, total, x, denoised)
+
+
+# --------------------------------------------------------------------------- #
+# Seeds: one rule for every derived noise stream
+# --------------------------------------------------------------------------- #
+#: Sub-seeds from :func:`mix_seed` lie in ``[0, SEED_MODULUS)``, which every ``torch.Generator`` accepts.
+SEED_MODULUS = 2**63
+# A prime multiplier. Changing it would change every derived stream (seeds would no
+# longer reproduce earlier results), so it is fixed.
+_SEED_MULTIPLIER = 1_000_003
+
+
+def mix_seed(seed: int, *parts: int) -> int:
+    """One rule for deriving sub-seeds: ``h = (h * 1_000_003 + part) mod 2**63`` for each part.
+
+    Folds integer ``parts`` (a CRC of a name, an image digest, an index) into
+    ``seed`` so each gets its own reproducible generator stream. Integers only
+    (Python or numpy); any seed of ComfyUI's range ``0 … 2**64 - 1`` gives a
+    value in ``[0, 2**63)``; no parts gives ``seed mod 2**63``. Deterministic
+    across runs and platforms (no ``hash()``).
+    """
+    h = operator.index(seed) % SEED_MODULUS
+    for part in parts:
+        h = (h * _SEED_MULTIPLIER + operator.index(part)) % SEED_MODULUS
+    return h
 
 
 def _scheduler_config(schedule: ScheduleConfig) -> dict:

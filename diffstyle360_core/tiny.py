@@ -41,8 +41,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .config import BACK_VIEW, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, BackboneConfig, mix_seed, tiny_config
+from .config import BACK_VIEW, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, BackboneConfig, tiny_config
 from .images import ImageInputError
+from .sampling import mix_seed
 from .official_keys import (
     CLIP_PREFIX,
     CONVERTED_COMPONENTS,

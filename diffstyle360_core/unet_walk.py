@@ -11,8 +11,9 @@ forward (tested).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,8 +39,35 @@ class CompiledForward:
     cuda_graphs: bool = False
 
 
-def run_forward(compiled: Optional[CompiledForward], eager: Callable, *args):
-    """``eager(*args)``, or its compiled graph when there is one (same arguments, same result)."""
+#: The compile key of the model whose call is running (innermost last; None: eager). Compiled variants live
+#: on the (possibly shared) modules, keyed by compile settings; which one runs is the running model's choice,
+#: so two model objects over the same modules keep their own (``acceleration.compile_model``).
+_ACTIVE_COMPILE: List[Optional[tuple]] = [None]
+
+
+def compile_key_of(model: nn.Module) -> Optional[tuple]:
+    """The compile settings ``model`` itself was given (``acceleration.compile_model``), or None."""
+    record = model.__dict__.get("_ds360_compile")
+    return None if record is None else record.key
+
+
+@contextlib.contextmanager
+def compiling_as(key: Optional[tuple]) -> Iterator[None]:
+    """Run what follows with the compiled variants made for ``key`` (None: eager)."""
+    _ACTIVE_COMPILE.append(key)
+    try:
+        yield
+    finally:
+        _ACTIVE_COMPILE.pop()
+
+
+def active_compile_key() -> Optional[tuple]:
+    return _ACTIVE_COMPILE[-1]
+
+
+def run_forward(compiled: Dict[tuple, CompiledForward], eager: Callable, *args):
+    """``eager(*args)``, or the whole-call graph compiled for the running model's settings (same result)."""
+    compiled = compiled.get(active_compile_key())
     if compiled is None:
         return eager(*args)
     if compiled.cuda_graphs:
@@ -56,14 +84,13 @@ def timestep_tensor(timestep, device: torch.device) -> torch.Tensor:
 
 
 def time_embedding(unet: nn.Module, sample: torch.Tensor, timestep) -> torch.Tensor:
-    """The UNet's timestep embedding for a batch (scalar or per-sample ``timestep``)."""
-    t = timestep_tensor(timestep, sample.device)
-    if t.ndim == 0:
-        t = t[None]
-    t = t.expand(sample.shape[0]) if t.shape[0] == 1 else t
-    t_emb = unet.time_proj(t).to(dtype=sample.dtype)
-    emb = unet.time_embedding(t_emb)
-    if getattr(unet, "time_embed_act", None) is not None:
+    """The UNet's timestep embedding for a batch: diffusers' ``get_time_embed`` then ``time_embedding``.
+
+    SD1.5 has no class or augmentation embedding, so this is all of the stock
+    forward's embedding; ``timestep`` (scalar or per sample) goes in as a tensor.
+    """
+    emb = unet.time_embedding(unet.get_time_embed(sample, timestep_tensor(timestep, sample.device)))
+    if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
     return emb
 

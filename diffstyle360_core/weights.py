@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
@@ -47,16 +46,21 @@ from torch import nn
 from .config import (
     BACK_VIEW,
     CONFIG_NAME,
-    FORMAT_VERSION,
     MAIN,
+    META_COMPONENT,
+    META_TRAINING,
     MODULE_COMPONENTS,
     TEXT_EMBEDDING,
+    TRAINED_COMPONENTS,
     BackboneConfig,
     TemporalConfig,
     component_file,
+    file_metadata,
     official_config,
+    split_trained_state,
 )
 from .devices import resolve_device, resolve_dtype
+from .files import write_atomic
 from .options import MASK_MODES, PAIRINGS
 from .layout import expected_shapes, folder_shapes
 from .official_keys import (
@@ -338,10 +342,6 @@ def empty_prompt_embedding(
 # =========================================================================== #
 # Our folder format: writing
 # =========================================================================== #
-def _metadata(component: str) -> Dict[str, str]:
-    return {"format": "pt", "diffstyle360_component": component, "diffstyle360_format": str(FORMAT_VERSION)}
-
-
 def _check_savable(comps: Mapping[str, Mapping[str, torch.Tensor]], dtype: Optional[torch.dtype]) -> None:
     """Refuse meta tensors and NaN/inf (also after a cast to ``dtype``) before anything is written."""
     for comp, tensors in comps.items():
@@ -400,18 +400,10 @@ def write_component_file(
 
 
 def _write_safetensors(tensors: Dict[str, torch.Tensor], path: Path, component: str) -> None:
-    """Atomic write: a temporary file beside ``path``, then ``os.replace``; mode 0644 like other model files."""
+    """Atomic write (:func:`~.files.write_atomic`) with our metadata (:func:`~.config.file_metadata`)."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=_metadata(component))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=file_metadata(component)))
 
 
 def _component_dicts(source, config: Optional[BackboneConfig]):
@@ -701,10 +693,6 @@ def sharing_copy(model: nn.Module) -> nn.Module:
     return new
 
 
-#: Key prefix of the view-consistency modules stored in a trained style-module file (``train``).
-TRAINED_TEMPORAL_PREFIX = "temporal."
-
-
 @dataclass
 class StyleModuleFile:
     """What a style-module file holds: reference-UNet weights (ours), optional view-consistency weights,
@@ -734,7 +722,7 @@ _TRAINED_SETTINGS = {"pairing": PAIRINGS, "mask_mode": MASK_MODES}
 def _training_settings(path: Path, meta: Mapping[str, str]) -> Dict[str, object]:
     """The ``diffstyle360_training`` metadata of a style module, checked here so that a bad value is reported as
     the file's metadata (never as a ``pairing`` or ``--mask-mode`` the user did not pass)."""
-    text = meta.get("diffstyle360_training")
+    text = meta.get(META_TRAINING)
     if text is None:
         return {}
     try:
@@ -760,12 +748,10 @@ def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig
     metadata when written by ``train``) or an official-layout file (``control_model.*``)."""
     path = Path(os.fspath(path)).expanduser()
     state = _read_style_file(path, config)
-    temporal = {k[len(TRAINED_TEMPORAL_PREFIX):]: v for k, v in state.items()
-                if k.startswith(TRAINED_TEMPORAL_PREFIX)}
-    appearance = {k: v for k, v in state.items() if not k.startswith(TRAINED_TEMPORAL_PREFIX)}
+    appearance, temporal = split_trained_state(state)
     meta = _safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
-    component = meta.get("diffstyle360_component", "style_appearance")
-    if component not in ("style_appearance", "appearance"):
+    component = meta.get(META_COMPONENT, "style_appearance")
+    if component not in TRAINED_COMPONENTS.values():
         raise ValueError(f"style module {path} holds a {component!r} component, not a style or appearance module")
     settings = _training_settings(path, meta)
     expected = expected_shapes(config)

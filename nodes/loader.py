@@ -220,6 +220,12 @@ def _signature_images(folder: Path) -> Tuple:
 
 
 class LoadAppearanceModules:
+    """A whole weight set, not only the appearance modules: the main model (UNet, content appearance module,
+    pose ControlNet, view-consistency modules, VAE, empty-prompt embedding), the back-view model, the
+    camera-condition renders and an optional trained style module (style appearance module, with the
+    view-consistency modules it was trained with), in the chosen dtype (fp8 storage) and compile setting.
+    The handle it returns reads them when a node first needs them."""
+
     SEARCH_ALIASES = ["model loader", "load model", "checkpoint", "weights", "diffportrait360", "style module", "360"]
     DESCRIPTION = (
         "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and back-view "

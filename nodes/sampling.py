@@ -44,7 +44,6 @@ class ProgressBridge:
     def __init__(self, total: int):
         self.bar = host.progress_bar(total)
         self.preview_size: Optional[int] = host.preview_settings()
-        self.events = 0
 
     def __call__(self, event) -> None:
         host.check_interrupt()
@@ -55,7 +54,6 @@ class ProgressBridge:
             latents = getattr(event, "latents", None)
         if self.preview_size and latents is not None and latents.ndim == 4 and latents.shape[1] == 4:
             preview = latent_preview(latents, self.preview_size)
-        self.events += 1
         self.bar.update_absolute(event.overall_step, event.overall_total, preview)
 
 

@@ -15,9 +15,8 @@ from typing import Tuple
 import torch
 
 from diffstyle360_core import options
-from diffstyle360_core.fusion import alpha_weights
+from diffstyle360_core.fusion import alpha_weights, checked_blend_weights
 from diffstyle360_core.options import FusionSettings, tau_by_resolution
-from diffstyle360_core.fusion import WEIGHT_SUM_TOL
 from diffstyle360_core.pipeline import Style
 
 from .common import (CATEGORY, FUSION, IMAGE_OR_STYLE, STYLE, DiffStyle360Error, choice, number, parse_weights,
@@ -46,6 +45,9 @@ _LEVELS = (
 
 
 class KeyScale:
+    """All of Style Fusion Attention's settings, not only the key scale: τ (§3.5), a τ per latent resolution
+    (tau_res64 … tau_res8; 0 keeps τ), the key/value pairing and the style-mask mode, as one FusionSettings."""
+
     SEARCH_ALIASES = ["style strength", "tau", "style transfer", "360"]
     DESCRIPTION = (
         "Style Fusion Attention settings: the key scale tau (how strongly attention is pulled toward the style; "
@@ -194,11 +196,5 @@ class StyleBlend:
                     )
                 w = list(alpha_weights(options.ALPHA.check(alpha)))
             else:
-                if len(given) != len(images):
-                    raise DiffStyle360Error(
-                        f"Style Blend: {len(given)} weights for {len(images)} connected styles; give one per style."
-                    )
-                w = [options.ALPHA.check(x, f"weight {i + 1}") for i, x in enumerate(given)]
-                if abs(sum(w) - 1.0) > WEIGHT_SUM_TOL:  # the core's tolerance
-                    raise DiffStyle360Error(f"Style Blend: the weights must sum to 1, they sum to {sum(w):g}.")
+                w = checked_blend_weights(given, len(images))  # the core's rule; user_errors words it
             return (StyleStack((Style(images=images, weights=w),)),)

@@ -16,9 +16,7 @@ from diffstyle360_core.attention import FusionCall
 from diffstyle360_core.config import (
     BACK_VIEW,
     MAIN,
-    SEED_MODULUS,
     component_file,
-    mix_seed,
     official_config,
     tiny_config,
 )
@@ -33,6 +31,7 @@ from diffstyle360_core.official_keys import (
     map_official_keys,
 )
 from diffstyle360_core.options import InputError
+from diffstyle360_core.sampling import SEED_MODULUS, mix_seed
 from diffstyle360_core.tiny import TINY_FILES, build_tiny_model, to_official
 from diffstyle360_core.weights import (
     CheckpointFileError,

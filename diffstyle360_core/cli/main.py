@@ -224,14 +224,9 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 
 def _register_plugin(module: str, sub) -> Dict[str, Callable]:
-    """``module.register(subparsers) -> {command: handler}``; a missing module adds nothing."""
+    """``module.register(subparsers) -> {command: handler}``; a module that fails to import adds nothing."""
     try:
         mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and (module == err.name or module.startswith(err.name + ".")):
-            return {}  # not installed / not written yet: the command is simply absent
-        print(f"warning: the commands of {module} are unavailable ({type(err).__name__}: {err})", file=sys.stderr)
-        return {}
     except Exception as err:  # a broken plug-in must not take the other commands down
         print(f"warning: the commands of {module} are unavailable ({type(err).__name__}: {err})", file=sys.stderr)
         return {}
@@ -549,7 +544,9 @@ def _convert(args) -> None:
     STATE.interrupt_note = f"interrupted; {args.out} may hold an incomplete conversion: run convert again"
     from ..weights import convert_checkpoint
 
-    dtype = {"fp32": _torch().float32, "fp16": _torch().float16}.get(args.dtype)
+    from ..devices import DTYPES
+
+    dtype = DTYPES.get(args.dtype)
     folder = convert_checkpoint(args.checkpoint, args.out, kind=args.kind, dtype=dtype)
     print(f"converted {args.checkpoint} → {folder}")
 

@@ -28,12 +28,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..config import FORMAT_VERSION, write_text_atomic
+from ..config import (FORMAT_VERSION, META_TRAINING, TRAINED_COMPONENTS, TRAINED_TEMPORAL_PREFIX, file_metadata,
+                      split_trained_state)
+from ..files import write_atomic, write_text_atomic
 from .config import TrainConfig
 
-TEMPORAL_PREFIX = "temporal."
 FILE_NAMES = {"style_module": "style_module.safetensors", "finetune_appearance": "appearance_module.safetensors"}
-COMPONENT = {"style_module": "style_appearance", "finetune_appearance": "appearance"}
 
 
 def training_info(config: TrainConfig, step: int) -> Dict[str, object]:
@@ -57,7 +57,7 @@ def trained_state_dict(model, mode: str) -> Dict[str, torch.Tensor]:
     """``unet.*`` of the trained appearance module + ``temporal.*`` of the view-consistency modules (fp32, CPU)."""
     appearance = model.style_appearance if mode == "style_module" else model.appearance
     out = {k: v.detach().float().cpu().contiguous() for k, v in appearance.state_dict().items()}
-    out.update({TEMPORAL_PREFIX + k: v.detach().float().cpu().contiguous()
+    out.update({TRAINED_TEMPORAL_PREFIX + k: v.detach().float().cpu().contiguous()
                 for k, v in model.temporal.state_dict().items()})
     return out
 
@@ -70,16 +70,9 @@ def save_trained_module(model, config: TrainConfig, step: int, folder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FILE_NAMES[config.mode]
     info = training_info(config, step)
-    metadata = {
-        "format": "pt",
-        "diffstyle360_component": COMPONENT[config.mode],
-        "diffstyle360_format": str(FORMAT_VERSION),
-        "diffstyle360_training": json.dumps(info, sort_keys=True),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(trained_state_dict(model, config.mode), str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    metadata = file_metadata(TRAINED_COMPONENTS[config.mode], training=info)
+    state = trained_state_dict(model, config.mode)
+    write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -96,16 +89,9 @@ def read_trained_module(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.
     return split_trained_state(state) + (metadata,)
 
 
-def split_trained_state(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Split a trained-module state dict into (appearance keys, view-consistency keys without ``temporal.``)."""
-    appearance = {k: v for k, v in state.items() if not k.startswith(TEMPORAL_PREFIX)}
-    temporal = {k[len(TEMPORAL_PREFIX):]: v for k, v in state.items() if k.startswith(TEMPORAL_PREFIX)}
-    return appearance, temporal
-
-
 def training_settings(metadata: Dict[str, str]) -> Dict[str, object]:
     """The ``diffstyle360_training`` JSON of a trained file's metadata ({} for files not made by training)."""
-    raw = metadata.get("diffstyle360_training")
+    raw = metadata.get(META_TRAINING)
     return json.loads(raw) if raw else {}
 
 

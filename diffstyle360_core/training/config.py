@@ -120,7 +120,7 @@ class TrainConfig:
     def to_yaml(self, path) -> None:
         import yaml
 
-        from ..config import write_text_atomic
+        from ..files import write_text_atomic
 
         write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from ..devices import mixed_precision_dtype
 from .checkpoint import FILE_NAMES, save_trained_module
 from .config import ConfigError, TrainConfig
 from .dataset import StepSampler, StylizationDataset, collate_one, validate_dataset
@@ -238,7 +239,7 @@ def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, star
 
     model = load_model(main_folder, device="cpu", dtype=torch.float32)
     params = prepare_model(model, config.mode)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
     cast_frozen(model, config.mode, weight_dtype)
     model.to(device)
     if config.gradient_checkpointing:

@@ -66,7 +66,7 @@ def read_run_record(out: Path) -> Optional[Dict[str, Any]]:
 
 
 def write_run_record(out: Path, fingerprint: Mapping[str, Any]) -> None:
-    from ..config import write_text_atomic
+    from ..files import write_text_atomic
 
     record = {"format": RUN_FORMAT, "version": 1, "fingerprint": dict(fingerprint)}
     write_text_atomic(Path(out) / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
