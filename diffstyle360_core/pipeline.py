@@ -137,14 +137,20 @@ def _digest(image: torch.Tensor) -> int:
     return zlib.crc32(image.detach().float().cpu().numpy().tobytes())
 
 
-def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int) -> torch.Tensor:
-    """VAE latents with the posterior sampled as the official code does, seeded by (seed, image).
+def _encode_reference(model: DiffStyle360Model, images: torch.Tensor, seed: int,
+                      identity: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """VAE latents with the posterior sampled as the official code does, seeded by (seed, identity).
 
-    Seeding by the image's own bytes keeps a reference's latent fixed wherever it
-    sits in the argument list, and keeps the diffusion noise independent of how
-    many references there are (so α = 0/1 reproduces a single style exactly).
+    ``identity`` (default: ``images``) is what the sample's seed is hashed from: the
+    user's own image (the front of a front/back pair), never a generated back view.
+    Seeding by the image's bytes keeps a reference's latent fixed wherever it sits in
+    the argument list and keeps the diffusion noise independent of how many references
+    there are (so α = 0/1 reproduces a single style exactly). Hashing only given images
+    keeps the seed off the model's own rounding: a back view that differs by 1e-6 on
+    another CPU must change the turntable by about as much, not draw other noise.
     """
-    generator = torch.Generator().manual_seed(mix_seed(seed, _digest(images)))  # CPU images: no device sync
+    key = _digest(images if identity is None else identity)
+    generator = torch.Generator().manual_seed(mix_seed(seed, key))  # CPU images: no device sync
     device, dtype = model_device_dtype(model)
     return model.encode(images.to(device, dtype), generator)
 
@@ -304,9 +310,9 @@ class DiffStyle360Pipeline:
         seed = sampler.seed
         refs = References(None, [], x_back, style_backs, seed)
         try:
-            refs.content = _encode_reference(model, torch.cat([x_content, x_back.to(x_content)]), seed)
+            refs.content = _encode_reference(model, torch.cat([x_content, x_back.to(x_content)]), seed, x_content)
             for spec, backs in zip(given.styles, style_backs):
-                latents = [_encode_reference(model, torch.cat([f, b.to(f)]), seed)
+                latents = [_encode_reference(model, torch.cat([f, b.to(f)]), seed, f)
                            for f, b in zip(spec.fronts, backs)]
                 mask = spec.mask.to(device) if spec.mask is not None else None
                 refs.styles.append((latents, spec.weights, mask))

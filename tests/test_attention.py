@@ -39,10 +39,11 @@ def test_reader_without_references_is_the_stock_processor_exactly():
     slot = FusionSlot()
     names = install_fusion_readers(unet, slot)
     assert len(names) == 16
-    assert torch.equal(_run(unet, x, ctx), stock)
+    # our reader and diffusers' AttnProcessor2_0 are two code paths: equal within float32 rounding
+    torch.testing.assert_close(_run(unet, x, ctx), stock, rtol=1e-5, atol=1e-6)
     # a call with no references (CFG unconditional branch) is also the stock UNet
     slot.bind(FusionCall())
-    assert torch.equal(_run(unet, x, ctx), stock)
+    torch.testing.assert_close(_run(unet, x, ctx), stock, rtol=1e-5, atol=1e-6)
 
 
 def test_writer_records_post_norm1_states_of_all_16_layers_and_keeps_output():
@@ -63,7 +64,7 @@ def test_writer_records_post_norm1_states_of_all_16_layers_and_keeps_output():
     out = _run(unet, x, ctx)
     for h in hooks:
         h.remove()
-    assert torch.equal(out, stock)
+    torch.testing.assert_close(out, stock, rtol=1e-5, atol=1e-6)  # writer vs stock processor: float32 rounding
     assert list(bank.features) == names  # forward order, paired by name
     for n in names:
         assert torch.equal(bank.features[n], seen[n])
