@@ -628,18 +628,27 @@ def _read_style_file(path: Path, config: BackboneConfig) -> Dict[str, torch.Tens
 
 
 def sharing_copy(model: nn.Module) -> nn.Module:
-    """A second model object over the same parts as ``model`` (nothing copied).
+    """A second model object over the same parts as ``model`` (no weight copied).
 
     A shallow copy: every submodule, parameter and buffer is shared, but the
     copy has its own registries (``_modules``, ``_parameters``, ``_buffers``,
     hook tables …), so assigning a submodule on it (``new.style_appearance =
-    …``) leaves ``model`` exactly as it was. Both objects run the same UNet, so
-    they must not run at the same time (a host runs one model at a time anyway).
+    …``) leaves ``model`` exactly as it was. It also gets its own attention slot
+    and Style Fusion readers: each model binds its own readers into the shared
+    UNet for its call (:meth:`~.attention.FusionSlot.bind`), so no reader or
+    reference of one model is ever seen by the other. Both run the same UNet,
+    so they must not run at the same time (a host runs one model at a time).
     """
+    from .attention import FusionSlot, install_fusion_readers
+
     new = copy.copy(model)
     # registries and hook tables: own containers, shared contents
     new.__dict__.update({name: copy.copy(value) for name, value in vars(model).items()
                          if isinstance(value, (dict, list, set))})
+    if isinstance(vars(model).get("fusion"), FusionSlot):
+        new.fusion = FusionSlot()
+        new.attention_layers = install_fusion_readers(new.unet, new.fusion)
+        model.fusion.bind(None)  # the shared UNet keeps reading through ``model``'s readers until ``new`` runs
     return new
 
 
@@ -669,6 +678,28 @@ def _safetensors_metadata(path: Path) -> Dict[str, str]:
         return {}
 
 
+def _training_settings(meta: Mapping[str, str], path: Path) -> Dict[str, object]:
+    """The training settings stored with a style module ({} when it has none); unreadable ones are an error,
+    never silently the paper's (a module trained with another pairing would then be run wrongly)."""
+    from .options import MASK_MODES, PAIRINGS
+
+    raw = meta.get("diffstyle360_training")
+    if not raw:
+        return {}
+    fix = "re-save it with `train`, or remove the diffstyle360_training metadata to use the paper's settings"
+    try:
+        settings = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"style module {path}: its training settings (diffstyle360_training metadata) are not "
+                         f"valid JSON; {fix}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"style module {path}: its training settings are not a JSON object; {fix}")
+    for name, allowed in (("pairing", PAIRINGS), ("mask_mode", MASK_MODES)):
+        if name in settings and settings[name] not in allowed:
+            raise ValueError(f"style module {path}: trained {name} {settings[name]!r} is not one of {allowed}; {fix}")
+    return settings
+
+
 def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig) -> StyleModuleFile:
     """Read a style module: a DiffStyle360 ``.safetensors`` (``unet.*`` keys, plus ``temporal.*`` and
     metadata when written by ``train``) or an official-layout file (``control_model.*``)."""
@@ -681,10 +712,7 @@ def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig
     component = meta.get("diffstyle360_component", "style_appearance")
     if component not in ("style_appearance", "appearance"):
         raise ValueError(f"style module {path} holds a {component!r} component, not a style or appearance module")
-    try:
-        settings = json.loads(meta.get("diffstyle360_training", "{}"))
-    except ValueError:
-        settings = {}
+    settings = _training_settings(meta, path)
     expected = expected_shapes(config)
     problems = compare_shapes({"style_appearance": appearance}, {"style_appearance": expected["appearance"]})
     if temporal:
@@ -693,7 +721,7 @@ def read_style_module_file(path: Union[str, os.PathLike], config: BackboneConfig
         problems.update(compare_shapes({"temporal": temporal}, {"temporal": expected["temporal"]}))
     if any(problems.values()):
         raise WeightMismatchError(f"style module {path} does not match this model:", problems)
-    return StyleModuleFile(appearance, temporal, component, settings if isinstance(settings, dict) else {})
+    return StyleModuleFile(appearance, temporal, component, settings)
 
 
 def _new_temporal(config: BackboneConfig, meta: bool = True) -> nn.Module:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -37,6 +37,20 @@ class StyleStack:
 
 
 # --------------------------------------------------------------------------------------------- Key Scale
+#: Key Scale's default pairing / mask mode: what the loaded style module was trained with (paper when training-free).
+FROM_MODULE = "from the module"
+
+
+@dataclass(frozen=True)
+class KeyScaleChoice:
+    """What flows on a DS360_FUSION link: τ (a float or a per-layer table) and the pairing and mask mode,
+    None meaning "as the loaded style module was trained" (the core resolves it; paper when training-free)."""
+
+    tau: object
+    pairing: Optional[str] = None
+    mask_mode: Optional[str] = None
+
+
 _LEVELS = (
     ("tau_res64", 0, "64x64 latents (the finest: down_blocks.0, up_blocks.3; fine texture)"),
     ("tau_res32", 1, "32x32 latents (down_blocks.1, up_blocks.2)"),
@@ -49,8 +63,9 @@ class KeyScale:
     DESCRIPTION = (
         "Style Fusion Attention settings: the key scale tau (how strongly attention is pulled toward the style; "
         "paper default 1.05, explored 1.00-1.10), optionally a different tau per latent resolution, the key/value "
-        "pairing and how style masks act. Without this node the sampler uses tau 1.05 and the pairing and mask mode "
-        "a trained style module was trained with (paper for training-free)."
+        "pairing and how style masks act. Pairing and mask mode default to what the loaded style module was trained "
+        "with (paper for training-free); pick one to override it. Without this node the sampler uses tau 1.05 and "
+        "the module's pairing and mask mode."
     )
     CATEGORY = CATEGORY
     FUNCTION = "settings"
@@ -66,13 +81,15 @@ class KeyScale:
                 f"Key scale tau (§3.5): multiplies the style keys before the softmax. >1 = stronger style, less "
                 f"identity; <1 = the other way. The paper uses {low:.2f}-{high:.2f} (default {options.TAU.default})."
             )),
-            "pairing": choice(options.PAIRINGS, (
+            "pairing": choice((FROM_MODULE,) + tuple(options.PAIRINGS), (
+                f"{FROM_MODULE}: the pairing the loaded style module was trained with (paper when training-free). "
                 "paper: keys [K_l, AdaIN(K_c,K_s), tau*K_s] with values [V_l, V_s, V_c], the paper's equation as "
-                "written; aligned: each key with its own value. A trained style module must use the pairing it was "
-                "trained with.")),
-            "mask_mode": choice(options.MASK_MODES, (
-                "How a style mask acts. paper: masks the keys only (style can leak outside the mask); confined: "
-                "outside the mask the layer is exactly DiffPortrait360's content attention.")),
+                "written; aligned: each key with its own value. A trained style module works best with the pairing "
+                "it was trained with.")),
+            "mask_mode": choice((FROM_MODULE,) + tuple(options.MASK_MODES), (
+                f"How a style mask acts. {FROM_MODULE}: as the loaded style module was trained (paper when "
+                "training-free). paper: masks the keys only (style can leak outside the mask); confined: outside the "
+                "mask the layer is exactly DiffPortrait360's content attention.")),
         }
         for name, _, where in _LEVELS:
             required[name] = ("FLOAT", {
@@ -81,12 +98,18 @@ class KeyScale:
             })
         return {"required": required}
 
-    def settings(self, tau, pairing, mask_mode, tau_res64=0.0, tau_res32=0.0, tau_res16=0.0, tau_res8=0.0):
+    def settings(self, tau, pairing=FROM_MODULE, mask_mode=FROM_MODULE, tau_res64=0.0, tau_res32=0.0, tau_res16=0.0,
+                 tau_res8=0.0):
         with user_errors("Key Scale"):
             levels = dict(zip((lv for _, lv, _ in _LEVELS), (tau_res64, tau_res32, tau_res16, tau_res8)))
             per_level = {lv: (None if float(v) == 0.0 else v) for lv, v in levels.items()}
             spec = tau_by_resolution(tau, per_level)
-            return (FusionSettings(tau=spec, pairing=pairing, mask_mode=mask_mode).checked(),)
+            pairing = None if pairing == FROM_MODULE else pairing
+            mask_mode = None if mask_mode == FROM_MODULE else mask_mode
+            # checked with placeholders for "from the module": τ and any explicit choice fail here, not mid-run
+            checked = FusionSettings(tau=spec, pairing=pairing or options.PAIRINGS[0],
+                                     mask_mode=mask_mode or options.MASK_MODES[0]).checked()
+            return (KeyScaleChoice(checked.tau, pairing, mask_mode),)
 
 
 # --------------------------------------------------------------------------------------------- Style Mask

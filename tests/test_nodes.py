@@ -1,8 +1,8 @@
 """The seven ComfyUI nodes on the tiny weights, without ComfyUI (nodes/host.py's fallback).
 
 Outputs, shapes and ranges, one-sentence errors, the interrupt, progress calls,
-the model cache, and the host wiring (ModelPatcher + load_models_gpu) through a
-fake of ComfyUI's memory manager.
+model lifetime (no cache beyond the host's), and the host wiring (one patcher per set
+of weights) through the fallback memory manager.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import types
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,7 @@ def models_dir(tiny_weights, tmp_path_factory):
     os.symlink(Path(tiny_weights) / "main", partial / "main")
     os.symlink(Path(tiny_weights) / "cam_condition", partial / "cam_condition")
     host.set_fallback_models_dir(root)
-    loader.clear_cache()
     yield root
-    loader.clear_cache()
 
 
 @pytest.fixture
@@ -134,7 +131,8 @@ def test_widget_ranges_are_the_core_options():
     ks = N["DiffStyle360KeyScale"].INPUT_TYPES()["required"]
     assert (ks["tau"][1]["default"], ks["tau"][1]["min"], ks["tau"][1]["max"]) == (1.05, options.TAU.low,
                                                                                    options.TAU.high)
-    assert ks["pairing"][0] == list(options.PAIRINGS) and ks["mask_mode"][0] == list(options.MASK_MODES)
+    assert ks["pairing"][0] == ["from the module"] + list(options.PAIRINGS)
+    assert ks["mask_mode"][0] == ["from the module"] + list(options.MASK_MODES)
     assert N["DiffStyle360StyleBlend"].INPUT_TYPES()["required"]["alpha"][1]["default"] == options.ALPHA.default
     assert N["DiffStyle360TurntableCamera"].INPUT_TYPES()["required"]["views"][1]["default"] == options.VIEWS.default
     # the sampler's style input takes a plain IMAGE or a DS360_STYLE
@@ -152,8 +150,7 @@ def test_loader_lists_weight_sets_and_style_modules(models_dir):
 
 
 # --------------------------------------------------------------------------------------------- loading and cache
-def test_loading_is_lazy_cached_and_back_view_only_when_needed(models_dir, monkeypatch, bars):
-    loader.clear_cache()
+def test_loading_is_lazy_shared_while_held_and_back_view_only_when_needed(models_dir, monkeypatch, bars):
     reads = []
     real = loader.load_model
 
@@ -172,7 +169,7 @@ def test_loading_is_lazy_cached_and_back_view_only_when_needed(models_dir, monke
     assert reads == ["main"]
     assert_image(backs, 1)
 
-    again = load.load("tiny", loader.TRAINING_FREE, "auto")[0]  # the graph re-run: a new handle
+    again = load.load("tiny", loader.TRAINING_FREE, "auto")[0]  # a second loader while the first output lives
     assert again.main_model() is handle.main_model()
     assert reads == ["main"]
 
@@ -193,13 +190,42 @@ def test_loading_is_lazy_cached_and_back_view_only_when_needed(models_dir, monke
         os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_trained_style_module_is_a_separate_model_sharing_frozen_parts(models_dir):
+def test_models_live_only_as_long_as_the_hosts_outputs(models_dir):
+    """No cache of our own: when ComfyUI drops the loader's output (/free, eviction), the weights are freed."""
+    import gc
+    import weakref
+
+    handle = N["DiffStyle360LoadAppearanceModules"]().load("tiny", "tiny/style_module-tiny.safetensors", "fp32")[0]
+    cams = N["DiffStyle360TurntableCamera"]().cameras(handle, 2, 0.0, 360.0)[0]
+    sample(handle, cams, content_back=comfy_image("style_ink.png"), steps=1)
+    alive = [weakref.ref(m) for m in (handle.main_model(), handle._base("main")[1].model)]
+    assert loader.live_models() >= 2 and host.loaded_models()
+    host.unload_all_models()  # what /free's unload_models does to the memory manager
+    assert host.loaded_models() == []
+    del handle  # what /free's free_memory (executor cache reset) does to the node output
+    gc.collect()
+    assert [r() for r in alive] == [None, None]
+
+
+def test_trained_style_module_is_a_clone_of_the_base_patcher_plus_its_own(models_dir):
     load = N["DiffStyle360LoadAppearanceModules"]()
-    free = load.load("tiny", loader.TRAINING_FREE, "auto")[0].main_model()
-    trained = load.load("tiny", "tiny/style_module-tiny.safetensors", "auto")[0].main_model()
-    assert trained is not free
-    assert trained.style_appearance is not None and free.style_appearance is None  # cached base unchanged
-    assert trained.unet is free.unet
+    free_handle = load.load("tiny", loader.TRAINING_FREE, "auto")[0]
+    trained_handle = load.load("tiny", "tiny/style_module-tiny.safetensors", "auto")[0]
+    free, trained = free_handle._main(), trained_handle._main()
+    assert trained.model is not free.model
+    assert trained.model.style_appearance is not None and free.model.style_appearance is None  # base unchanged
+    assert trained.model.unet is free.model.unet
+    # one patcher per set of weights: the styled model's is the base's cloned (same model: counted once) ...
+    assert trained.patcher.model is free.patcher.model and trained.patcher.parent is free.patcher
+    # ... carrying the style module's own small patcher, which holds only what the base does not have
+    (style,) = trained.patcher.get_nested_additional_models()
+    assert list(style.model) == ["style_appearance"]
+    assert style.model["style_appearance"] is trained.model.style_appearance
+    shared = {id(p) for p in free.model.parameters()}
+    assert not any(id(p) in shared for p in style.model.parameters())
+    # each model owns its attention slot and readers
+    assert trained.model.fusion is not free.model.fusion
+    assert {id(r) for *_, r in trained.model.fusion.readers}.isdisjoint({id(r) for *_, r in free.model.fusion.readers})
 
 
 # --------------------------------------------------------------------------------------------- nodes
@@ -322,12 +348,13 @@ def test_style_mask_chain_and_blend_reach_the_sampler(model, cams):
 def test_key_scale_settings_reach_the_core(model, cams):
     ks = N["DiffStyle360KeyScale"]()
     (plain,) = ks.settings(1.1, "aligned", "confined")
-    assert isinstance(plain, FusionSettings) and plain.tau == 1.1 and plain.mask_mode == "confined"
+    assert (plain.tau, plain.pairing, plain.mask_mode) == (1.1, "aligned", "confined")
     (per_level,) = ks.settings(1.05, "paper", "paper", tau_res64=1.2, tau_res8=0.9)
-    assert per_level.tau_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1") == 1.2
-    assert per_level.tau_for("up_blocks.3.attentions.2.transformer_blocks.0.attn1") == 1.2
-    assert per_level.tau_for("mid_block.attentions.0.transformer_blocks.0.attn1") == 0.9
-    assert per_level.tau_for("down_blocks.1.attentions.0.transformer_blocks.0.attn1") == 1.05
+    table = FusionSettings(per_level.tau).checked()
+    assert table.tau_for("down_blocks.0.attentions.0.transformer_blocks.0.attn1") == 1.2
+    assert table.tau_for("up_blocks.3.attentions.2.transformer_blocks.0.attn1") == 1.2
+    assert table.tau_for("mid_block.attentions.0.transformer_blocks.0.attn1") == 0.9
+    assert table.tau_for("down_blocks.1.attentions.0.transformer_blocks.0.attn1") == 1.05
     with pytest.raises(DiffStyle360Error) as err:
         ks.settings(1.05, "paper", "paper", tau_res32=0.2)
     assert_one_sentence(err.value, "tau")
@@ -350,6 +377,42 @@ def test_key_scale_settings_reach_the_core(model, cams):
             sample(model, cams, style=comfy_image("style_ink.png"))
     # no Key Scale node: τ 1.05; pairing and mask mode left to the core (the trained module's, else paper)
     assert (seen["tau"], seen["pairing"], seen["mask_mode"]) == (1.05, None, None)
+    (default,) = ks.settings(1.05)  # the widgets' defaults: "from the module"
+    assert ks.INPUT_TYPES()["required"]["pairing"][1]["default"] == "from the module"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DiffStyle360Pipeline, "stylize", spy)
+        with pytest.raises(KeyboardInterrupt):
+            sample(model, cams, style=comfy_image("style_ink.png"), fusion=default)
+    assert (seen["pairing"], seen["mask_mode"]) == (None, None)
+
+
+def _style_module_with_metadata(models_dir, name: str, training: str) -> str:
+    """The tiny style module re-saved with ``training`` as its diffstyle360_training metadata; returns its label."""
+    from safetensors.torch import load_file, save_file
+
+    src = Path(models_dir, "tiny", "style_module-tiny.safetensors")
+    save_file(load_file(str(src)), str(Path(models_dir, name)),
+              metadata={"format": "pt", "diffstyle360_component": "style_appearance", "diffstyle360_training": training})
+    return name
+
+
+def test_key_scale_from_the_module_follows_the_trained_pairing_and_bad_metadata_names_the_file(models_dir, cams):
+    from diffstyle360_core.pipeline import DiffStyle360Pipeline
+
+    load = N["DiffStyle360LoadAppearanceModules"]().load
+    label = _style_module_with_metadata(models_dir, "aligned_confined.safetensors",
+                                        '{"pairing": "aligned", "mask_mode": "confined"}')
+    trained = load("tiny", label, "auto")[0].main_model()
+    resolve = DiffStyle360Pipeline._trained_fusion
+    assert resolve(trained, None, None) == ("aligned", "confined")  # "from the module"
+    assert resolve(trained, "paper", None) == ("paper", "confined")  # an explicit choice overrides
+    free = load("tiny", loader.TRAINING_FREE, "auto")[0].main_model()
+    assert resolve(free, None, None) == ("paper", "paper")  # training-free: the paper's
+    broken = _style_module_with_metadata(models_dir, "broken_meta.safetensors", "{not json")
+    with pytest.raises(DiffStyle360Error) as err:
+        sample(load("tiny", broken, "auto")[0], cams, style=comfy_image("style_ink.png"),
+               content_back=comfy_image("astronaut.png"), steps=1)
+    assert_one_sentence(err.value, "broken_meta.safetensors", "diffstyle360_training")
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -463,40 +526,27 @@ def test_fallback_host():
     host.check_interrupt()  # consumed
 
 
-def test_models_go_through_the_hosts_memory_manager(model, cams, monkeypatch):
-    """With ComfyUI present every model is wrapped in one ModelPatcher and loaded with load_models_gpu."""
-    loaded, wrapped = [], []
-
-    class FakePatcher:
-        def __init__(self, m, load_device, offload_device):
-            wrapped.append(m)
-            self.model, self.load_device, self.offload_device = m, load_device, offload_device
-
-    cpu = torch.device("cpu")
-    fake_mm = types.SimpleNamespace(
-        get_torch_device=lambda: cpu, unet_offload_device=lambda: cpu, intermediate_device=lambda: cpu,
-        unet_dtype=lambda device, model_params=0, supported_dtypes=(): torch.float32,
-        load_models_gpu=lambda models, force_full_load=False: loaded.append((models[0].model, force_full_load)),
-        throw_exception_if_processing_interrupted=lambda: None,
-        InterruptProcessingException=host.InterruptProcessingException,
-    )
-    monkeypatch.setattr(host, "IN_COMFYUI", True)
-    monkeypatch.setattr(host, "_mm", fake_mm)
-    monkeypatch.setattr(host, "_patcher", types.SimpleNamespace(ModelPatcher=FakePatcher))
-    monkeypatch.setattr(host, "_utils", types.SimpleNamespace(ProgressBar=host.RecordingProgressBar))
-    monkeypatch.setattr(host, "preview_settings", lambda: None)
-    main, back = model.main_model(), model.back_view_model()
-    for m in (main, back):
-        monkeypatch.setitem(m.__dict__, host.HostPlacement.ATTRIBUTE, None)  # no patcher yet; removed afterwards
-    sample(model, cams, style=comfy_image("style_posterized.png"), steps=1)
-    host.HostPlacement().activate(main)
-    assert {id(m) for m in wrapped} == {id(main), id(back)} and len(wrapped) == 2  # one patcher per model
-    assert {id(m) for m, _ in loaded} == {id(main), id(back)} and all(full for _, full in loaded)
-    assert isinstance(main.__dict__[host.HostPlacement.ATTRIBUTE], FakePatcher)
-    # the core's sharing copy (a style module over the same frozen parts) inherits the patcher: it gets its own
-    from diffstyle360_core.weights import sharing_copy
-
-    styled = sharing_copy(main)
-    assert styled.__dict__[host.HostPlacement.ATTRIBUTE] is main.__dict__[host.HostPlacement.ATTRIBUTE]
-    assert host.HostPlacement().patcher(styled).model is styled
-    assert main.__dict__[host.HostPlacement.ATTRIBUTE].model is main
+def test_models_go_through_the_hosts_memory_manager_once_per_set_of_weights(models_dir, cams, monkeypatch):
+    """Every run loads its model's patcher through the memory manager (the fallback's here, ComfyUI's
+    load_models_gpu inside ComfyUI: tests/test_host_models.py); base and styled model are one entry."""
+    requested = []
+    real = host.load_models
+    monkeypatch.setattr(host, "load_models", lambda patcher: (requested.append(patcher), real(patcher))[1])
+    load = N["DiffStyle360LoadAppearanceModules"]().load
+    free = load("tiny", loader.TRAINING_FREE, "auto")[0]
+    trained = load("tiny", "tiny/style_module-tiny.safetensors", "auto")[0]
+    host.unload_all_models()
+    sample(free, cams, style=comfy_image("style_posterized.png"), steps=1)
+    sample(trained, cams, style=comfy_image("style_posterized.png"), steps=1)
+    base, styled, back = free._main(), trained._main(), free._base("back_view")[1]
+    assert {id(p) for p in requested} == {id(base.patcher), id(styled.patcher), id(back.patcher)}
+    loaded = host.loaded_models()
+    models = [p.model for p in loaded]
+    # the main weights once (the styled clone replaced the base entry), the back-view model, the style module
+    assert sum(m is base.model for m in models) == 1 and sum(m is back.model for m in models) == 1
+    assert len(loaded) == 3
+    counted = sum(p.model_size() for p in loaded)
+    style_bytes = sum(t.nbytes for t in styled.model.style_appearance.state_dict().values())
+    assert counted == base.patcher.model_size() + back.patcher.model_size() + style_bytes
+    host.unload_all_models()
+    assert host.loaded_models() == []
