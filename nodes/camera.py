@@ -1,26 +1,89 @@
-"""Turntable Camera: which views to render (the pose conditions of the camera ControlNet, facts §3)."""
+"""Turntable Camera: which views to render (the pose conditions of the camera ControlNet, facts §3).
+
+Views are picked at one constant step of the condition renders (a multiple of
+their spacing, 11.25 degrees for the official 32), so a turntable never mixes
+step sizes, and the front (yaw 0) is always among them when the range holds it.
+"""
 
 from __future__ import annotations
 
-from diffstyle360_core import options
-from diffstyle360_core.cameras import select_views, user_conditions
+from typing import List, Optional
 
-from .common import CAMERAS, CATEGORY, MODEL, number, to_image_output, user_errors
+from diffstyle360_core import options
+from diffstyle360_core.cameras import CameraSet, select_views, user_conditions
+from diffstyle360_core.config import OFFICIAL_VIEWS
+
+from .common import CAMERAS, CATEGORY, MODEL, DiffStyle360Error, number, to_image_output, user_errors
+
+#: Yaws this close to 0 (mod 360) count as the front view.
+FRONT_TOL_DEG = 1e-6
+
+
+def is_front(yaw_deg: float) -> bool:
+    r = yaw_deg % 360.0
+    return min(r, 360.0 - r) <= FRONT_TOL_DEG
+
+
+def even_positions(available: int, views: int, front: Optional[int], cyclic: bool) -> List[int]:
+    """``views`` positions out of ``available`` consecutive renders at one constant stride.
+
+    The largest stride that fits wins (the widest coverage), but only with ``front``
+    among the picks when it is given (a smaller stride is taken when needed). Arcs
+    are centred in the range; a full circle (``cyclic``) starts as close to the
+    range's start as the front allows.
+    """
+    if views == 1:
+        if front is not None:
+            return [front]
+        return [0 if cyclic else (available - 1) // 2]
+    widest = available // views if cyclic else (available - 1) // (views - 1)
+    for stride in range(widest, 0, -1):
+        span = (views - 1) * stride
+        starts = range(0, available - span)
+        if front is not None:
+            starts = [s for s in starts if s <= front <= s + span and (front - s) % stride == 0]
+        if starts:
+            centre = available - 1
+            best = min(starts) if cyclic else min(starts, key=lambda s: (abs(2 * s + span - centre), s))
+            return [best + i * stride for i in range(views)]
+    raise AssertionError("stride 1 always fits when views <= available")  # callers check views first
+
+
+def evenly_spaced(camera_set: CameraSet, views: int, yaw_start: float, yaw_end: float) -> CameraSet:
+    """``views`` renders of ``camera_set`` inside the yaw range, evenly spaced, the front included."""
+    inside = select_views(camera_set, yaw_range=(yaw_start, yaw_end))  # turntable order from yaw_start
+    if views > len(inside):
+        where = ("in all" if len(inside) == len(camera_set)
+                 else f"between yaw {yaw_start:g} and {yaw_end:g} degrees")
+        raise DiffStyle360Error(
+            f"Turntable Camera: {views} views asked but the weight set has {len(inside)} camera renders {where}; "
+            f"use views <= {len(inside)}, widen the yaw range, or connect your own condition images.")
+    front = next((p for p, y in enumerate(inside.yaws_deg) if is_front(y)), None)
+    cyclic = len(inside) == len(camera_set)
+    return inside.select(even_positions(len(inside), views, front, cyclic))
+
+
+def yaw_text(camera_set: CameraSet) -> str:
+    return ", ".join(f"{y:g}" for y in camera_set.yaws_deg)
 
 
 class TurntableCamera:
     DESCRIPTION = (
-        "Chooses the cameras of the turntable: a number of views evenly spread over a yaw range of the weight "
-        "set's condition renders (32 views, 11.25 degrees apart, 0 = front, 180 = back), or your own condition "
-        "images. Outputs the cameras for the sampler and a preview of the pose conditions."
+        "Turntable / 360-degree orbit: chooses the cameras of the turntable from the weight set's condition "
+        "renders (32 views, 11.25 degrees apart, 0 = front, 180 = back): a number of views at one even step "
+        "within a yaw range, always including the front when the range holds it, or your own condition images. "
+        "Outputs the cameras for the sampler, a preview of the pose conditions and the yaws used."
     )
+    SEARCH_ALIASES = ["turntable", "360", "orbit", "camera", "novel views", "yaw"]
     CATEGORY = CATEGORY
     FUNCTION = "cameras"
-    RETURN_TYPES = (CAMERAS, "IMAGE")
-    RETURN_NAMES = ("cameras", "conditions")
+    # new outputs go at the end: saved workflows link outputs by position
+    RETURN_TYPES = (CAMERAS, "IMAGE", "STRING")
+    RETURN_NAMES = ("cameras", "conditions", "yaws")
     OUTPUT_TOOLTIPS = (
         "The chosen cameras, in turntable order (the sampler's views come out in this order).",
         "The pose-condition images of those cameras, for a quick look.",
+        "The yaws of the chosen views in degrees, in order (0 = front, 90 = side, 180 = back), e.g. for Preview Any.",
     )
 
     @classmethod
@@ -29,8 +92,11 @@ class TurntableCamera:
             "required": {
                 "model": (MODEL, {"tooltip": "The weight set whose camera-condition renders are used."}),
                 "views": number(options.VIEWS, (
-                    "Number of views, evenly spread over the yaw range (at most the renders inside the range: "
-                    "32 for the full circle of the official set).")),
+                    f"Number of views, at one even step within the yaw range (a multiple of the renders' spacing, "
+                    f"11.25 degrees for the official set); the front is always included when the range holds it. "
+                    f"At most the renders inside the range: {OFFICIAL_VIEWS} for the full circle of the official "
+                    f"set. Views that divide {OFFICIAL_VIEWS} (4, 8, 16, 32) cover the full circle."),
+                    max=OFFICIAL_VIEWS),
                 "yaw_start": number(options.YAW, "First yaw in degrees (0 = front, 90 = side, 180 = back).",
                                     default=0.0, step=1.0),
                 "yaw_end": number(options.YAW, (
@@ -49,9 +115,10 @@ class TurntableCamera:
             if conditions is not None:
                 cams = user_conditions(conditions, model.image_size, name="conditions")
             else:
-                cams = select_views(
+                cams = evenly_spaced(
                     model.cameras(),
-                    views=options.VIEWS.check(views),
-                    yaw_range=(options.YAW.check(yaw_start, "yaw_start"), options.YAW.check(yaw_end, "yaw_end")),
+                    options.VIEWS.check(views),
+                    options.YAW.check(yaw_start, "yaw_start"),
+                    options.YAW.check(yaw_end, "yaw_end"),
                 )
-            return (cams, to_image_output(cams.images))
+            return (cams, to_image_output(cams.images), yaw_text(cams))

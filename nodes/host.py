@@ -370,3 +370,8 @@ class HostPlacement(ModelPlacement):
             return
         load_models(patcher)
         model.compute_device = patcher.load_device  # castable layers left on the CPU are cast to it per call
+
+
+def input_directory() -> Optional[str]:
+    """ComfyUI's input folder (where Load Image looks), or None without ComfyUI."""
+    return _folder_paths.get_input_directory() if IN_COMFYUI else None

@@ -251,6 +251,7 @@ class ModelHandle:
 
 
 class LoadAppearanceModules:
+    SEARCH_ALIASES = ["model loader", "load model", "checkpoint", "weights", "diffportrait360", "style module", "360"]
     DESCRIPTION = (
         "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and back-view "
         "models plus the camera-condition set) and an optional trained style module. Nothing is read here: the "

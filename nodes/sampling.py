@@ -59,6 +59,7 @@ def _frames(image: torch.Tensor):
 
 
 class BackViewGenerate:
+    SEARCH_ALIASES = ["back view", "back of the head", "rear view", "360", "novel view"]
     DESCRIPTION = (
         "Generates the back of the head from a front portrait with DiffPortrait360's back-view model, for each "
         "image of the batch (content portraits and style images alike). The sampler does this by itself when no "
@@ -111,6 +112,7 @@ def _needs_back_model(content_back, style) -> bool:
 
 
 class StyleFusionSampler:
+    SEARCH_ALIASES = ["style transfer", "sampler", "stylize", "360", "turntable", "novel views", "head"]
     DESCRIPTION = (
         "Renders the 360-degree turntable of the content portrait in the style (DiffStyle360, Fig. 2): back views "
         "of content and style are generated when not given, then every camera view is denoised with Style Fusion "

@@ -60,6 +60,7 @@ _LEVELS = (
 
 
 class KeyScale:
+    SEARCH_ALIASES = ["style strength", "tau", "style transfer", "360"]
     DESCRIPTION = (
         "Style Fusion Attention settings: the key scale tau (how strongly attention is pulled toward the style; "
         "paper default 1.05, explored 1.00-1.10), optionally a different tau per latent resolution, the key/value "
@@ -114,6 +115,7 @@ class KeyScale:
 
 # --------------------------------------------------------------------------------------------- Style Mask
 class StyleMask:
+    SEARCH_ALIASES = ["local style", "regional style", "mask", "style transfer", "360"]
     DESCRIPTION = (
         "Local stylization (§4): attaches a mask painted on the style image (white = use this style there) and "
         "optionally one for the style's back view. Chain several Style Mask nodes through 'previous' to give "
@@ -174,6 +176,7 @@ class StyleMask:
 
 # --------------------------------------------------------------------------------------------- Style Blend
 class StyleBlend:
+    SEARCH_ALIASES = ["style interpolation", "mix styles", "blend", "style transfer", "360"]
     DESCRIPTION = (
         "Style interpolation (§4): the style images are projected separately and their keys and values blended, "
         "K_s = (1-alpha) K_s1 + alpha K_s2. alpha 0 gives style 1, alpha 1 style 2, exactly. For three or four "

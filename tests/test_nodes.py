@@ -241,16 +241,16 @@ def test_back_view_generate_batch_and_progress(model, bars):
 
 def test_turntable_camera_views_yaw_range_and_user_conditions(model):
     node = N["DiffStyle360TurntableCamera"]()
-    cams, preview = node.cameras(model, 4, 0.0, 360.0)
+    cams, preview, _ = node.cameras(model, 4, 0.0, 360.0)
     assert cams.yaws_deg == [0.0, 90.0, 180.0, 270.0]
     assert_image(preview, 4)
-    cams, _ = node.cameras(model, 3, 90.0, 270.0)
+    cams, _, _ = node.cameras(model, 3, 90.0, 270.0)
     assert len(cams) == 3 and cams.yaws_deg[0] == 90.0 and cams.yaws_deg == sorted(cams.yaws_deg)
     assert all(90.0 <= y <= 270.0 for y in cams.yaws_deg)
-    cams, _ = node.cameras(model, 2, 315.0, 45.0)  # through the front
+    cams, _, _ = node.cameras(model, 2, 315.0, 45.0)  # through the front
     assert cams.yaws_deg[0] == 315.0 and len(cams) == 2
     user = torch.rand(3, 80, 80, 3)
-    cams, preview = node.cameras(model, 32, 0.0, 360.0, conditions=user)
+    cams, preview, _ = node.cameras(model, 32, 0.0, 360.0, conditions=user)
     assert len(cams) == 3 and cams.source == "user"
     assert_image(preview, 3)
     with pytest.raises(DiffStyle360Error) as err:

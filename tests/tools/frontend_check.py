@@ -5,7 +5,11 @@
 For each workflows/*.json: ``app.loadGraphData`` then ``app.graphToPrompt()`` (the
 frontend's own UI → API conversion). The result is compared with
 workflow_to_api.py's conversion (node types, widget values by name, links), and
-the frontend's re-serialized widgets_values with the file's. Optionally takes a
+the frontend's re-serialized widgets_values with the file's; node rectangles are
+checked for overlaps at the size the frontend draws (at least ``computeSize()``).
+Then, on an empty canvas: the "control after generate" value of newly created seed
+nodes (Back-View Generate "fixed", the sampler the host's "randomize"), and the node
+search box (double-click, type) for the words users search for. Optionally takes a
 screenshot of the first workflow. Needs playwright (ComfyUI's venv has it) and
 /usr/bin/chromium; loopback only.
 """
@@ -25,6 +29,36 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
 APP = "((window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app) || window.app)"
+#: search words → the node each must find
+SEARCHES = {"style transfer": "Style Transfer", "model loader": "Model Loader", "load model": "Model Loader",
+            "turntable": "Turntable Camera", "360": "DiffStyle360", "sampler": "Style Fusion Sampler"}
+EXPECTED_CONTROL = {"DiffStyle360BackViewGenerate": "fixed", "DiffStyle360StyleFusionSampler": "randomize"}
+
+
+def drawn_overlaps(rects) -> list:
+    """Pairs of frontend node rectangles (x, y, w, h with the title bar) that overlap."""
+    out = []
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            if dx > 0 and dy > 0:
+                out.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap by {dx:.0f}x{dy:.0f} px")
+    return out
+
+
+def search(page, query: str) -> list:
+    """The node search box's results for ``query`` (double-click on the empty canvas, type)."""
+    page.keyboard.press("Escape")
+    page.mouse.dblclick(800, 450)
+    page.wait_for_timeout(1200)
+    page.keyboard.type(query, delay=30)
+    page.wait_for_timeout(1500)
+    found = page.evaluate("() => Array.from(document.querySelectorAll('[role=option]'))"
+                          ".map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(t => t)")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    return found
 
 
 def main() -> None:
@@ -54,7 +88,14 @@ def main() -> None:
                     await app.loadGraphData(wf);
                     const p = await app.graphToPrompt();
                     const s = app.graph.serialize();
-                    return {{output: p.output,
+                    const title = LiteGraph.NODE_TITLE_HEIGHT;
+                    const rects = app.graph._nodes.map(n => {{
+                        const min = n.computeSize();
+                        return {{id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title,
+                                 w: Math.max(n.size[0], min[0]), h: Math.max(n.size[1], min[1]) + title,
+                                 grew: [Math.max(0, min[0] - n.size[0]), Math.max(0, min[1] - n.size[1])]}};
+                    }});
+                    return {{output: p.output, rects,
                              widgets: Object.fromEntries(s.nodes.map(n => [n.id, n.widgets_values]))}};
                 }}""",
                 workflow,
@@ -69,6 +110,9 @@ def main() -> None:
                     continue
                 if other["class_type"] != entry["class_type"]:
                     diffs.append(f"node {nid}: {other['class_type']} != {entry['class_type']}")
+                spec = defs[entry["class_type"]]["input"]
+                known = {n for section in ("required", "optional") for n in spec.get(section, {})}
+                other["inputs"] = {k: v for k, v in other["inputs"].items() if k in known}  # frontend-only widgets
                 if other["inputs"] != entry["inputs"]:
                     diffs.append(f"node {nid} {entry['class_type']}: frontend {other['inputs']} vs ours "
                                  f"{entry['inputs']}")
@@ -80,12 +124,30 @@ def main() -> None:
             extra = set(theirs) - set(ours)
             if extra:
                 diffs.append(f"frontend prompt has extra nodes {sorted(extra)}")
+            diffs += drawn_overlaps(result["rects"])
+            grown = [f"{r['id']} {r['type']} +{r['grew']}" for r in result["rects"] if any(r["grew"])]
+            if grown:
+                print("    drawn larger than stored:", ", ".join(grown))
             problems += len(diffs)
             print(f"{path.stem}: {'same as workflow_to_api' if not diffs else 'DIFFERENT'}")
             for d in diffs:
                 print("   ", d)
+        page.evaluate(f"() => {{ {APP}.graph.clear(); }}")
+        controls = page.evaluate("""(types) => Object.fromEntries(types.map(t => {
+            const n = LiteGraph.createNode(t);
+            const w = (n.widgets || []).find(w => w.name === 'control_after_generate');
+            return [t, w ? w.value : null]; }))""", list(EXPECTED_CONTROL))
+        for kind, want in EXPECTED_CONTROL.items():
+            ok = controls.get(kind) == want
+            problems += not ok
+            print(f"new {kind}: control after generate = {controls.get(kind)!r} ({'ok' if ok else 'expected ' + want})")
+        for query, want in SEARCHES.items():
+            found = search(page, query)
+            hits = [i for i, text in enumerate(found) if want in text and "DiffStyle360" in text]
+            problems += not hits
+            print(f"search {query!r}: {f'result {hits[0] + 1} of {len(found)}' if hits else 'NOT FOUND'}")
         if args.screenshot:  # a fresh page with only the first workflow, fitted to the window
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(args.server, wait_until="networkidle", timeout=120_000)
             page.wait_for_function("() => window.LiteGraph && "
                                    "LiteGraph.registered_node_types['DiffStyle360StyleFusionSampler']",
@@ -100,8 +162,9 @@ def main() -> None:
             page.evaluate(f"""async () => {{ try {{
                 await {APP}.extensionManager.setting.set('Comfy.Minimap.Visible', false); }} catch (e) {{}} }}""")
             page.keyboard.press("Escape")
-            page.mouse.click(1500, 850)  # focus the canvas, then the "fit view" shortcut
-            page.keyboard.press(".")
+            # the whole graph at a zoom the canvas still draws text at (below ~0.6 it draws boxes only)
+            page.evaluate(f"""() => {{ const c = {APP}.canvas; c.ds.scale = 0.62; c.ds.offset = [10, 60];
+                                        c.setDirty(true, true); }}""")
             page.wait_for_timeout(1500)
             page.screenshot(path=args.screenshot)
             print("screenshot", args.screenshot, Path(args.screenshot).stat().st_size, "bytes")

@@ -2,10 +2,14 @@
 
     python tests/tools/make_workflows.py
 
-Widget values are written by input name and laid out in the order the node
-definitions give (tests/test_workflows.py then checks the files against those
-definitions independently). Shipped values are the real defaults (50 steps, 32
-views); the real-host run overrides them for the tiny weights.
+ComfyUI 0.8's template browser (frontend 1.35) shows a custom-node template by its
+file name only (title = the name, description = the name with - and _ as spaces), so
+the names are the titles. Widget values are written by input name and laid out in the
+order the node definitions give (tests/test_workflows.py checks the files against
+those definitions independently). Shipped values are the real defaults (the official
+weight set, 50 steps, 32 views); the real-host run overrides them for the tiny weights.
+Each graph opens with a Markdown note that explains it; nodes are stacked in columns
+so no two overlap (tests/test_workflows.py checks the rectangles).
 """
 
 from __future__ import annotations
@@ -18,23 +22,36 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_graph import ROOT, node_definitions, socket_inputs, widget_slots  # noqa: E402
+from workflow_graph import (FRONTEND_WIDGETS, ROOT, TITLE_HEIGHT, node_definitions,  # noqa: E402
+                            socket_inputs, widget_slots)
+
+from nodes.examples import input_name  # noqa: E402
 
 WEIGHT_SET = "diffportrait360"
-STYLE_MODULE = "diffportrait360/style_module.safetensors"
+#: Where README's training recipe puts a trained module: the set folder, as the loader lists it.
+TRAINED_MODULE = f"{WEIGHT_SET}/style_module.safetensors"
 DEFS = node_definitions()
+GAP = 40  # vertical space between stacked nodes
+MUTED = 2  # LiteGraph mode "never": the frontend leaves the node out of the prompt
+NOTE_COLOR, NOTE_BG = "#432", "#653"
+FPS = 8.0  # 32 views = a 4-second turn
 
 
 class Node:
-    def __init__(self, graph: "Graph", nid: int, kind: str, pos, widgets: Dict[str, Any], title: Optional[str],
-                 size):
-        self.graph, self.id, self.type, self.pos, self.title, self.size = graph, nid, kind, pos, title, size
+    def __init__(self, nid: int, kind: str, pos, widgets: Dict[str, Any], title: Optional[str], size, mode: int):
+        self.id, self.type, self.pos, self.title, self.size, self.mode = nid, kind, pos, title, size, mode
         d = DEFS[kind]
         self.sockets = socket_inputs(d)
+        self.slots = widget_slots(d)
+        self.widget_inputs: List[dict] = []  # widgets driven by a link (shared primitives)
         self.input_links: Dict[str, int] = {}
         self.output_links: Dict[int, List[int]] = {i: [] for i in range(len(d["output"]))}
+        names = {n for n, *_ in self.slots}
+        unknown = set(widgets) - names - {n + ":control" for n in names}
+        if unknown:
+            raise KeyError(f"{kind}: unknown widgets {unknown}")
         values = []
-        for name, kind_, opts, role in widget_slots(d):
+        for name, _, opts, role in self.slots:
             if role == "control":
                 values.append(widgets.get(name + ":control", "fixed"))
             elif role == "upload":
@@ -45,16 +62,28 @@ class Node:
                 values.append(opts["default"])
             else:
                 raise KeyError(f"{kind}.{name} needs a value")
-        unknown = set(widgets) - {n for n, *_ in widget_slots(d)} - {n + ":control" for n, *_ in widget_slots(d)}
-        if unknown:
-            raise KeyError(f"{kind}: unknown widgets {unknown}")
-        self.widgets_values = values
+        self.widgets_values = values or list(FRONTEND_WIDGETS.get(kind, []))
 
     def out(self, index: int = 0):
         return (self, index)
 
+    def input_slot(self, name: str) -> int:
+        """The slot index of a linkable input; a widget gets an input slot after the sockets when first linked."""
+        names = [n for n, *_ in self.sockets]
+        if name in names:
+            return names.index(name)
+        widget = next((s for s in self.slots if s[0] == name and s[3] == "value"), None)
+        if widget is None:
+            raise KeyError(f"{self.type} has no input {name}")
+        if name not in [w["name"] for w in self.widget_inputs]:
+            kind = widget[1] if isinstance(widget[1], str) else "COMBO"
+            self.widget_inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
+        return len(names) + [w["name"] for w in self.widget_inputs].index(name)
+
     def to_json(self, order: int) -> dict:
         d = DEFS[self.type]
+        inputs = [{"name": n, "type": t, "link": self.input_links.get(n)} for n, t, _ in self.sockets]
+        inputs += [{**w, "link": self.input_links.get(w["name"])} for w in self.widget_inputs]
         node = {
             "id": self.id,
             "type": self.type,
@@ -62,11 +91,8 @@ class Node:
             "size": list(self.size),
             "flags": {},
             "order": order,
-            "mode": 0,
-            "inputs": [
-                {"name": n, "type": t, "link": self.input_links.get(n)}
-                for n, t, req in self.sockets
-            ],
+            "mode": self.mode,
+            "inputs": inputs,
             "outputs": [
                 {"name": name, "type": t, "links": self.output_links[i], "slot_index": i}
                 for i, (name, t) in enumerate(zip(d["output_name"], d["output"]))
@@ -80,41 +106,95 @@ class Node:
         return node
 
 
+class Note:
+    """A frontend-only Markdown note (not sent to the server)."""
+
+    type = "MarkdownNote"
+
+    def __init__(self, nid: int, text: str, pos, size, mode: int = 0):
+        self.id, self.text, self.pos, self.size, self.mode = nid, text.strip(), pos, size, mode
+
+    def to_json(self, order: int) -> dict:
+        return {"id": self.id, "type": self.type, "pos": list(self.pos), "size": list(self.size), "flags": {},
+                "order": order, "mode": self.mode, "inputs": [], "outputs": [], "properties": {},
+                "widgets_values": [self.text], "color": NOTE_COLOR, "bgcolor": NOTE_BG}
+
+
+def default_size(kind: str):
+    """A node's size, at least what the frontend draws for its slots and widgets (body only, no title bar)."""
+    d = DEFS[kind]
+    rows = max(len(socket_inputs(d)), len(d["output"]))
+    widgets = len([s for s in widget_slots(d) if s[3] != "upload"])
+    width = 360 if kind.startswith("DiffStyle360") else 300
+    if kind in ("LoadImage", "LoadImageMask"):
+        return (300, 340)
+    if kind in ("PreviewImage", "SaveImage", "SaveVideo"):
+        return (320, 300)
+    if kind == "PreviewAny":
+        return (300, 120)
+    return (width, 26 + 22 * rows + 28 * widgets)
+
+
+class Column:
+    """Nodes stacked top to bottom at one x, GAP apart (positions are the body's top-left, below the title)."""
+
+    def __init__(self, graph: "Graph", x: int, y: int = 40):
+        self.graph, self.x, self.y = graph, x, y
+
+    def add(self, kind: str, title: Optional[str] = None, size=None, mode: int = 0, **widgets) -> Node:
+        size = size or default_size(kind)
+        node = self.graph.add(kind, (self.x, self.y + TITLE_HEIGHT), title=title, size=size, mode=mode, **widgets)
+        self.y += TITLE_HEIGHT + size[1] + GAP
+        return node
+
+    def note(self, text: str, height: int, width: int = 400, mode: int = 0) -> Note:
+        note = self.graph.note(text, (self.x, self.y + TITLE_HEIGHT), (width, height), mode)
+        self.y += TITLE_HEIGHT + height + GAP
+        return note
+
+    def skip(self, pixels: int) -> "Column":
+        self.y += pixels
+        return self
+
+
 class Graph:
     def __init__(self):
-        self.nodes: List[Node] = []
+        self.nodes: List[Any] = []
         self.links: List[list] = []
         self.groups: List[dict] = []
 
-    def add(self, kind: str, pos, title: Optional[str] = None, size=None, **widgets) -> Node:
-        if size is None:
-            n_widgets = len(widget_slots(DEFS[kind]))
-            n_sockets = max(len(socket_inputs(DEFS[kind])), len(DEFS[kind]["output"]))
-            size = (320 if kind.startswith("DiffStyle360") else 260, 46 + 22 * (n_sockets + n_widgets))
-            if kind in ("LoadImage", "LoadImageMask"):
-                size = (260, 330)
-            if kind in ("PreviewImage", "SaveImage", "SaveAnimatedWEBP"):
-                size = (300, 320)
-        node = Node(self, len(self.nodes) + 1, kind, pos, widgets, title, size)
+    def column(self, x: int, y: int = 40) -> Column:
+        return Column(self, x, y)
+
+    def add(self, kind: str, pos, title=None, size=None, mode: int = 0, **widgets) -> Node:
+        node = Node(len(self.nodes) + 1, kind, pos, widgets, title, size or default_size(kind), mode)
         self.nodes.append(node)
         return node
 
+    def note(self, text: str, pos, size, mode: int = 0) -> Note:
+        note = Note(len(self.nodes) + 1, text, pos, size, mode)
+        self.nodes.append(note)
+        return note
+
     def connect(self, source, target: Node, input_name: str) -> None:
         src, slot = source if isinstance(source, tuple) else (source, 0)
-        names = [n for n, *_ in target.sockets]
-        if input_name not in names:
-            raise KeyError(f"{target.type} has no input {input_name}")
+        dst_slot = target.input_slot(input_name)
         link_id = len(self.links) + 1
         out_type = DEFS[src.type]["output"][slot]
-        self.links.append([link_id, src.id, slot, target.id, names.index(input_name), out_type])
+        self.links.append([link_id, src.id, slot, target.id, dst_slot, out_type])
         src.output_links[slot].append(link_id)
         target.input_links[input_name] = link_id
 
-    def group(self, title: str, bounding, color="#3f789e") -> None:
-        self.groups.append({"title": title, "bounding": list(bounding), "color": color, "font_size": 24,
-                            "flags": {}})
+    def group(self, title: str, members: List[Any], color="#3f789e", pad: int = 20) -> None:
+        """A group framing ``members`` (their title bars included, plus room for the group's own title)."""
+        left = min(m.pos[0] for m in members) - pad
+        top = min(m.pos[1] - TITLE_HEIGHT for m in members) - pad - 40
+        right = max(m.pos[0] + m.size[0] for m in members) + pad
+        bottom = max(m.pos[1] + m.size[1] for m in members) + pad
+        self.groups.append({"title": title, "bounding": [left, top, right - left, bottom - top], "color": color,
+                            "font_size": 24, "flags": {}})
 
-    def to_json(self, note: str) -> dict:
+    def to_json(self) -> dict:
         # execution order: a node after all its sources (the frontend recomputes it anyway)
         order, done = [], set()
         while len(order) < len(self.nodes):
@@ -133,31 +213,61 @@ class Graph:
             "links": self.links,
             "groups": self.groups,
             "config": {},
-            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}, "diffstyle360": note},
+            "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}},
             "version": 0.4,
         }
 
 
+# --------------------------------------------------------------------------------------------- shared text
+WEIGHTS_HELP = (
+    "**Weights** — `diffportrait360` is the official set: the first run downloads it (about 19 GB) into "
+    "`models/diffstyle360/diffportrait360/` with a progress bar. To try the graph in a minute first: "
+    "`python -m diffstyle360_core make-tiny ComfyUI/models/diffstyle360/tiny`, press **R**, pick `tiny` in every "
+    "loader (random weights: the pictures are noise, the graph is real)."
+)
+IMAGES_HELP = (
+    "**Images** — the example portrait, styles and masks are copied into `ComfyUI/input/` when ComfyUI starts "
+    "(`diffstyle360_*.png`); load your own with *choose file to upload*."
+)
+SPEED_HELP = (
+    "**Time** — 32 views x 50 steps take minutes on a GPU; for a quick look set Turntable Camera *views* to 8 "
+    "and *steps* to 20."
+)
+
+
+def intro(title: str, what: str, *extra: str) -> str:
+    return "\n\n".join([f"## {title}", what, WEIGHTS_HELP, IMAGES_HELP, *extra, SPEED_HELP])
+
+
 # --------------------------------------------------------------------------------------------- building blocks
-def loader(g: Graph, pos=(0, 0), style_module: Optional[str] = None, title=None) -> Node:
+def loader(col: Column, style_module: Optional[str] = None, title=None, mode: int = 0) -> Node:
     widgets = {"weight_set": WEIGHT_SET}
     if style_module:
         widgets["style_module"] = style_module
-    return g.add("DiffStyle360LoadAppearanceModules", pos, title=title, **widgets)
+    return col.add("DiffStyle360LoadAppearanceModules", title=title, mode=mode, **widgets)
 
 
-def image(g: Graph, name: str, pos, title=None) -> Node:
-    return g.add("LoadImage", pos, title=title, image=name)
+def image(col: Column, name: str, title=None) -> Node:
+    return col.add("LoadImage", title=title, image=input_name(name))
 
 
-def cameras(g: Graph, model: Node, pos, views=32) -> Node:
-    cam = g.add("DiffStyle360TurntableCamera", pos, views=views, yaw_start=0.0, yaw_end=360.0)
-    g.connect(model, cam, "model")
+def mask(col: Column, name: str, title=None) -> Node:
+    return col.add("LoadImageMask", title=title, image=input_name(name), channel="red")
+
+
+def cameras(col: Column, model: Node, views=32, show_yaws: bool = True) -> Node:
+    cam = col.add("DiffStyle360TurntableCamera", views=views, yaw_start=0.0, yaw_end=360.0)
+    col.graph.connect(model, cam, "model")
+    if show_yaws:
+        yaws = col.add("PreviewAny", title="Yaws used (degrees, 0 = front)")
+        col.graph.connect(cam.out(2), yaws, "source")
     return cam
 
 
-def sampler(g: Graph, model: Node, content: Node, cams: Node, pos, style=None, title=None, **widgets) -> Node:
-    s = g.add("DiffStyle360StyleFusionSampler", pos, title=title, **widgets)
+def sampler(col: Column, model: Node, content: Node, cams: Node, style=None, title=None, mode: int = 0,
+            **widgets) -> Node:
+    s = col.add("DiffStyle360StyleFusionSampler", title=title, mode=mode, **widgets)
+    g = col.graph
     g.connect(model, s, "model")
     g.connect(content, s, "content")
     g.connect(cams.out(0), s, "cameras")
@@ -166,168 +276,230 @@ def sampler(g: Graph, model: Node, content: Node, cams: Node, pos, style=None, t
     return s
 
 
-def save_turntable(g: Graph, views, pos, prefix: str, title=None) -> Node:
-    save = g.add("SaveAnimatedWEBP", pos, title=title, filename_prefix=prefix, fps=10.0, lossless=False,
-                 quality=90, method="default")
-    g.connect(views, save, "images")
+def save_video(col: Column, views, prefix: str, title=None, mode: int = 0) -> Node:
+    """ComfyUI's own Create Video + Save Video: the turntable as an mp4 in output/."""
+    video = col.add("CreateVideo", title=title and f"{title}: video", mode=mode, fps=FPS)
+    col.graph.connect(views, video, "images")
+    save = col.add("SaveVideo", title=title, mode=mode, filename_prefix=prefix, format="auto", codec="auto")
+    col.graph.connect(video, save, "video")
     return save
 
 
-def preview(g: Graph, images, pos, title=None) -> Node:
-    p = g.add("PreviewImage", pos, title=title)
-    g.connect(images, p, "images")
+def preview(col: Column, images, title=None, mode: int = 0) -> Node:
+    p = col.add("PreviewImage", title=title, mode=mode)
+    col.graph.connect(images, p, "images")
     return p
+
+
+def shared_settings(col: Column, samplers: List[Node]) -> None:
+    """One seed and one steps value for every sampler of a comparison (Int primitives linked to the widgets)."""
+    seed = col.add("PrimitiveInt", title="Seed (shared)", value=42)
+    steps = col.add("PrimitiveInt", title="Steps (shared)", value=50)
+    for s in samplers:
+        col.graph.connect(seed, s, "seed")
+        col.graph.connect(steps, s, "steps")
+
+
+def side_by_side(col: Column, samplers: List[Node]) -> Node:
+    """Three samplers' turntables stitched left to right (ImageStitch twice), for sweeps."""
+    first = col.add("ImageStitch", title="Stitch 1 | 2", direction="right", match_image_size=True,
+                    spacing_width=8, spacing_color="white")
+    col.graph.connect(samplers[0].out(0), first, "image1")
+    col.graph.connect(samplers[1].out(0), first, "image2")
+    second = col.add("ImageStitch", title="Stitch 1 | 2 | 3", direction="right", match_image_size=True,
+                     spacing_width=8, spacing_color="white")
+    col.graph.connect(first, second, "image1")
+    col.graph.connect(samplers[2].out(0), second, "image2")
+    return second
 
 
 # --------------------------------------------------------------------------------------------- the workflows
 def one_style() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Content portrait")
-    style = image(g, "style_posterized.png", (40, 610), "Style image")
-    cam = cameras(g, m, (420, 40))
-    s = sampler(g, m, content, cam, (420, 250), style=style)
-    save_turntable(g, s.out(0), (800, 40), "DiffStyle360/turntable", "360-degree turntable")
-    preview(g, s.out(1), (800, 400), "Back views (content, style)")
-    preview(g, cam.out(1), (1130, 40), "Pose conditions")
-    return g.to_json("360-degree stylization with one style image (paper Fig. 1). Copy workflows/images/* "
-                     "into ComfyUI/input/.")
+    left, mid, right, out = g.column(40), g.column(500), g.column(920), g.column(1340)
+    left.note(intro("Turntable in one style",
+                    "A 360-degree turntable of the **content portrait** in the look of the **style image** "
+                    "(DiffStyle360, paper Fig. 1): back views of both are generated first, then 32 views are "
+                    "denoised with Style Fusion Attention. Press **Queue**; the video lands in "
+                    "`output/DiffStyle360/`."), 430)
+    m = loader(left)
+    content = image(mid, "astronaut.png", "Content portrait")
+    style = image(mid, "style_posterized.png", "Style image")
+    cam = cameras(right, m)
+    s = sampler(right, m, content, cam, style=style)
+    save_video(out, s.out(0), "DiffStyle360/turntable", "360-degree turntable")
+    preview(out, s.out(1), "Back views (content, style)")
+    preview(out, cam.out(1), "Pose conditions")
+    return g.to_json()
 
 
 def training_free_vs_trained() -> dict:
     g = Graph()
-    free = loader(g, (40, 40), title="Training-free (no style module)")
-    trained = loader(g, (40, 200), style_module=STYLE_MODULE, title="With a trained style module")
-    content = image(g, "astronaut.png", (40, 380), "Content portrait")
-    style = image(g, "style_posterized.png", (40, 740), "Style image")
-    cam = cameras(g, free, (420, 40))
-    a = sampler(g, free, content, cam, (420, 250), style=style, title="Training-free")
-    b = sampler(g, trained, content, cam, (420, 640), style=style, title="Trained style module")
-    save_turntable(g, a.out(0), (800, 40), "DiffStyle360/training_free", "Training-free")
-    save_turntable(g, b.out(0), (800, 400), "DiffStyle360/trained", "Trained style module")
-    return g.to_json("Training-free (the content appearance module reads the style too) against a trained "
-                     "DiffStyle360 style module, same seed (paper §4 ablation).")
-
-
-def side_by_side(g, samplers, pos):
-    """Three samplers' turntables stitched left to right (ImageStitch twice), for sweeps."""
-    x, y = pos
-    first = g.add("ImageStitch", (x, y), direction="right", match_image_size=True, spacing_width=8,
-                  spacing_color="white")
-    g.connect(samplers[0].out(0), first, "image1")
-    g.connect(samplers[1].out(0), first, "image2")
-    second = g.add("ImageStitch", (x, y + 200), direction="right", match_image_size=True, spacing_width=8,
-                   spacing_color="white")
-    g.connect(first, second, "image1")
-    g.connect(samplers[2].out(0), second, "image2")
-    return second
+    left, mid, right, out = g.column(40), g.column(500), g.column(920), g.column(1340)
+    left.note(intro("Training-free vs trained style module",
+                    "The paper's first ablation, same seed: **training-free** (the content appearance module "
+                    "also reads the style) against a **trained DiffStyle360 style module**. The trained branch "
+                    "(the grey group) is muted until you have a module: as shipped only the training-free "
+                    "turntable renders."), 430)
+    free = loader(left, title="Training-free (no style module)")
+    content = image(mid, "astronaut.png", "Content portrait")
+    style = image(mid, "style_posterized.png", "Style image")
+    cam = cameras(right, free)
+    a = sampler(right, free, content, cam, style=style, title="Training-free")
+    save_video(out, a.out(0), "DiffStyle360/training_free", "Training-free")
+    # the trained branch, muted: a module has to be trained (or copied) first
+    low = max(c.y for c in (left, mid, right, out)) + 80
+    how = g.column(40, low)
+    note = how.note(
+        "## The trained branch (muted)\n\n"
+        "It needs a trained DiffStyle360 style module, which the official weights do not include:\n\n"
+        "1. Train one (README, *Train your own style module*): `python -m diffstyle360_core train ... --out RUN`.\n"
+        f"2. Copy `RUN/style_module.safetensors` to `models/diffstyle360/{WEIGHT_SET}/` and press **R**: the "
+        f"loader lists it as `{TRAINED_MODULE}` (with the tiny set: `tiny/style_module-tiny.safetensors`).\n"
+        "3. Pick it in *With a trained style module*, select this group's nodes and press **Ctrl+M** to un-mute.\n\n"
+        "Un-muted without a module, the loader fails validation (its module is not in the list): the comparison "
+        "never silently shows only one half.", 330, width=420)
+    tcol, scol, ocol = g.column(500, low), g.column(920, low), g.column(1340, low)
+    trained = loader(tcol, style_module=TRAINED_MODULE, title="With a trained style module", mode=MUTED)
+    b = sampler(scol, trained, content, cam, style=style, title="Trained style module", mode=MUTED)
+    save_video(ocol, b.out(0), "DiffStyle360/trained", "Trained style module", mode=MUTED)
+    g.group("Trained style module (muted until you have one: see the note)",
+            [note] + [n for n in g.nodes if n.mode == MUTED], color="#444")
+    return g.to_json()
 
 
 def tau_sweep() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Content portrait")
-    style = image(g, "style_posterized.png", (40, 610), "Style image")
-    cam = cameras(g, m, (420, 40))
+    left, mid, ks_col, s_col, out = g.column(40), g.column(500), g.column(920), g.column(1340), g.column(1760)
+    left.note(intro("Style strength sweep: tau 1.00 / 1.05 / 1.10",
+                    "Key scale tau (paper §3.5) pulls attention toward the style: 1.00 keeps more identity, 1.10 "
+                    "gives more style. Three samplers share one **seed** and one **steps** value (the two *Int* "
+                    "nodes), so only tau differs; the turntables are stitched side by side into one video."), 430)
+    m = loader(left)
+    content = image(mid, "astronaut.png", "Content portrait")
+    style = image(mid, "style_posterized.png", "Style image")
+    cam = cameras(ks_col, m)
     outs = []
-    for i, tau in enumerate((1.00, 1.05, 1.10)):
-        ks = g.add("DiffStyle360KeyScale", (420, 250 + 330 * i), title=f"tau = {tau:.2f}", tau=tau)
-        s = sampler(g, m, content, cam, (800, 40 + 480 * i), style=style, title=f"Sampler, tau = {tau:.2f}")
+    for tau in (1.00, 1.05, 1.10):
+        ks = ks_col.add("DiffStyle360KeyScale", title=f"tau = {tau:.2f}", tau=tau)
+        s = sampler(s_col, m, content, cam, style=style, title=f"Sampler, tau = {tau:.2f}")
         g.connect(ks, s, "fusion")
         outs.append(s)
-    st2 = side_by_side(g, outs, (1180, 40))
-    save_turntable(g, st2.out(0), (1180, 440), "DiffStyle360/tau_sweep", "tau 1.00 | 1.05 | 1.10")
-    return g.to_json("Key scale sweep (paper §3.5): tau 1.00, 1.05 and 1.10 side by side, same seed.")
+    shared_settings(left, outs)
+    stitched = side_by_side(out, outs)
+    save_video(out, stitched.out(0), "DiffStyle360/tau_sweep", "tau 1.00 | 1.05 | 1.10")
+    return g.to_json()
 
 
 def local_two_styles() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Content portrait")
-    style_a = image(g, "style_posterized.png", (420, 40), "Style A (hair)")
-    mask_a = g.add("LoadImageMask", (420, 400), title="Mask A: hair (white = style A)", image="mask_hair.png",
-                   channel="red")
-    style_b = image(g, "style_ink.png", (720, 40), "Style B (mouth and chin)")
-    mask_b = g.add("LoadImageMask", (720, 400), title="Mask B: lower face", image="mask_lower_face.png",
-                   channel="red")
-    sm_a = g.add("DiffStyle360StyleMask", (1020, 40), title="Style Mask A")
+    left, a_col, b_col, sm_col, out = g.column(40), g.column(500), g.column(860), g.column(1220), g.column(1640)
+    left.note(intro("Two styles on two regions",
+                    "Local stylization (paper §4): style A on the **hair**, style B on **mouth and chin**. Each mask "
+                    "is painted on its own style image (white = use this style there) and the masks must not "
+                    "overlap; Style Mask B chains Style Mask A through *previous*. Paint your own masks with Load "
+                    "Image's mask editor or ComfyUI's mask nodes."), 430)
+    m = loader(left)
+    content = image(left, "astronaut.png", "Content portrait")
+    style_a = image(a_col, "style_posterized.png", "Style A (hair)")
+    mask_a = mask(a_col, "mask_hair.png", "Mask A: hair (white = style A)")
+    style_b = image(b_col, "style_ink.png", "Style B (mouth and chin)")
+    mask_b = mask(b_col, "mask_lower_face.png", "Mask B: lower face")
+    sm_a = sm_col.add("DiffStyle360StyleMask", title="Style Mask A")
     g.connect(style_a.out(0), sm_a, "style")
     g.connect(mask_a, sm_a, "mask")
-    sm_b = g.add("DiffStyle360StyleMask", (1020, 260), title="Style Mask B (after A)")
+    sm_b = sm_col.add("DiffStyle360StyleMask", title="Style Mask B (after A)")
     g.connect(style_b.out(0), sm_b, "style")
     g.connect(mask_b, sm_b, "mask")
     g.connect(sm_a, sm_b, "previous")
-    cam = cameras(g, m, (40, 610))
-    s = sampler(g, m, content, cam, (1020, 480), style=sm_b.out(0))
-    save_turntable(g, s.out(0), (1400, 40), "DiffStyle360/local_two_styles", "Two styles, two regions")
-    preview(g, s.out(1), (1400, 400), "Back views")
-    return g.to_json("Local stylization (paper §4): style A on the hair, style B on mouth and chin; each mask is "
-                     "painted on its own style image and the masks do not overlap.")
+    cam = cameras(sm_col, m)
+    s = sampler(out, m, content, cam, style=sm_b.out(0))
+    save_video(out, s.out(0), "DiffStyle360/local_two_styles", "Two styles, two regions")
+    preview(out, s.out(1), "Back views")
+    return g.to_json()
 
 
 def interpolation() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Content portrait")
-    s1 = image(g, "style_posterized.png", (40, 610), "Style 1")
-    s2 = image(g, "style_ink.png", (40, 970), "Style 2")
-    cam = cameras(g, m, (420, 40))
+    left, mid, bl_col, s_col, out = g.column(40), g.column(500), g.column(920), g.column(1340), g.column(1760)
+    left.note(intro("Style interpolation",
+                    "Style Blend (paper §4) mixes the keys and values of two styles: alpha 0 = style 1, 1 = style "
+                    "2, 0.5 = halfway. Three samplers share one **seed** and one **steps** value (the two *Int* "
+                    "nodes), so only alpha differs; the turntables are stitched side by side into one video."), 430)
+    m = loader(left)
+    content = image(mid, "astronaut.png", "Content portrait")
+    s1 = image(mid, "style_posterized.png", "Style 1")
+    s2 = image(mid, "style_ink.png", "Style 2")
+    cam = cameras(bl_col, m)
     outs = []
-    for i, alpha in enumerate((0.0, 0.5, 1.0)):
-        bl = g.add("DiffStyle360StyleBlend", (420, 250 + 250 * i), title=f"alpha = {alpha:g}", alpha=alpha)
+    for alpha in (0.0, 0.5, 1.0):
+        bl = bl_col.add("DiffStyle360StyleBlend", title=f"alpha = {alpha:g}", alpha=alpha)
         g.connect(s1.out(0), bl, "style_1")
         g.connect(s2.out(0), bl, "style_2")
-        outs.append(sampler(g, m, content, cam, (800, 40 + 480 * i), style=bl.out(0),
-                            title=f"Sampler, alpha = {alpha:g}"))
-    st2 = side_by_side(g, outs, (1180, 40))
-    save_turntable(g, st2.out(0), (1180, 440), "DiffStyle360/interpolation", "alpha 0 | 0.5 | 1")
-    return g.to_json("Style interpolation (paper §4): alpha = 0 (style 1), 0.5, 1 (style 2) side by side.")
+        outs.append(sampler(s_col, m, content, cam, style=bl.out(0), title=f"Sampler, alpha = {alpha:g}"))
+    shared_settings(left, outs)
+    stitched = side_by_side(out, outs)
+    save_video(out, stitched.out(0), "DiffStyle360/interpolation", "alpha 0 | 0.5 | 1")
+    return g.to_json()
 
 
 def back_view() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Front portrait")
-    bv = g.add("DiffStyle360BackViewGenerate", (420, 40))
+    left, mid, right, out = g.column(40), g.column(500), g.column(920), g.column(1340)
+    left.note(intro("Back of the head from a portrait",
+                    "DiffPortrait360's back-view model imagines the back of the head from one front portrait. "
+                    "Its seed is *fixed*, so re-queuing reuses the result; feed it to a sampler's *content_back* "
+                    "or paint a *back_mask* on it for Style Mask."), 400)
+    m = loader(left)
+    content = image(mid, "astronaut.png", "Front portrait")
+    bv = right.add("DiffStyle360BackViewGenerate")
     g.connect(m, bv, "model")
     g.connect(content.out(0), bv, "image")
-    save = g.add("SaveImage", (800, 40), filename_prefix="DiffStyle360/back_view")
+    save = out.add("SaveImage", filename_prefix="DiffStyle360/back_view")
     g.connect(bv, save, "images")
-    return g.to_json("The back of the head from one front portrait (DiffPortrait360's back-view model).")
+    return g.to_json()
 
 
 def novel_views() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Content portrait")
-    cam = cameras(g, m, (420, 40))
-    s = sampler(g, m, content, cam, (420, 250), title="Style Fusion Sampler (no style)")
-    save_turntable(g, s.out(0), (800, 40), "DiffStyle360/novel_views", "Novel views")
-    return g.to_json("No style connected: plain DiffPortrait360 novel views of the portrait.")
+    left, mid, right, out = g.column(40), g.column(500), g.column(920), g.column(1340)
+    left.note(intro("Novel views without a style",
+                    "With nothing on the sampler's *style* input DiffStyle360 is plain DiffPortrait360: a 360-degree "
+                    "turntable of the portrait as it is."), 400)
+    m = loader(left)
+    content = image(mid, "astronaut.png", "Content portrait")
+    cam = cameras(right, m)
+    s = sampler(right, m, content, cam, title="Style Transfer sampler (no style: novel views)")
+    save_video(out, s.out(0), "DiffStyle360/novel_views", "Novel views")
+    return g.to_json()
 
 
 def circular_loop() -> dict:
     g = Graph()
-    m = loader(g, (40, 40))
-    content = image(g, "astronaut.png", (40, 250), "Content portrait")
-    style = image(g, "style_posterized.png", (40, 610), "Style image")
-    cam = cameras(g, m, (420, 40))
-    s = sampler(g, m, content, cam, (420, 250), style=style, title="Circular windows",
-                window_mode="circular", overlap=4)
-    save_turntable(g, s.out(0), (800, 40), "DiffStyle360/loop", "Seamless 360-degree loop")
-    return g.to_json("Circular view windows: overlapping windows wrap around, so the last view is denoised with "
-                     "the first and the looping turntable has no seam.")
+    left, mid, right, out = g.column(40), g.column(500), g.column(920), g.column(1340)
+    left.note(intro("Seamless 360 loop",
+                    "Circular view windows: the 32 views are denoised in overlapping windows of 8 that wrap around "
+                    "(*window_mode* circular, *overlap* 4), so the last view is denoised together with the first "
+                    "and the looping video has no seam."), 430)
+    m = loader(left)
+    content = image(mid, "astronaut.png", "Content portrait")
+    style = image(mid, "style_posterized.png", "Style image")
+    cam = cameras(right, m)
+    s = sampler(right, m, content, cam, style=style, title="Circular windows", window_mode="circular", overlap=4)
+    save_video(out, s.out(0), "DiffStyle360/loop", "Seamless 360-degree loop")
+    return g.to_json()
 
 
+#: File name (= the template browser's title) → builder, in teaching order.
 WORKFLOWS = {
-    "01_turntable_one_style": one_style,
-    "02_training_free_vs_trained": training_free_vs_trained,
-    "03_tau_sweep": tau_sweep,
-    "04_local_two_styles": local_two_styles,
-    "05_style_interpolation": interpolation,
-    "06_back_view": back_view,
-    "07_novel_views_no_style": novel_views,
-    "08_circular_loop": circular_loop,
+    "DiffStyle360 01 Turntable in one style": one_style,
+    "DiffStyle360 02 Training-free vs trained style module": training_free_vs_trained,
+    "DiffStyle360 03 Style strength sweep (tau)": tau_sweep,
+    "DiffStyle360 04 Two styles on two regions (masks)": local_two_styles,
+    "DiffStyle360 05 Style interpolation between two styles": interpolation,
+    "DiffStyle360 06 Back of the head from a portrait": back_view,
+    "DiffStyle360 07 Novel views without a style": novel_views,
+    "DiffStyle360 08 Seamless 360 loop (circular windows)": circular_loop,
 }
 
 

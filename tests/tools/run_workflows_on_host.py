@@ -3,17 +3,20 @@
     python tests/tools/run_workflows_on_host.py --server http://127.0.0.1:8188 --comfy /tmp/comfy \
         --weight-set tiny --steps 2 --views 4
 
-Copies workflows/images/* into ComfyUI's input folder, converts each workflow to
-the API format (workflow_to_api.py) with steps/views/weight set overridden for
-the tiny weights, POSTs it to /prompt, polls /history and prints a table:
-workflow, ran/failed, output images, seconds (queue to finish). Loopback only.
+Checks that the pack put the example images into ComfyUI's input folder (it does so
+at start-up; nothing is copied here), converts each workflow to the API format
+(workflow_to_api.py) with the weight set picked as a user would (``--weight-set``) and
+steps/views lowered for the tiny weights, POSTs it to /prompt, polls /history and
+prints a table: workflow, ran/failed, output files, seconds (queue to finish).
+``--unmute`` first un-mutes every node (the user's Ctrl+M on workflow 02's trained
+branch, with the tiny set's style module picked). Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import copy
 import sys
 import time
 import urllib.error
@@ -26,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_to_api import server_definitions, to_api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from nodes.examples import input_name  # noqa: E402
+
 TRAINING_FREE = "none (training-free)"
 
 
@@ -75,10 +82,11 @@ def run_one(server: str, prompt: dict, timeout: float) -> dict:
                 err = msgs[0][1] if msgs else {}
                 return {"status": "failed", "seconds": time.time() - start, "outputs": 0,
                         "error": f"{err.get('node_type')}: {err.get('exception_type')}: {err.get('exception_message')}"}
-            images = sum(len(out.get("images", [])) for out in entry.get("outputs", {}).values())
-            return {"status": "ran", "seconds": time.time() - start, "outputs": images,
-                    "files": [img["filename"] for out in entry.get("outputs", {}).values()
-                              for img in out.get("images", [])]}
+            files = [item["filename"] for out in entry.get("outputs", {}).values() for items in out.values()
+                     if isinstance(items, list) for item in items if isinstance(item, dict) and "filename" in item]
+            texts = [text for out in entry.get("outputs", {}).values() for text in out.get("text", [])]
+            return {"status": "ran", "seconds": time.time() - start, "outputs": len(files), "files": files,
+                    "texts": texts}
     return {"status": "timeout", "seconds": time.time() - start, "outputs": 0}
 
 
@@ -93,24 +101,32 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--fresh", action="store_true",
                     help="POST /free before each workflow so ComfyUI re-runs every node (no cached outputs)")
+    ap.add_argument("--unmute", action="store_true", help="un-mute every node (02's trained branch) first")
     ap.add_argument("workflows", nargs="*")
     args = ap.parse_args()
     server = args.server.rstrip("/")
-    for image in (ROOT / "workflows" / "images").iterdir():
-        shutil.copy(image, Path(args.comfy) / "input" / image.name)
+    missing = [input_name(p.name) for p in (ROOT / "workflows" / "images").iterdir()
+               if not (Path(args.comfy) / "input" / input_name(p.name)).is_file()]
+    if missing:
+        raise SystemExit(f"the pack did not install {missing} into {args.comfy}/input at start-up")
     defs = server_definitions(server)
     paths = [Path(p) for p in args.workflows] or sorted((ROOT / "workflows").glob("*.json"))
     results = {}
     for path in paths:
-        prompt = to_api(json.loads(path.read_text()), defs, overrides(args.weight_set, args.steps, args.views))
+        workflow = json.loads(path.read_text())
+        if args.unmute:
+            workflow = copy.deepcopy(workflow)
+            for node in workflow["nodes"]:
+                node["mode"] = 0
+        prompt = to_api(workflow, defs, overrides(args.weight_set, args.steps, args.views))
         if args.fresh:
             post(server, "/free", {"unload_models": True, "free_memory": True})
             time.sleep(1)
         results[path.stem] = run_one(server, prompt, args.timeout)
         r = results[path.stem]
-        print(f"{path.stem}: {r['status']}, {r['outputs']} output images, {r['seconds']:.1f} s"
+        print(f"{path.stem}: {r['status']}, {r['outputs']} output files, {r['seconds']:.1f} s"
               + (f" — {r['error']}" if r.get("error") else ""), flush=True)
-    print("\n| workflow | result | output images | seconds |\n|---|---|---|---|")
+    print("\n| workflow | result | output files | seconds |\n|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['status']} | {r['outputs']} | {r['seconds']:.1f} |")
     if args.json:

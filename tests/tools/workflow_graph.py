@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CORE_NODES = Path(__file__).with_name("comfy_core_nodes.json")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+#: Frontend-only node types: drawn in the graph, never sent to the server (no /object_info entry).
+VIRTUAL_NODES = {"Note", "MarkdownNote"}
+#: Widgets the frontend itself adds to a core node (not in /object_info) and re-serializes in widgets_values:
+#: Preview as Text's text area, markdown view and mode toggle (frontend 1.35's Comfy.PreviewAny extension).
+FRONTEND_WIDGETS = {"PreviewAny": [None, None, False]}
+#: LiteGraph modes that leave a node out of the prompt: muted ("never") and bypassed.
+INACTIVE_MODES = (2, 4)
+#: Height of a node's title bar above its ``pos`` (LiteGraph.NODE_TITLE_HEIGHT).
+TITLE_HEIGHT = 30
 
 
 def _our_definitions() -> Dict[str, dict]:
@@ -72,7 +81,8 @@ def combo_values(kind: Any, opts: dict):
 
 def widget_slots(definition: dict) -> List[Tuple[str, Any, dict, str]]:
     """Widget values in ``widgets_values`` order: (input name, type, options, role); role is "value",
-    "control" (the control-after-generate value behind a seed) or "upload" (LoadImage's button, added after the other widgets)."""
+    "control" (the control-after-generate value behind a seed) or "upload" (LoadImage's button, added after the
+    other widgets)."""
     slots, uploads = [], []
     for name, kind, opts, _ in ordered_inputs(definition):
         if not is_widget(kind, opts):
@@ -83,6 +93,12 @@ def widget_slots(definition: dict) -> List[Tuple[str, Any, dict, str]]:
         if opts.get("image_upload"):
             uploads.append((name, kind, opts, "upload"))  # the frontend adds the upload button last
     return slots + uploads
+
+
+def widget_types(definition: dict) -> Dict[str, str]:
+    """Widget name → the type a link into it must carry (a widget can take a link, e.g. from an Int primitive)."""
+    return {name: ("COMBO" if isinstance(kind, list) else kind)
+            for name, kind, _, role in widget_slots(definition) if role == "value"}
 
 
 def socket_inputs(definition: dict) -> List[Tuple[str, str, bool]]:

@@ -7,7 +7,8 @@ Node definitions come from a running server's ``/object_info`` (``--server``) or
 without one, from tests/tools/workflow_graph.py (our NODE_CLASS_MAPPINGS + the recorded
 core nodes). Widget values are matched to input names in definition order, skipping
 the frontend-only values (control-after-generate, upload button); links become
-``[source node id, output index]``. Muted (mode 2) and bypassed (mode 4) nodes are left out.
+``[source node id, output index]`` (a link into a widget, e.g. from an Int primitive, replaces its
+value). Muted (mode 2), bypassed (mode 4) and frontend-only nodes (notes) are left out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Dict, Iterable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workflow_graph import widget_slots  # noqa: E402
+from workflow_graph import FRONTEND_WIDGETS, INACTIVE_MODES, VIRTUAL_NODES, widget_slots  # noqa: E402
 
 
 def server_definitions(server: str) -> Dict[str, dict]:
@@ -46,7 +47,8 @@ def parse_value(text: str) -> Any:
 def to_api(workflow: dict, defs: Dict[str, dict], overrides: Optional[Dict[str, Dict[str, Any]]] = None) -> dict:
     """UI workflow → API prompt. ``overrides``: {node type: {input name: value or callable(old) -> new}}."""
     overrides = overrides or {}
-    active = {n["id"]: n for n in workflow["nodes"] if n.get("mode", 0) not in (2, 4)}
+    active = {n["id"]: n for n in workflow["nodes"]
+              if n.get("mode", 0) not in INACTIVE_MODES and n["type"] not in VIRTUAL_NODES}
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for nid, node in active.items():
@@ -55,6 +57,8 @@ def to_api(workflow: dict, defs: Dict[str, dict], overrides: Optional[Dict[str, 
             raise KeyError(f"node {nid}: type {kind} is not installed")
         inputs: Dict[str, Any] = {}
         values = list(node.get("widgets_values") or [])
+        if kind in FRONTEND_WIDGETS:
+            values = []  # the frontend's own widgets: not inputs of the node
         slots = widget_slots(defs[kind])
         if len(values) != len(slots):
             raise ValueError(f"node {nid} {kind}: {len(values)} widget values for {len(slots)} widgets")
