@@ -31,7 +31,7 @@ from diffstyle360_core.devices import DTYPE_CHOICES, FP8_SKIP, FP8_WEIGHTS
 from diffstyle360_core.options import COMPILE_CHOICES
 from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
-from . import host
+from . import download, host
 from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
 
 _log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class LoadAppearanceModules:
     @classmethod
     def INPUT_TYPES(cls):
         sets = weight_sets()
-        names = sorted(sets) or [NO_WEIGHT_SETS]
+        names = download.weight_set_choices(sorted(sets)) or [NO_WEIGHT_SETS]
         styles = [TRAINING_FREE] + sorted(style_module_choices(sets))
         return {
             "required": {
@@ -290,11 +290,14 @@ class LoadAppearanceModules:
                     "the repeated blocks (the first run compiles for about 2 minutes), full = each model call as one "
                     "graph (longer first compile). Pays off when you sample many times in one session; "
                     "DIFFSTYLE360_COMPILE=0 switches it off everywhere.")}),
+                **download.optional_inputs(),
             },
         }
 
-    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off"):
+    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off",
+             keep_downloaded_th: bool = False):
         with user_errors("Load Appearance Modules"):
+            download.prepare_weight_set(weight_set, keep_downloaded_th)
             sets = weight_sets()
             if weight_set not in sets:
                 roots = ", ".join(host.model_roots())

@@ -29,9 +29,9 @@ def model(tiny_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("camera_models")
     os.symlink(tiny_weights, root / "tiny")
     host.set_fallback_models_dir(root)
-    loader.clear_cache()
+    host.unload_all_models()
     yield N.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]().load("tiny", loader.TRAINING_FREE, "auto")[0]
-    loader.clear_cache()
+    host.unload_all_models()
 
 
 def steps_between(yaws):

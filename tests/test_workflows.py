@@ -59,9 +59,9 @@ def fresh_install(tiny_weights, tmp_path_factory):
     input_dir = tmp_path_factory.mktemp("comfy_input")
     copied = examples.install_example_images(str(input_dir))
     host.set_fallback_models_dir(models)
-    loader.clear_cache()
+    host.unload_all_models()
     yield {"input_files": sorted(os.listdir(input_dir)), "copied": copied}
-    loader.clear_cache()
+    host.unload_all_models()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from .outputs import OutputError, RunOutput
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
 #: signals handled like Ctrl-C: the run stops, cleans up and exits 128 + the signal's number
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-PLUGINS = ("diffstyle360_core.cli.train",)
+PLUGINS = ("diffstyle360_core.cli.train", "diffstyle360_core.cli.download")
 
 #: core argument names → the flags that set them (core messages never name flags; ours do)
 FLAGS = {
