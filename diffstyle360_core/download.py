@@ -491,11 +491,12 @@ def converted_size(th_bytes: int) -> int:
     return th_bytes // 2
 
 
-def _convert(th: Path, folder: Path, kind: str, phase: _Phase) -> None:
+def _convert(th: Path, folder: Path, kind: str, phase: _Phase) -> Optional[BaseException]:
     """``convert_checkpoint`` to fp16, with progress from the bytes it writes (read by a watcher thread).
 
     A cancel raised by the progress callback is held until the file is converted (the
-    converter cannot stop halfway), then raised: the converted model is kept.
+    converter cannot stop halfway) and returned, for the caller to raise once it has
+    recorded the finished conversion.
     """
     import torch
 
@@ -522,8 +523,12 @@ def _convert(th: Path, folder: Path, kind: str, phase: _Phase) -> None:
         stop.set()
         watcher.join()
     if held:
-        raise held[0]
-    phase.set(base + expected)
+        return held[0]
+    try:
+        phase.set(base + expected)
+    except BaseException as err:  # a Cancel pressed just now: the conversion is done all the same
+        return err
+    return None
 
 
 # --------------------------------------------------------------------------------------------- cameras
@@ -744,10 +749,12 @@ def _run(folder: Path, todo: _Todo, keep: bool, progress: Optional[ProgressCallb
     phase = _Phase(progress, "convert", "", sum(c for c, _ in conversions))
     for kind, (th, ours) in todo.convert.items():
         phase.item = th.name
-        _convert(th, folder, kind, phase)
+        cancel = _convert(th, folder, kind, phase)
         report.converted.append(th.name)
         if ours:
             _finish_original(th, folder, keep)
+        if cancel is not None:
+            raise cancel
 
 
 def _finish_original(path: Path, folder: Path, keep: bool) -> None:

@@ -286,6 +286,23 @@ def test_cancelled_download_continues_in_the_next_run(hub, hub_files, tmp_path):
     assert not part.exists() and loading.read_config(folder, BACK_VIEW).kind == BACK_VIEW
 
 
+def test_cancel_during_conversion_keeps_the_converted_model_and_stops_after_it(hub, tmp_path):
+    folder = tmp_path / dl.OFFICIAL_SET
+
+    def cancel_while_converting(event):
+        if event.phase == "convert":
+            raise Cancel()
+
+    with pytest.raises(Cancel):  # raised once the file being converted is done (the converter cannot stop halfway)
+        dl.ensure_weight_set(folder, progress=cancel_while_converting)
+    assert loading.read_config(folder, MAIN).kind == MAIN and not (folder / BACK_VIEW).exists()
+    assert not (folder / dl.WORK_DIR / MAIN_TH).exists()  # its original is done with, as after any conversion
+    assert (folder / dl.WORK_DIR / BACK_TH).is_file()  # verified download waiting for its conversion
+    before = len(hub.requests)
+    report = dl.ensure_weight_set(folder)
+    assert report.downloaded == [] and report.converted == [BACK_TH] and len(hub.requests) == before
+
+
 def test_a_failing_disk_write_is_raised_as_it_is_not_retried_like_the_network(hub, tmp_path):
     def disk_full(event):
         if event.phase == "download" and event.done > 0:
