@@ -1,11 +1,12 @@
 """The one module that imports ComfyUI (host facts §2), with a fallback that works without it.
 
-Inside ComfyUI the nodes get the host's device, dtype policy, model folders,
-memory manager (every model wrapped in a ``ModelPatcher`` and loaded with
-``load_models_gpu``), progress bar and interrupt flag. Without ComfyUI (unit
-tests, CI) the same names give: the CPU (or ``DIFFSTYLE360_DEVICE``) and the
-core's dtype policy, a models folder you can set, a progress bar that records
-its calls, and an interrupt flag tests can raise with :func:`request_interrupt`.
+Inside ComfyUI the nodes get the host's V3 node schema (``io``, ``ComfyExtension``),
+device, dtype policy, model folders, memory manager (every model wrapped in a
+``ModelPatcher`` and loaded with ``load_models_gpu``), progress bar and interrupt
+flag. Without ComfyUI (unit tests, CI) the same names give: :mod:`nodes.v3_fallback`
+for the schema, the CPU (or ``DIFFSTYLE360_DEVICE``) and the core's dtype policy, a
+models folder you can set, a progress bar that records its calls, and an interrupt
+flag tests can raise with :func:`request_interrupt`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ except ImportError:
     _mm = _patcher = _ops = _utils = _folder_paths = _latent_formats = _latent_preview = None
 
 IN_COMFYUI = _mm is not None
+
+# The V3 node schema the nodes are declared with: ComfyUI's own inside ComfyUI, a faithful copy of
+# the parts we use elsewhere (tests/test_v3_schema.py compares the two where ComfyUI is importable).
+try:
+    from comfy_api.latest import ComfyExtension, io  # noqa: F401  (used by the node modules)
+except ImportError:
+    from . import v3_fallback as io
+    from .v3_fallback import ComfyExtension  # noqa: F401
+V3_FALLBACK = io.__name__.endswith("v3_fallback")
 
 #: The model folder key: ``ComfyUI/models/diffstyle360/<weight set>/`` (and ``diffstyle360:`` in extra_model_paths.yaml).
 MODEL_FOLDER = "diffstyle360"

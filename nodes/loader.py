@@ -32,7 +32,8 @@ from diffstyle360_core.options import COMPILE_CHOICES
 from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
 from . import download, host
-from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
+from .common import DiffStyle360Error, Model, schema, user_errors
+from .host import io
 
 _log = logging.getLogger(__name__)
 
@@ -250,52 +251,48 @@ class ModelHandle:
         )
 
 
-class LoadAppearanceModules:
+class LoadAppearanceModules(io.ComfyNode):
     SEARCH_ALIASES = ["model loader", "load model", "checkpoint", "weights", "diffportrait360", "style module", "360"]
-    DESCRIPTION = (
-        "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and back-view "
-        "models plus the camera-condition set) and an optional trained style module. Nothing is read here: the "
-        "models load the first time a sampler needs them and stay with this node's output, so re-running a graph is "
-        "instant and Unload Models / Free memory release them; the back-view model loads only when a back view has "
-        "to be generated."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The DiffStyle360 models (loaded on first use).",)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        sets = weight_sets()
+    def define_schema(cls):
+        sets = weight_sets()  # listed on every call: a set added on disk shows after a refresh (R)
         names = download.weight_set_choices(sorted(sets)) or [NO_WEIGHT_SETS]
         styles = [TRAINING_FREE] + sorted(style_module_choices(sets))
-        return {
-            "required": {
-                "weight_set": (names, {"tooltip": (
+        return schema(
+            "DiffStyle360LoadAppearanceModules", "DiffStyle360 Model Loader (Appearance Modules)",
+            description=(
+                "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and "
+                "back-view models plus the camera-condition set) and an optional trained style module. Nothing is "
+                "read here: the models load the first time a sampler needs them and stay with this node's output, so "
+                "re-running a graph is instant and Unload Models / Free memory release them; the back-view model "
+                "loads only when a back view has to be generated."),
+            inputs=[
+                io.Combo.Input("weight_set", options=names, tooltip=(
                     "A folder under models/diffstyle360/ holding main/, back_view/ and cam_condition/ "
-                    "(README, Weights; `python -m diffstyle360_core make-tiny` writes a tiny demo set).")}),
-                "style_module": (styles, {"default": TRAINING_FREE, "tooltip": (
+                    "(README, Weights; `python -m diffstyle360_core make-tiny` writes a tiny demo set).")),
+                io.Combo.Input("style_module", options=styles, default=TRAINING_FREE, tooltip=(
                     "A trained DiffStyle360 style appearance module (.safetensors), or none: training-free, the "
-                    "content appearance module also reads the style image (the paper's first ablation).")}),
-                "dtype": (list(NODE_DTYPE_CHOICES), {"default": "auto", "tooltip": (
+                    "content appearance module also reads the style image (the paper's first ablation).")),
+                io.Combo.Input("dtype", options=list(NODE_DTYPE_CHOICES), default="auto", tooltip=(
                     "Weight precision: auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on the CPU); "
                     "fp32 is the most exact, fp16/bf16 halve the memory. fp8_e4m3fn keeps the weights in 8 bits "
                     "(half of fp16's weight memory, for 6-8 GB cards) and computes in the auto dtype: approximate; "
-                    "the VAE stays in the auto dtype.")}),
-            },
-            "optional": {
-                "compile": (list(NODE_COMPILE_CHOICES), {"default": "off", "tooltip": (
+                    "the VAE stays in the auto dtype.")),
+                io.Combo.Input("compile", options=list(NODE_COMPILE_CHOICES), default="off", optional=True, tooltip=(
                     "torch.compile the models for faster sampling on a GPU; same images within rounding. regional = "
                     "the repeated blocks (the first run compiles for about 2 minutes), full = each model call as one "
                     "graph (longer first compile). Pays off when you sample many times in one session; "
-                    "DIFFSTYLE360_COMPILE=0 switches it off everywhere.")}),
-                **download.optional_inputs(),
-            },
-        }
+                    "DIFFSTYLE360_COMPILE=0 switches it off everywhere.")),
+                *download.optional_inputs(),
+            ],
+            outputs=[Model.Output("model", tooltip="The DiffStyle360 models (loaded on first use).")],
+            search_aliases=cls.SEARCH_ALIASES,
+        )
 
-    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off",
-             keep_downloaded_th: bool = False):
+    @classmethod
+    def execute(cls, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off",
+                keep_downloaded_th: bool = False):
         with user_errors("Load Appearance Modules"):
             download.prepare_weight_set(weight_set, keep_downloaded_th)
             sets = weight_sets()
@@ -322,4 +319,4 @@ class LoadAppearanceModules:
                     )
                 style_path = choices[style_module]
             ws = sets[weight_set]
-            return (ModelHandle(weight_set, ws.path, dtype, style_path, compile),)
+            return io.NodeOutput(ModelHandle(weight_set, ws.path, dtype, style_path, compile))

@@ -14,8 +14,9 @@ from diffstyle360_core import options
 from diffstyle360_core.options import FusionSettings
 
 from . import host
-from .common import (CAMERAS, CATEGORY, CROP_TOOLTIP, FUSION, IMAGE_OR_STYLE, MODEL, DiffStyle360Error, choice,
-                     number, sampler_inputs, sampler_options, to_image_output, user_errors)
+from .common import (CROP_TOOLTIP, Cameras, DiffStyle360Error, Fusion, Model, choice, image_or_style, number,
+                     sampler_inputs, sampler_options, schema, to_image_output, user_errors)
+from .host import io
 from .styles import KeyScaleChoice, StyleStack
 
 class ProgressBridge:
@@ -58,31 +59,29 @@ def _frames(image: torch.Tensor):
     return [image[i:i + 1] for i in range(image.shape[0])]
 
 
-class BackViewGenerate:
+class BackViewGenerate(io.ComfyNode):
     SEARCH_ALIASES = ["back view", "back of the head", "rear view", "360", "novel view"]
-    DESCRIPTION = (
-        "Generates the back of the head from a front portrait with DiffPortrait360's back-view model, for each "
-        "image of the batch (content portraits and style images alike). The sampler does this by itself when no "
-        "back image is connected; use this node to see, reuse or mask a back view."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("back_view",)
-    OUTPUT_TOOLTIPS = ("One back view per input image, at the model's resolution.",)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL, {"tooltip": "The weight set (its back-view model is used)."}),
-                "image": ("IMAGE", {"tooltip": "Front view(s): the content portrait or a style image."}),
-                **sampler_inputs(),
-                "crop": choice(options.CROP_MODES, CROP_TOOLTIP),
-            }
-        }
+    def define_schema(cls):
+        return schema(
+            "DiffStyle360BackViewGenerate", "DiffStyle360 Back-View Generate",
+            description=(
+                "Generates the back of the head from a front portrait with DiffPortrait360's back-view model, for "
+                "each image of the batch (content portraits and style images alike). The sampler does this by itself "
+                "when no back image is connected; use this node to see, reuse or mask a back view."),
+            inputs=[
+                Model.Input("model", tooltip="The weight set (its back-view model is used)."),
+                io.Image.Input("image", tooltip="Front view(s): the content portrait or a style image."),
+                *sampler_inputs(),
+                choice("crop", options.CROP_MODES, CROP_TOOLTIP),
+            ],
+            outputs=[io.Image.Output("back_view", tooltip="One back view per input image, at the model's resolution.")],
+            search_aliases=cls.SEARCH_ALIASES,
+        )
 
-    def generate(self, model, image, seed, steps, cfg, eta, scheduler, crop="center"):
+    @classmethod
+    def execute(cls, model, image, seed, steps, cfg, eta, scheduler, crop="center"):
         with user_errors("Back-View Generate"):
             sampler = sampler_options(seed, steps, cfg, eta, scheduler)
             options.check_choice("crop", crop, options.CROP_MODES)
@@ -90,7 +89,7 @@ class BackViewGenerate:
             pipe = model.pipeline(main=False, back_view=True)
             progress = ProgressBridge(sampler.steps)
             backs = pipe.back_views(fronts, sampler=sampler, crop=crop, progress=progress)
-            return (to_image_output(backs),)
+            return io.NodeOutput(to_image_output(backs))
 
 
 def _core_style(style):
@@ -111,61 +110,59 @@ def _needs_back_model(content_back, style) -> bool:
     return torch.is_tensor(style)
 
 
-class StyleFusionSampler:
+class StyleFusionSampler(io.ComfyNode):
     SEARCH_ALIASES = ["style transfer", "sampler", "stylize", "360", "turntable", "novel views", "head"]
-    DESCRIPTION = (
-        "Renders the 360-degree turntable of the content portrait in the style (DiffStyle360, Fig. 2): back views "
-        "of content and style are generated when not given, then every camera view is denoised with Style Fusion "
-        "Attention. Style: a plain IMAGE (one global style), or a Style Mask / Style Blend output. With no style "
-        "connected it renders plain DiffPortrait360 novel views."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE", "IMAGE")
-    RETURN_NAMES = ("views", "back_views")
-    OUTPUT_TOOLTIPS = (
-        "The turntable as one IMAGE batch in camera order (feeds Save Image, Save Animated WEBP, video nodes).",
-        "The back views used: the content's first, then each style's.",
-    )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL, {"tooltip": "The weight set from Load Appearance Modules."}),
-                "content": ("IMAGE", {"tooltip": "The portrait to turn around (one image; a front view of a head)."}),
-                "cameras": (CAMERAS, {"tooltip": "The views to render, from Turntable Camera."}),
-                **sampler_inputs(),
-                "window": number(options.WINDOW, (
+    def define_schema(cls):
+        return schema(
+            "DiffStyle360StyleFusionSampler", "DiffStyle360 Style Transfer (Style Fusion Sampler)",
+            description=(
+                "Renders the 360-degree turntable of the content portrait in the style (DiffStyle360, Fig. 2): back "
+                "views of content and style are generated when not given, then every camera view is denoised with "
+                "Style Fusion Attention. Style: a plain IMAGE (one global style), or a Style Mask / Style Blend "
+                "output. With no style connected it renders plain DiffPortrait360 novel views."),
+            inputs=[
+                Model.Input("model", tooltip="The weight set from Load Appearance Modules."),
+                io.Image.Input("content", tooltip="The portrait to turn around (one image; a front view of a head)."),
+                Cameras.Input("cameras", tooltip="The views to render, from Turntable Camera."),
+                *sampler_inputs(),
+                number("window", options.WINDOW, (
                     "Views denoised together by the view-consistency modules (trained with 8; at most 24).")),
-                "window_mode": choice(options.WINDOW_MODES, (
+                choice("window_mode", options.WINDOW_MODES, (
                     "independent: consecutive chunks of 'window' views (the official 4 x 8 for 32 views); "
                     "circular: overlapping windows that wrap around, so the 360-degree loop closes.")),
-                "overlap": number(options.OVERLAP, "Views shared by neighbouring circular windows (below window)."),
-                "windows_per_batch": number(options.WINDOWS_PER_BATCH, (
+                number("overlap", options.OVERLAP, "Views shared by neighbouring circular windows (below window)."),
+                number("windows_per_batch", options.WINDOWS_PER_BATCH, (
                     "Windows run in one forward pass; only trades GPU memory for speed (same result). Lower it on "
                     "out-of-memory errors.")),
-                "crop": choice(options.CROP_MODES, CROP_TOOLTIP),
-                "decode_chunk": number(options.DECODE_CHUNK, (
+                choice("crop", options.CROP_MODES, CROP_TOOLTIP),
+                number("decode_chunk", options.DECODE_CHUNK, (
                     "Views the VAE decodes at once; lower it if decoding runs out of GPU memory (same result).")),
-            },
-            "optional": {
-                "style": (IMAGE_OR_STYLE, {"tooltip": (
+                image_or_style("style", (
                     "The style: an IMAGE (one global style) or a Style Mask / Style Blend output. Leave empty for "
-                    "plain DiffPortrait360 novel views.")}),
-                "content_back": ("IMAGE", {"tooltip": (
-                    "The back of the content head, if you have it; generated by the back-view model otherwise.")}),
-                "fusion": (FUSION, {"tooltip": (
+                    "plain DiffPortrait360 novel views."), optional=True),
+                io.Image.Input("content_back", optional=True, tooltip=(
+                    "The back of the content head, if you have it; generated by the back-view model otherwise.")),
+                Fusion.Input("fusion", optional=True, tooltip=(
                     "Key Scale settings (default: tau 1.05, and the pairing and mask mode the style module was "
-                    "trained with; paper when training-free).")}),
-                "guide_frames": ("IMAGE", {"tooltip": (
-                    "Optional renders of the head at the same cameras, one per view, to start from 3D-aware noise.")}),
-            },
-        }
+                    "trained with; paper when training-free).")),
+                io.Image.Input("guide_frames", optional=True, tooltip=(
+                    "Optional renders of the head at the same cameras, one per view, to start from 3D-aware noise.")),
+            ],
+            outputs=[
+                io.Image.Output("views", tooltip=(
+                    "The turntable as one IMAGE batch in camera order (feeds Save Image, Save Animated WEBP, video "
+                    "nodes).")),
+                io.Image.Output("back_views", tooltip="The back views used: the content's first, then each style's."),
+            ],
+            search_aliases=cls.SEARCH_ALIASES,
+        )
 
-    def sample(self, model, content, cameras, seed, steps, cfg, eta, scheduler, window, window_mode, overlap,
-               windows_per_batch, crop="center", decode_chunk=options.DECODE_CHUNK.default, style=None, content_back=None,
-               fusion=None, guide_frames=None):
+    @classmethod
+    def execute(cls, model, content, cameras, seed, steps, cfg, eta, scheduler, window, window_mode, overlap,
+                windows_per_batch, crop="center", decode_chunk=options.DECODE_CHUNK.default, style=None,
+                content_back=None, fusion=None, guide_frames=None):
         with user_errors("Style Fusion Sampler"):
             sampler = sampler_options(seed, steps, cfg, eta, scheduler)
             settings = _fusion_choice(fusion)
@@ -183,4 +180,4 @@ class StyleFusionSampler:
             )
             backs = [result.content_back] + [b for group in result.style_backs for b in group]
             backs = torch.cat([b.reshape(-1, *b.shape[-3:]) for b in backs])
-            return (to_image_output(result.views), to_image_output(backs))
+            return io.NodeOutput(to_image_output(result.views), to_image_output(backs))
