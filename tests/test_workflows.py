@@ -35,12 +35,12 @@ OFFICIAL_SET = "diffportrait360"
 LOADER = "DiffStyle360LoadAppearanceModules"
 SAMPLER = "DiffStyle360StyleFusionSampler"
 CAPABILITIES = {
-    "DiffStyle360 01 Turntable in one style", "DiffStyle360 02 Training-free vs trained style module",
-    "DiffStyle360 03 Style strength sweep (tau)", "DiffStyle360 04 Two styles on two regions (masks)",
-    "DiffStyle360 05 Style interpolation between two styles", "DiffStyle360 06 Back of the head from a portrait",
-    "DiffStyle360 07 Novel views without a style", "DiffStyle360 08 Seamless 360 loop (circular windows)",
+    "01 Turntable in one style", "02 Training-free vs trained style module",
+    "03 Style strength sweep (tau)", "04 Two styles on two regions (masks)",
+    "05 Style interpolation between two styles", "06 Back of the head from a portrait",
+    "07 Novel views without a style", "08 Seamless 360 loop (circular windows)",
 }
-COMPARISONS = ("DiffStyle360 03 Style strength sweep (tau)", "DiffStyle360 05 Style interpolation between two styles")
+COMPARISONS = ("03 Style strength sweep (tau)", "05 Style interpolation between two styles")
 
 
 def load(path: Path) -> dict:
@@ -266,7 +266,7 @@ def test_workflows_ship_the_official_set_and_real_defaults():
 def test_trained_comparison_is_never_a_silent_half(defs):
     """02: the trained branch is muted until a module exists, and a note says how to get one; un-muted without
     a module, its loader fails validation instead of rendering training-free twice."""
-    workflow = by_stem("DiffStyle360 02 Training-free vs trained style module")
+    workflow = by_stem("02 Training-free vs trained style module")
     loaders = [n for n in workflow["nodes"] if n["type"] == LOADER]
     free = [n for n in loaders if n.get("mode", 0) == 0]
     trained = [n for n in loaders if n.get("mode", 0) in INACTIVE_MODES]
@@ -365,7 +365,7 @@ def test_no_two_nodes_overlap(path):
 
 
 def test_overlap_check_catches_an_overlap():
-    workflow = by_stem("DiffStyle360 01 Turntable in one style")
+    workflow = by_stem("01 Turntable in one style")
     a, b = workflow["nodes"][1], workflow["nodes"][2]
     b["pos"] = [a["pos"][0] + 10, a["pos"][1] + 10]
     assert overlaps(workflow)
@@ -433,7 +433,7 @@ def test_turntable_workflows_save_a_video():
 
 
 def test_camera_yaws_are_shown():
-    workflow = by_stem("DiffStyle360 01 Turntable in one style")
+    workflow = by_stem("01 Turntable in one style")
     cam = next(n for n in workflow["nodes"] if n["type"] == "DiffStyle360TurntableCamera")
     assert cam["outputs"][2]["name"] == "yaws" and cam["outputs"][2]["links"]
 
@@ -494,14 +494,14 @@ def defs_output_node(kind: str) -> bool:
 
 
 def test_validator_catches_broken_workflows(defs):
-    workflow = by_stem("DiffStyle360 01 Turntable in one style")
+    workflow = by_stem("01 Turntable in one style")
     assert validate(workflow, defs) == []
     for what, broken in _mutations(workflow).items():
         assert validate(broken, defs), f"validator missed: {what}"
 
 
 def test_validator_checks_links_into_widgets(defs):
-    workflow = by_stem("DiffStyle360 03 Style strength sweep (tau)")
+    workflow = by_stem("03 Style strength sweep (tau)")
     assert validate(workflow, defs) == []
     seed_link = next(link for link in workflow["links"] if link[5] == "INT")
     image_link = next(link for link in workflow["links"] if link[5] == "IMAGE")
@@ -523,7 +523,7 @@ def test_api_conversion_matches_widgets_by_name(defs):
     notes and muted nodes, and lets a primitive's link replace a widget's value."""
     from workflow_to_api import to_api
 
-    workflow = by_stem("DiffStyle360 04 Two styles on two regions (masks)")
+    workflow = by_stem("04 Two styles on two regions (masks)")
     prompt = to_api(workflow, defs, {SAMPLER: {"steps": 2}})
     masks = [e["inputs"] for e in prompt.values() if e["class_type"] == "LoadImageMask"]
     assert {m["channel"] for m in masks} == {"red"}
@@ -535,12 +535,12 @@ def test_api_conversion_matches_widgets_by_name(defs):
     assert sum("previous" in m for m in chained) == 1
     assert all(e["class_type"] not in VIRTUAL_NODES for e in prompt.values())
 
-    sweep = to_api(by_stem("DiffStyle360 03 Style strength sweep (tau)"), defs)
+    sweep = to_api(by_stem("03 Style strength sweep (tau)"), defs)
     samplers = [e["inputs"] for e in sweep.values() if e["class_type"] == SAMPLER]
     seeds = {tuple(s["seed"]) for s in samplers}
     assert len(samplers) == 3 and len(seeds) == 1
     (source, slot), = seeds
     assert sweep[source]["class_type"] == "PrimitiveInt" and sweep[source]["inputs"]["value"] == 42
 
-    pair = to_api(by_stem("DiffStyle360 02 Training-free vs trained style module"), defs)
+    pair = to_api(by_stem("02 Training-free vs trained style module"), defs)
     assert [e["class_type"] for e in pair.values()].count(LOADER) == 1  # the muted branch is left out

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from workflow_graph import FRONTEND_WIDGETS  # noqa: E402
 from workflow_to_api import server_definitions, to_api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,15 +48,23 @@ def drawn_overlaps(rects) -> list:
     return out
 
 
-def search(page, query: str) -> list:
-    """The node search box's results for ``query`` (double-click on the empty canvas, type)."""
+def search(page, query: str, want: str) -> list:
+    """The node search box's results for ``query`` (double-click on the empty canvas, type).
+
+    The box searches after a debounce and a loaded machine shows the previous list for a
+    while, so the list is read until it holds ``want`` or 10 seconds have passed.
+    """
     page.keyboard.press("Escape")
     page.mouse.dblclick(800, 450)
     page.wait_for_timeout(1200)
     page.keyboard.type(query, delay=30)
-    page.wait_for_timeout(1500)
-    found = page.evaluate("() => Array.from(document.querySelectorAll('[role=option]'))"
-                          ".map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(t => t)")
+    found = []
+    for _ in range(20):
+        page.wait_for_timeout(500)
+        found = page.evaluate("() => Array.from(document.querySelectorAll('[role=option]'))"
+                              ".map(e => e.innerText.replace(/\\s+/g, ' ').trim()).filter(t => t)")
+        if any(want in text and "DiffStyle360" in text for text in found):
+            break
     page.keyboard.press("Escape")
     page.wait_for_timeout(300)
     return found
@@ -117,6 +126,8 @@ def main() -> None:
                     diffs.append(f"node {nid} {entry['class_type']}: frontend {other['inputs']} vs ours "
                                  f"{entry['inputs']}")
             for node in workflow["nodes"]:
+                if node["type"] in FRONTEND_WIDGETS:
+                    continue  # the frontend's own preview widgets: not idempotent, never sent to the server
                 fw = result["widgets"].get(str(node["id"])) or result["widgets"].get(node["id"])
                 if (fw or []) != node.get("widgets_values", []):
                     diffs.append(f"node {node['id']} {node['type']}: widgets re-serialized as {fw}, file has "
@@ -142,10 +153,10 @@ def main() -> None:
             problems += not ok
             print(f"new {kind}: control after generate = {controls.get(kind)!r} ({'ok' if ok else 'expected ' + want})")
         for query, want in SEARCHES.items():
-            found = search(page, query)
+            found = search(page, query, want)
             hits = [i for i, text in enumerate(found) if want in text and "DiffStyle360" in text]
             problems += not hits
-            print(f"search {query!r}: {f'result {hits[0] + 1} of {len(found)}' if hits else 'NOT FOUND'}")
+            print(f"search {query!r}: {f'result {hits[0] + 1} of {len(found)}' if hits else f'NOT FOUND in {found}'}")
         if args.screenshot:  # a fresh page with only the first workflow, fitted to the window
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(args.server, wait_until="networkidle", timeout=120_000)
@@ -163,7 +174,7 @@ def main() -> None:
                 await {APP}.extensionManager.setting.set('Comfy.Minimap.Visible', false); }} catch (e) {{}} }}""")
             page.keyboard.press("Escape")
             # the whole graph at a zoom the canvas still draws text at (below ~0.6 it draws boxes only)
-            page.evaluate(f"""() => {{ const c = {APP}.canvas; c.ds.scale = 0.62; c.ds.offset = [10, 60];
+            page.evaluate(f"""() => {{ const c = {APP}.canvas; c.ds.scale = 0.62; c.ds.offset = [90, 60];
                                         c.setDirty(true, true); }}""")
             page.wait_for_timeout(1500)
             page.screenshot(path=args.screenshot)

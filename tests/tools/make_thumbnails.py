@@ -65,6 +65,9 @@ class Card:
         self.draw = ImageDraw.Draw(self.image)
         self.draw.text((20, 14), title, font=font(26, bold=True), fill=TEXT)
         self.draw.text((20, 50), subtitle, font=font(15), fill=MUTED_TEXT)
+        # the pack's name: in "All Templates" the cards sit among ComfyUI's own
+        self.draw.text((SIZE[0] - 14, 12), "DiffStyle360", font=font(12, bold=True), fill=ACCENT,
+                       anchor="rt")
 
     def tiles(self, items: Sequence[Tuple[Image.Image, str]], x: int, y: int, gap: int = 12) -> int:
         for im, label in items:
@@ -176,14 +179,14 @@ def circular_loop():
 
 
 CARDS = {
-    "DiffStyle360 01 Turntable in one style": one_style,
-    "DiffStyle360 02 Training-free vs trained style module": trained,
-    "DiffStyle360 03 Style strength sweep (tau)": tau_sweep,
-    "DiffStyle360 04 Two styles on two regions (masks)": local_two_styles,
-    "DiffStyle360 05 Style interpolation between two styles": interpolation,
-    "DiffStyle360 06 Back of the head from a portrait": back_view,
-    "DiffStyle360 07 Novel views without a style": novel_views,
-    "DiffStyle360 08 Seamless 360 loop (circular windows)": circular_loop,
+    "01 Turntable in one style": one_style,
+    "02 Training-free vs trained style module": trained,
+    "03 Style strength sweep (tau)": tau_sweep,
+    "04 Two styles on two regions (masks)": local_two_styles,
+    "05 Style interpolation between two styles": interpolation,
+    "06 Back of the head from a portrait": back_view,
+    "07 Novel views without a style": novel_views,
+    "08 Seamless 360 loop (circular windows)": circular_loop,
 }
 
 

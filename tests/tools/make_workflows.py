@@ -125,7 +125,7 @@ def default_size(kind: str):
     d = DEFS[kind]
     rows = max(len(socket_inputs(d)), len(d["output"]))
     widgets = len([s for s in widget_slots(d) if s[3] != "upload"])
-    width = 360 if kind.startswith("DiffStyle360") else 300
+    width = 400 if kind.startswith("DiffStyle360") else 300  # room for the display names
     if kind in ("LoadImage", "LoadImageMask"):
         return (300, 340)
     if kind in ("PreviewImage", "SaveImage", "SaveVideo"):
@@ -492,14 +492,14 @@ def circular_loop() -> dict:
 
 #: File name (= the template browser's title) → builder, in teaching order.
 WORKFLOWS = {
-    "DiffStyle360 01 Turntable in one style": one_style,
-    "DiffStyle360 02 Training-free vs trained style module": training_free_vs_trained,
-    "DiffStyle360 03 Style strength sweep (tau)": tau_sweep,
-    "DiffStyle360 04 Two styles on two regions (masks)": local_two_styles,
-    "DiffStyle360 05 Style interpolation between two styles": interpolation,
-    "DiffStyle360 06 Back of the head from a portrait": back_view,
-    "DiffStyle360 07 Novel views without a style": novel_views,
-    "DiffStyle360 08 Seamless 360 loop (circular windows)": circular_loop,
+    "01 Turntable in one style": one_style,
+    "02 Training-free vs trained style module": training_free_vs_trained,
+    "03 Style strength sweep (tau)": tau_sweep,
+    "04 Two styles on two regions (masks)": local_two_styles,
+    "05 Style interpolation between two styles": interpolation,
+    "06 Back of the head from a portrait": back_view,
+    "07 Novel views without a style": novel_views,
+    "08 Seamless 360 loop (circular windows)": circular_loop,
 }
 
 
