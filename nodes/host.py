@@ -1,12 +1,15 @@
 """The one module that imports ComfyUI (host facts §2), with a fallback that works without it.
 
 Inside ComfyUI the nodes get the host's V3 node schema (``io``, ``ComfyExtension``),
-device, dtype policy, model folders, memory manager (every model wrapped in a
-``ModelPatcher`` and loaded with ``load_models_gpu``), progress bar and interrupt
-flag. Without ComfyUI (unit tests, CI) the same names give: :mod:`nodes.v3_fallback`
-for the schema, the CPU (or ``DIFFSTYLE360_DEVICE``) and the core's dtype policy, a
-models folder you can set, a progress bar that records its calls, and an interrupt
-flag tests can raise with :func:`request_interrupt`.
+device, dtype policy, model folders, memory manager (one ``ModelPatcher`` per set
+of weights, layers made ``comfy.ops``-castable for partial loads, loaded with
+``load_models_gpu``), latent previews (``latent_preview``), progress bar and
+interrupt flag. Without ComfyUI (unit tests, CI) the same names give:
+:mod:`nodes.v3_fallback` for the schema, the CPU (or ``DIFFSTYLE360_DEVICE``) and
+the core's dtype policy, a models folder you can set, a fallback patcher and
+memory manager with the same clone/load semantics, a stand-in previewer, a
+progress bar that records its calls, and an interrupt flag tests can raise with
+:func:`request_interrupt`.
 """
 
 from __future__ import annotations
