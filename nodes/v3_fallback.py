@@ -279,6 +279,16 @@ class NodeOutput:
         return self.args[index]
 
 
+class HiddenHolder:
+    """The hidden inputs of one execution by attribute (``cls.hidden.unique_id``); None when not given."""
+
+    def __init__(self, values: Dict[str, Any]):
+        self._values = dict(values)
+
+    def __getattr__(self, key: str):
+        return self._values.get(key.upper())
+
+
 class ComfyNode:
     """Base of a V3 node: classmethods ``define_schema()`` and ``execute(**inputs)``; no instance state."""
 
@@ -366,7 +376,7 @@ class ComfyNode:
     def PREPARE_CLASS_CLONE(cls, v3_data: Optional[dict]) -> type:
         """A fresh subclass per execution (the host locks it), carrying the hidden inputs."""
         clone = type(f"{cls.__name__}Clone", (cls,) + cls.__bases__, dict(cls.__dict__))
-        clone.hidden = dict((v3_data or {}).get("hidden_inputs", {}))
+        clone.hidden = HiddenHolder((v3_data or {}).get("hidden_inputs", {}))
         return clone
 
 

@@ -116,7 +116,8 @@ def test_fallback_schema_rules():
             return (n,)  # a plain tuple is normalized like the host does
 
     assert Plain.FUNCTION == "EXECUTE_NORMALIZED" and Plain.EXECUTE_NORMALIZED(n=3).result == (3,)
-    assert Plain.PREPARE_CLASS_CLONE({"hidden_inputs": {"UNIQUE_ID": "7"}}).hidden == {"UNIQUE_ID": "7"}
+    clone = Plain.PREPARE_CLASS_CLONE({"hidden_inputs": {"UNIQUE_ID": "7"}})
+    assert issubclass(clone, Plain) and clone.hidden.unique_id == "7" and clone.hidden.prompt is None
     assert io.NodeOutput.from_dict({"result": (1, 2)}).args == (1, 2) and io.NodeOutput().result is None
 
 
@@ -192,6 +193,18 @@ def test_fallback_inputs_serialize_like_comfyuis():
     for make in cases:
         a, b = make(real), make(fb)
         assert (a.get_io_type(), a.as_dict()) == (b.get_io_type(), b.as_dict()), a.id
+    for io in (real, fb):  # hidden inputs reach execute() the same way
+        class Probe(io.ComfyNode):
+            @classmethod
+            def define_schema(cls):
+                return io.Schema(node_id="Probe", outputs=[io.String.Output("id")])
+
+            @classmethod
+            def execute(cls):
+                return io.NodeOutput(cls.hidden.unique_id)
+
+        clone = Probe.PREPARE_CLASS_CLONE({"hidden_inputs": {"UNIQUE_ID": "12"}})
+        assert clone.EXECUTE_NORMALIZED().result == ("12",) and clone.hidden.prompt is None
     outputs = [lambda io: io.Image.Output("views", tooltip="t"), lambda io: io.String.Output("yaws"),
                lambda io: io.Custom("DS360_CAMERAS").Output("cameras", tooltip="t")]
     for make in outputs:
