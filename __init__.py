@@ -3,7 +3,8 @@
 ComfyUI imports this folder as a package but does not put it on ``sys.path``,
 so the core library ``diffstyle360_core`` next to this file is registered under
 its own name first (without touching ``sys.path``: our ``nodes`` package must
-never shadow ComfyUI's ``nodes`` module). The nodes live in ``nodes/``.
+never shadow ComfyUI's ``nodes`` module). The nodes live in ``nodes/``; ComfyUI
+registers them through ``comfy_entrypoint()`` (its V3 extension API).
 """
 
 import importlib.util
@@ -32,8 +33,12 @@ def _register_core() -> None:
 
 if __package__:  # imported as a package (ComfyUI); a bare import of this file has nothing to register
     _register_core()
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+    from .nodes import comfy_entrypoint  # noqa: E402
 else:  # pragma: no cover
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    async def comfy_entrypoint():
+        raise ImportError("load the DiffStyle360 pack as a package (ComfyUI's custom_nodes/ does)")
+
+
+# V3 registration only: ComfyUI ignores comfy_entrypoint when a module also has NODE_CLASS_MAPPINGS.
+__all__ = ["comfy_entrypoint"]

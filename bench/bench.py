@@ -50,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from diffstyle360_core.config import BACK_VIEW, MAIN, official_config, sd15_controlnet, sd15_unet, tiny_config
+from diffstyle360_core.config import BACK_VIEW, MAIN, SIZES
 from diffstyle360_core.devices import DTYPES
 
 SCHEDULER_VARIANTS = ("dpmpp_2m", "unipc", "euler")
@@ -68,23 +68,8 @@ LAST_LINE = "speedup_vs_official_schedule"
 
 
 # --------------------------------------------------------------------------- #
-# model sizes
+# model sizes (diffstyle360_core.config.SIZES)
 # --------------------------------------------------------------------------- #
-def small_config(kind: str = MAIN):
-    """SD1.5 topology at widths 64/128/192/192, 128 px: a CPU-sized stand-in with real proportions."""
-    config = tiny_config(kind)
-    config.unet = sd15_unet(channels=(64, 128, 192, 192), context_dim=64, heads=8, groups=32, sample_size=16)
-    config.controlnet = sd15_controlnet(config.unet, hint_channels=(16, 32, 64, 64))
-    config.text_encoder["hidden_size"] = 64
-    config.image_size = 128
-    if config.temporal is not None:
-        config.temporal.num_heads, config.temporal.norm_num_groups = 8, 32
-    return config
-
-
-SIZES: Dict[str, Callable] = {"tiny": tiny_config, "small": small_config, "sd15": official_config}
-
-
 @torch.no_grad()
 def build_models(size: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """Main and back-view models with random weights, built directly on ``device``.

@@ -101,25 +101,27 @@ def main() -> int:
     # 4. nodes on CUDA through the host fallback
     os.environ["DIFFSTYLE360_DEVICE"] = "cuda"
     import nodes.host as host
-    from nodes import NODE_CLASS_MAPPINGS as N
+    import nodes
 
+    N = nodes.nodes_by_id()
     root = Path(tempfile.mkdtemp())
     os.symlink(weights, root / "tiny")
     host.set_fallback_models_dir(root)
     from nodes import loader
 
-    model = N["DiffStyle360LoadAppearanceModules"]().load("tiny", loader.TRAINING_FREE, "auto")[0]
-    cams = N["DiffStyle360TurntableCamera"]().cameras(model, 4, 0.0, 360.0)[0]
-    sampler = N["DiffStyle360StyleFusionSampler"]()
-    inputs = sampler.INPUT_TYPES()
+    model = N["DiffStyle360LoadAppearanceModules"].EXECUTE_NORMALIZED(
+        weight_set="tiny", style_module=loader.TRAINING_FREE, dtype="auto")[0]
+    cams = N["DiffStyle360TurntableCamera"].EXECUTE_NORMALIZED(model=model, views=4, yaw_start=0.0, yaw_end=360.0)[0]
+    sampler = N["DiffStyle360StyleFusionSampler"]
+    inputs = sampler.GET_NODE_INFO_V1()["input"]
     defaults = {}
-    for name, spec in inputs["required"].items():  # widget defaults, as the frontend fills them
-        if isinstance(spec[0], list):
-            defaults[name] = spec[1].get("default", spec[0][0]) if len(spec) > 1 else spec[0][0]
-        elif len(spec) > 1 and "default" in spec[1]:
-            defaults[name] = spec[1]["default"]
+    for name, (kind, opts) in inputs["required"].items():  # widget defaults, as the frontend fills them
+        if "default" in opts:
+            defaults[name] = opts["default"]
+        elif kind == "COMBO":
+            defaults[name] = opts["options"][0]
     defaults.update(steps=2, model=model, cameras=cams, content=content)
-    views, backs = getattr(sampler, sampler.FUNCTION)(**defaults, style=style)[:2]
+    views, backs = sampler.EXECUTE_NORMALIZED(**defaults, style=style)[:2]
     check("nodes on CUDA return CPU IMAGE batches", views.device.type == "cpu" and tuple(views.shape) == (4, 64, 64, 3)
           and bool(torch.isfinite(views).all()), f"{tuple(views.shape)} on {views.device}")
     print(f"peak allocated (resident, tiny): {peak_resident / 2**20:.1f} MiB", flush=True)

@@ -179,6 +179,8 @@ class FusionSlot:
     def bind(self, call: Optional[FusionCall]) -> None:
         self.call = call
         for name, attn, reader in self.readers:
+            if attn.processor is not reader:  # another model over this UNet (weights.sharing_copy) ran last
+                attn.processor = reader
             reader.inputs = call.reference_kv(name, attn) if call is not None else None
 
     def release(self) -> None:

@@ -360,3 +360,19 @@ def tiny_config(kind: str = MAIN) -> BackboneConfig:
         temporal=TemporalConfig(num_heads=4, norm_num_groups=8) if kind == MAIN else None,
         image_size=64,
     )
+
+
+def small_config(kind: str = MAIN) -> BackboneConfig:
+    """SD1.5 topology at widths 64/128/192/192, 128 px: a CPU-sized stand-in with real proportions."""
+    config = tiny_config(kind)
+    config.unet = sd15_unet(channels=(64, 128, 192, 192), context_dim=64, heads=8, groups=32, sample_size=16)
+    config.controlnet = sd15_controlnet(config.unet, hint_channels=(16, 32, 64, 64))
+    config.text_encoder["hidden_size"] = 64
+    config.image_size = 128
+    if config.temporal is not None:
+        config.temporal.num_heads, config.temporal.norm_num_groups = 8, 32
+    return config
+
+
+#: Model sizes by name (``make-tiny --size``, ``python -m bench --size``): sd15 = the released models' shapes.
+SIZES = {"tiny": tiny_config, "small": small_config, "sd15": official_config}

@@ -89,5 +89,6 @@ def load_cameras(weights: Optional[PathLike], size: int, *, conditions: Optional
 
 
 def model_device_dtype(model: torch.nn.Module):
-    """Where a model computes: the device and dtype of its VAE (every part shares them)."""
-    return model.vae.device, model.vae.dtype
+    """Where a model computes: the device a host placed it on (``compute_device``; ComfyUI may leave some
+    layers on the CPU and cast them per call), else its VAE's; and the dtype of its VAE (every part shares it)."""
+    return getattr(model, "compute_device", None) or model.vae.device, model.vae.dtype

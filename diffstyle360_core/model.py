@@ -19,6 +19,7 @@ from torch import nn
 from .appearance import AppearanceModule, split_references
 from .attention import FusionCall, FusionSlot, install_fusion_readers
 from .config import CLIP_CONTEXT_LENGTH, BackboneConfig
+from .loading import model_device_dtype
 from .pose_control import PoseControlNet
 from .temporal import build_view_consistency_modules
 from .unet_walk import CompiledForward, compile_key_of, compiling_as, run_forward, timestep_tensor, walk_unet
@@ -33,13 +34,13 @@ def denoiser_forward(model: "DiffStyle360Model", noisy: torch.Tensor, timestep: 
     """
     control = None
     if hints is not None:
-        control = model.pose_controlnet(noisy, timestep, model.text_embedding, hints.to(noisy))
+        control = model.pose_controlnet(noisy, timestep, model.text_embedding.to(noisy), hints.to(noisy))
     temporal = model.temporal
     return walk_unet(
         model.unet,
         noisy,
         timestep,
-        model.text_embedding.to(noisy.dtype),
+        model.text_embedding.to(noisy),  # a host may keep the buffer on the CPU (partial loading)
         temporal_down=temporal["down"] if temporal is not None else None,
         temporal_up=temporal["up"] if temporal is not None else None,
         num_views=num_views,
@@ -92,7 +93,7 @@ class DiffStyle360Model(nn.Module):
 
     def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None):
         """Images [B,3,H,W] in [-1,1] → latents × 0.18215; posterior *sampled* as the official code does."""
-        images = images.to(self.vae.device, self.vae.dtype)
+        images = images.to(*model_device_dtype(self))
         dist = self.vae.encode(images).latent_dist
         noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean)
         return (dist.mean + dist.std * noise) * self.scale_factor
@@ -124,7 +125,7 @@ class DiffStyle360Model(nn.Module):
         for lat in images:
             groups.append(list(range(row, row + lat.shape[0])))
             row += lat.shape[0]
-        context = self.text_embedding
+        context = self.text_embedding.to(images[0].device)
         with compiling_as(compile_key_of(self)):
             banks = self._reference_banks(content, styles, images, groups, context, timestep)
         if content is None:

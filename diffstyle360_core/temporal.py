@@ -81,7 +81,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Add the encoding for positions 0..L-1 to ``x`` [N, L, C]."""
-        return x + self.pe[:, : x.shape[1]].to(dtype=x.dtype)
+        return x + self.pe[:, : x.shape[1]].to(x)
 
 
 class TemporalSelfAttention(nn.Module):

@@ -1,6 +1,7 @@
 """Tiny random-weight DiffPortrait360 checkpoints for tests, demos and CI.
 
-``make_tiny(outdir)`` writes, in a few seconds on a CPU::
+``make_tiny(outdir)`` writes, in a few seconds on a CPU (``size="small"`` / ``"sd15"``
+write the same set at larger shapes, as converted folders only; see :func:`make_tiny`)::
 
     outdir/original/model_state-tiny.th          official LDM key layout, flat torch.save
     outdir/original/model_state-tiny.config.json sidecar: the tiny config (real files need none)
@@ -41,7 +42,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .config import BACK_VIEW, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, BackboneConfig, tiny_config
+from .config import (BACK_VIEW, CONFIG_NAME, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, SIZES, TEXT_EMBEDDING,
+                     BackboneConfig, component_file, tiny_config)
+from .devices import resolve_dtype
 from .images import ImageInputError
 from .sampling import mix_seed
 from .official_keys import (
@@ -79,6 +82,15 @@ def _generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, zlib.crc32(name.encode())))
 
 
+def _scaled(name: str, z: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws ``z`` for parameter ``name`` → its random value (see the module docstring)."""
+    if z.ndim >= 2:
+        return z / math.sqrt(z[0].numel())  # N(0, 1/fan_in)
+    if name.endswith("weight"):  # GroupNorm / LayerNorm scales
+        return 1.0 + 0.1 * z
+    return 0.02 * z
+
+
 @torch.no_grad()
 def _randomize(module: nn.Module, gen: torch.Generator) -> None:
     params = list(module.named_parameters())
@@ -87,12 +99,7 @@ def _randomize(module: nn.Module, gen: torch.Generator) -> None:
     for name, p in params:
         z = noise[offset:offset + p.numel()].view(p.shape)
         offset += p.numel()
-        if p.ndim >= 2:
-            p.copy_(z / math.sqrt(p[0].numel()))  # N(0, 1/fan_in)
-        elif name.endswith("weight"):  # GroupNorm / LayerNorm scales
-            p.copy_(1.0 + 0.1 * z)
-        else:
-            p.copy_(0.02 * z)
+        p.copy_(_scaled(name, z))
 
 
 def _tiny_text_encoder(config: BackboneConfig, seed: int) -> Dict[str, torch.Tensor]:
@@ -402,28 +409,107 @@ def _style_module(model, seed: int) -> Dict[str, torch.Tensor]:
     return out
 
 
-def make_tiny(outdir: Union[str, os.PathLike], seed: int = 0) -> Dict[str, Path]:
-    """Write the tiny model set (see module docstring) and return ``{name: path}``.
+def _random_component(module: nn.Module, gen: torch.Generator, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+    """Seeded random state dict of a meta-built component, drawn one parameter at a time (low peak memory).
 
-    Names: ``original_main``, ``original_back_view`` (``.th``), ``main``,
-    ``back_view`` (converted folders), ``cam_condition``, ``style_module``.
+    Same value rule as :func:`_randomize`; the view-position tables (the only
+    buffers) get their real sinusoidal values.
     """
+    from .temporal import SinusoidalPositionalEncoding
+
+    state = {name: _scaled(name, torch.randn(p.shape, generator=gen)).to(dtype)
+             for name, p in module.named_parameters()}
+    for name, sub in module.named_modules():
+        if isinstance(sub, SinusoidalPositionalEncoding):
+            table = SinusoidalPositionalEncoding(sub.pe.shape[2], sub.pe.shape[1]).pe
+            state[f"{name}.pe" if name else "pe"] = table.to(dtype)
+    missing = sorted(set(module.state_dict()) - set(state))
+    if missing:
+        raise RuntimeError(f"no random value rule for buffers {missing[:3]}")
+    return state
+
+
+def _write_random_folder(config: BackboneConfig, folder: Path, seed: int, dtype: torch.dtype) -> Path:
+    """A converted model folder of ``config`` with seeded random weights, written component by component.
+
+    The model is built on the meta device (no memory) and each component's
+    tensors exist only while its file is written, so an sd15 main model
+    (≈ 2.5 G parameters) needs about one UNet's worth of RAM. ``config.json``
+    is written last: a folder with it is complete.
+    """
+    from .model import DiffStyle360Model
+    from .weights import write_component_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).unlink(missing_ok=True)
+    with torch.device("meta"):
+        model = DiffStyle360Model(config)
+    for comp in config.folder_components():
+        gen = _generator(seed, comp if comp in _SHARED_COMPONENTS else f"{config.kind}/{comp}")
+        if comp == TEXT_EMBEDDING:
+            state = {TEXT_EMBEDDING: torch.randn(tuple(model.text_embedding.shape), generator=gen).to(dtype)}
+        else:
+            state = _random_component(getattr(model, comp), gen, dtype)
+        write_component_file(state, folder / component_file(comp), comp)
+        del state
+    config.save(folder)
+    return folder
+
+
+def _resolve_size(size: str):
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
+    return SIZES[size]
+
+
+def make_tiny(outdir: Union[str, os.PathLike], seed: int = 0, *, size: str = "tiny",
+              dtype: Union[str, torch.dtype, None] = None) -> Dict[str, Path]:
+    """Write a random-weight model set (see module docstring) and return ``{name: path}``.
+
+    ``size`` (:data:`~.config.SIZES`): ``tiny`` (seconds, the official ``.th``
+    files plus their conversion), ``small`` (SD1.5 topology at CPU widths) or
+    ``sd15`` (the released models' shapes: ≈ 5 GB main + 4.4 GB back view +
+    1.7 GB style module in fp16, for memory and speed checks without a
+    download). Sizes other than tiny are written as converted folders
+    directly (no ``original/``). ``dtype`` (e.g. ``"fp16"``): the stored
+    precision of the converted files (default: float32).
+
+    Names: ``original_main``, ``original_back_view`` (``.th``, tiny only),
+    ``main``, ``back_view`` (converted folders), ``cam_condition``, ``style_module``.
+    """
+    make_config = _resolve_size(size)
+    dtype = None if dtype is None else resolve_dtype(dtype, "cpu")
     out = Path(os.fspath(outdir)).expanduser()
-    (out / "original").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
-    main_model = None
-    for kind in (MAIN, BACK_VIEW):
-        model, text = build_tiny_model(kind, seed)
-        th = out / "original" / TINY_FILES[kind]
-        torch.save(tiny_official_state_dict(model, text), th)
-        sidecar_config_path(th).write_text(json.dumps(model.config.to_dict(), indent=2))
-        paths[f"original_{kind}"] = th
-        paths[kind] = convert_checkpoint(th, out / kind, kind=kind)
-        if kind == MAIN:
-            main_model = model
+    if size == "tiny":
+        (out / "original").mkdir(exist_ok=True)
+        main_model = None
+        for kind in (MAIN, BACK_VIEW):
+            model, text = build_tiny_model(kind, seed)
+            th = out / "original" / TINY_FILES[kind]
+            torch.save(tiny_official_state_dict(model, text), th)
+            sidecar_config_path(th).write_text(json.dumps(model.config.to_dict(), indent=2))
+            paths[f"original_{kind}"] = th
+            paths[kind] = convert_checkpoint(th, out / kind, kind=kind, dtype=dtype)
+            if kind == MAIN:
+                main_model = model
+        style = _style_module(main_model, seed)
+    else:
+        for kind in (MAIN, BACK_VIEW):
+            paths[kind] = _write_random_folder(make_config(kind), out / kind, seed, dtype or torch.float32)
+        with torch.device("meta"):
+            appearance = _new_appearance(make_config(MAIN))
+        style = _random_component(appearance, _generator(seed, "style_module"), dtype or torch.float32)
     cams = out / "cam_condition" / "sphere32"
-    write_tiny_condition_set(cams, size=tiny_config(MAIN).image_size, n=OFFICIAL_VIEWS)
+    write_tiny_condition_set(cams, size=make_config(MAIN).image_size, n=OFFICIAL_VIEWS)
     paths["cam_condition"] = cams
-    paths["style_module"] = write_component_file(_style_module(main_model, seed),
-                                                 out / "style_module-tiny.safetensors", "style_appearance")
+    paths["style_module"] = write_component_file(style, out / f"style_module-{size}.safetensors",
+                                                 "style_appearance", dtype)
     return paths
+
+
+def _new_appearance(config: BackboneConfig) -> nn.Module:
+    from .appearance import AppearanceModule
+
+    return AppearanceModule(config.unet)

@@ -678,18 +678,27 @@ def _read_style_file(path: Path, config: BackboneConfig) -> Dict[str, torch.Tens
 
 
 def sharing_copy(model: nn.Module) -> nn.Module:
-    """A second model object over the same parts as ``model`` (nothing copied).
+    """A second model object over the same parts as ``model`` (no weight copied).
 
     A shallow copy: every submodule, parameter and buffer is shared, but the
     copy has its own registries (``_modules``, ``_parameters``, ``_buffers``,
     hook tables …), so assigning a submodule on it (``new.style_appearance =
-    …``) leaves ``model`` exactly as it was. Both objects run the same UNet, so
-    they must not run at the same time (a host runs one model at a time anyway).
+    …``) leaves ``model`` exactly as it was. It also gets its own attention slot
+    and Style Fusion readers: each model binds its own readers into the shared
+    UNet for its call (:meth:`~.attention.FusionSlot.bind`), so no reader or
+    reference of one model is ever seen by the other. Both run the same UNet,
+    so they must not run at the same time (a host runs one model at a time).
     """
+    from .attention import FusionSlot, install_fusion_readers
+
     new = copy.copy(model)
     # registries and hook tables: own containers, shared contents
     new.__dict__.update({name: copy.copy(value) for name, value in vars(model).items()
                          if isinstance(value, (dict, list, set))})
+    if isinstance(vars(model).get("fusion"), FusionSlot):
+        new.fusion = FusionSlot()
+        new.attention_layers = install_fusion_readers(new.unet, new.fusion)
+        model.fusion.bind(None)  # the shared UNet keeps reading through ``model``'s readers until ``new`` runs
     return new
 
 

@@ -1,6 +1,9 @@
-"""ComfyUI nodes: a thin layer over ``diffstyle360_core`` (host facts §1; one registration mechanism, V1).
+"""ComfyUI nodes: a thin layer over ``diffstyle360_core``, declared with ComfyUI's V3 schema (host facts §1.3).
 
-Node ids are frozen: saved workflows store them, and their widget order
+One registration mechanism: the pack's ``comfy_entrypoint()`` returns
+:class:`DiffStyle360Extension`, whose node list is :data:`NODE_LIST` (no
+``NODE_CLASS_MAPPINGS``: ComfyUI would take that instead and ignore the entry
+point). Node ids are frozen: saved workflows store them, and their widget order
 (``widgets_values`` is positional), so new inputs go at the end.
 """
 
@@ -13,26 +16,25 @@ from .styles import KeyScale, StyleBlend, StyleMask
 host.register_model_folder()
 examples.install_example_images(host.input_directory())
 
-NODE_CLASS_MAPPINGS = {
-    "DiffStyle360LoadAppearanceModules": LoadAppearanceModules,
-    "DiffStyle360BackViewGenerate": BackViewGenerate,
-    "DiffStyle360TurntableCamera": TurntableCamera,
-    "DiffStyle360KeyScale": KeyScale,
-    "DiffStyle360StyleMask": StyleMask,
-    "DiffStyle360StyleBlend": StyleBlend,
-    "DiffStyle360StyleFusionSampler": StyleFusionSampler,
-}
+#: The seven nodes, in the order the Add Node menu lists them.
+NODE_LIST = [LoadAppearanceModules, BackViewGenerate, TurntableCamera, KeyScale, StyleMask, StyleBlend,
+             StyleFusionSampler]
 
-# ComfyUI 0.8's node search (frontend 1.35) matches only the id and the display name, and only near their
-# start: the words users search for ("model loader", "style transfer", "turntable") lead the names.
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "DiffStyle360LoadAppearanceModules": "DiffStyle360 Model Loader (Appearance Modules)",
-    "DiffStyle360BackViewGenerate": "DiffStyle360 Back-View Generate",
-    "DiffStyle360TurntableCamera": "DiffStyle360 Turntable Camera (360 views)",
-    "DiffStyle360KeyScale": "DiffStyle360 Key Scale",
-    "DiffStyle360StyleMask": "DiffStyle360 Style Mask",
-    "DiffStyle360StyleBlend": "DiffStyle360 Style Blend",
-    "DiffStyle360StyleFusionSampler": "DiffStyle360 Style Transfer (Style Fusion Sampler)",
-}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+def nodes_by_id() -> dict:
+    """Node id → class, as ComfyUI registers them (by ``define_schema().node_id``)."""
+    return {cls.GET_SCHEMA().node_id: cls for cls in NODE_LIST}
+
+
+class DiffStyle360Extension(host.ComfyExtension):
+    """The pack as ComfyUI's V3 loader sees it."""
+
+    async def get_node_list(self) -> list:
+        return list(NODE_LIST)
+
+
+async def comfy_entrypoint() -> DiffStyle360Extension:
+    return DiffStyle360Extension()
+
+
+__all__ = ["NODE_LIST", "DiffStyle360Extension", "comfy_entrypoint", "nodes_by_id"]

@@ -1,11 +1,11 @@
-"""What every node shares: the category, socket types, widget specs read from the core's options,
-one-sentence user errors, and IMAGE/MASK conversions (host facts §1.5)."""
+"""What every node shares: the category, socket types, V3 input declarations read from the core's
+options, one-sentence user errors, and IMAGE/MASK conversions (host facts §1.5)."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 import torch
 
@@ -13,6 +13,7 @@ from diffstyle360_core import options
 from diffstyle360_core.images import to_comfy_image
 
 from . import host
+from .host import io
 
 CATEGORY = "DiffStyle360"
 
@@ -23,6 +24,16 @@ FUSION = "DS360_FUSION"
 STYLE = "DS360_STYLE"
 #: The sampler's style input: a plain IMAGE (one global style) or a DS360_STYLE (masks, blends).
 IMAGE_OR_STYLE = "IMAGE," + STYLE
+
+Model = io.Custom(MODEL)
+Cameras = io.Custom(CAMERAS)
+Fusion = io.Custom(FUSION)
+Style = io.Custom(STYLE)
+
+
+def image_or_style(id: str, tooltip: str, optional: bool = False):
+    """An input that takes a plain IMAGE or a DS360_STYLE (sent to the frontend as ``IMAGE,DS360_STYLE``)."""
+    return io.MultiType.Input(id, [io.Image, Style], tooltip=tooltip, optional=optional)
 
 
 class DiffStyle360Error(Exception):
@@ -54,22 +65,21 @@ def user_errors(node: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- widgets
-def _round_step(r: options.NumberRange) -> Dict[str, Any]:
-    if r.integer:
-        return {"step": 1}
-    return {"step": 0.01, "round": 0.001}
-
-
-def number(r: options.NumberRange, tooltip: str, **extra) -> tuple:
+def number(id: str, r: options.NumberRange, tooltip: str, **extra):
     """An INT/FLOAT widget whose default and bounds come from the core's NumberRange."""
-    spec = {"default": r.default, "min": r.low, "max": r.high, **_round_step(r), "tooltip": tooltip}
+    if r.integer:
+        spec = {"default": r.default, "min": r.low, "max": r.high, "step": 1}
+        spec.update(extra)
+        return io.Int.Input(id, tooltip=tooltip, **spec)
+    spec = {"default": r.default, "min": r.low, "max": r.high, "step": 0.01, "round": 0.001}
     spec.update(extra)
-    return ("INT" if r.integer else "FLOAT", spec)
+    return io.Float.Input(id, tooltip=tooltip, **spec)
 
 
-def choice(values, tooltip: str, default: Optional[str] = None) -> tuple:
+def choice(id: str, values, tooltip: str, default: Optional[str] = None, optional: bool = False):
+    """A combo widget; the first value is the default unless one is given."""
     values = list(values)
-    return (values, {"default": default or values[0], "tooltip": tooltip})
+    return io.Combo.Input(id, options=values, default=default or values[0], tooltip=tooltip, optional=optional)
 
 
 SEED_TOOLTIP = "Random seed: the same seed and inputs give the same views."
@@ -83,14 +93,14 @@ CROP_TOOLTIP = ("center: centre-crop non-square images to a square before resizi
                 "official code.")
 
 
-def sampler_inputs() -> Dict[str, tuple]:
-    return {
-        "seed": number(options.SEED, SEED_TOOLTIP, control_after_generate=True),
-        "steps": number(options.STEPS, STEPS_TOOLTIP),
-        "cfg": number(options.CFG, CFG_TOOLTIP),
-        "eta": number(options.ETA, ETA_TOOLTIP),
-        "scheduler": choice(options.SCHEDULERS, SCHEDULER_TOOLTIP),
-    }
+def sampler_inputs() -> List[Any]:
+    return [
+        number("seed", options.SEED, SEED_TOOLTIP, control_after_generate=True),
+        number("steps", options.STEPS, STEPS_TOOLTIP),
+        number("cfg", options.CFG, CFG_TOOLTIP),
+        number("eta", options.ETA, ETA_TOOLTIP),
+        choice("scheduler", options.SCHEDULERS, SCHEDULER_TOOLTIP),
+    ]
 
 
 def sampler_options(seed, steps, cfg, eta, scheduler) -> options.SamplerOptions:
@@ -130,3 +140,15 @@ def parse_weights(text: str) -> Optional[list]:
         raise DiffStyle360Error(
             f"Style Blend: weights must be numbers separated by commas (e.g. '0.5, 0.3, 0.2'), got {text!r}."
         ) from None
+
+
+# --------------------------------------------------------------------------------------------- schema
+def schema(node_id: str, display_name: str, description: str, inputs: list, outputs: list,
+           search_aliases=()) -> Any:
+    """The ``io.Schema`` of one of our nodes, in our category. ``search_aliases`` (words the node search
+    matches) is passed only to hosts whose Schema has that field (newer than ComfyUI 0.8)."""
+    extra = {}
+    if search_aliases and "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}):
+        extra["search_aliases"] = list(search_aliases)
+    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
+                     inputs=inputs, outputs=outputs, **extra)

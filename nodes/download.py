@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from diffstyle360_core import download as core
 
 from . import host
+from .host import io
 
 _log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ def weight_set_choices(names: List[str]) -> List[str]:
     return sorted(set(names) | set(core.pending_sets(host.model_roots())) | {OFFICIAL_SET})
 
 
-def optional_inputs() -> Dict[str, tuple]:
-    return {KEEP_TH: ("BOOLEAN", {"default": False, "tooltip": (
+def optional_inputs() -> list:
+    return [io.Boolean.Input(KEEP_TH, default=False, optional=True, tooltip=(
         "When the loader downloads the official set (the first run with 'diffportrait360': ≈ 20 GB from "
         "huggingface.co/gym890/diffportrait360, converted to fp16 safetensors): on = keep the downloaded .th files "
         "and inference_data.zip in the set folder, off = delete them once converted. Files you put there yourself "
-        "are never deleted.")})}
+        "are never deleted."))]
 
 
 def set_folder(name: str) -> Optional[Path]:

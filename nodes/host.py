@@ -1,11 +1,15 @@
 """The one module that imports ComfyUI (host facts §2), with a fallback that works without it.
 
-Inside ComfyUI the nodes get the host's device, dtype policy, model folders,
-memory manager (every model wrapped in a ``ModelPatcher`` and loaded with
-``load_models_gpu``), progress bar and interrupt flag. Without ComfyUI (unit
-tests, CI) the same names give: the CPU (or ``DIFFSTYLE360_DEVICE``) and the
-core's dtype policy, a models folder you can set, a progress bar that records
-its calls, and an interrupt flag tests can raise with :func:`request_interrupt`.
+Inside ComfyUI the nodes get the host's V3 node schema (``io``, ``ComfyExtension``),
+device, dtype policy, model folders, memory manager (one ``ModelPatcher`` per set
+of weights, layers made ``comfy.ops``-castable for partial loads, loaded with
+``load_models_gpu``), latent previews (``latent_preview``), progress bar and
+interrupt flag. Without ComfyUI (unit tests, CI) the same names give:
+:mod:`nodes.v3_fallback` for the schema, the CPU (or ``DIFFSTYLE360_DEVICE``) and
+the core's dtype policy, a models folder you can set, a fallback patcher and
+memory manager with the same clone/load semantics, a stand-in previewer, a
+progress bar that records its calls, and an interrupt flag tests can raise with
+:func:`request_interrupt`.
 """
 
 from __future__ import annotations
@@ -13,23 +17,37 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, List, Optional
 
 import torch
+from PIL import Image
 
 from diffstyle360_core.devices import resolve_device, resolve_dtype
 from diffstyle360_core.pipeline import ModelPlacement
 
 try:  # ComfyUI is importable only inside a running ComfyUI (its root is on sys.path)
     import comfy.model_management as _mm
+    import comfy.latent_formats as _latent_formats
     import comfy.model_patcher as _patcher
+    import comfy.ops as _ops
     import comfy.utils as _utils
     import folder_paths as _folder_paths
+    import latent_preview as _latent_preview
 except ImportError:
-    _mm = _patcher = _utils = _folder_paths = None
+    _mm = _patcher = _ops = _utils = _folder_paths = _latent_formats = _latent_preview = None
 
 IN_COMFYUI = _mm is not None
+
+# The V3 node schema the nodes are declared with: ComfyUI's own inside ComfyUI, a faithful copy of
+# the parts we use elsewhere (tests/test_v3_schema.py compares the two where ComfyUI is importable).
+try:
+    from comfy_api.latest import ComfyExtension, io  # noqa: F401  (used by the node modules)
+except ImportError:
+    from . import v3_fallback as io
+    from .v3_fallback import ComfyExtension  # noqa: F401
+V3_FALLBACK = io.__name__.endswith("v3_fallback")
 
 #: The model folder key: ``ComfyUI/models/diffstyle360/<weight set>/`` (and ``diffstyle360:`` in extra_model_paths.yaml).
 MODEL_FOLDER = "diffstyle360"
@@ -161,73 +179,210 @@ def progress_bar(total: int):
     return RecordingProgressBar(total)
 
 
-def preview_settings() -> Optional[int]:
-    """Max preview size in pixels when the user enabled sampler previews, else None (previews off)."""
-    if IN_COMFYUI:
-        from comfy.cli_args import LatentPreviewMethod, args
+class FallbackPreviewer:
+    """Outside ComfyUI: stands in for ``latent_preview``'s previewers (same call, same payload shape).
 
-        if args.preview_method == LatentPreviewMethod.NoPreviews:
-            return None
-        return int(getattr(args, "preview_size", 512) or 512)
-    return 512
+    It shows the first three latent channels as they are, enough to see that
+    a preview was sent each step; inside ComfyUI the host's previewer draws it.
+    """
+
+    size = 512
+
+    def decode_latent_to_preview_image(self, preview_format: str, x0: torch.Tensor):
+        rgb = x0[0, :3].float().clamp(-1, 1).add(1).mul(127.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return (preview_format, Image.fromarray(rgb, mode="RGB"), self.size)
+
+
+def latent_previewer():
+    """A function: SD1.5 latents [B,4,h,w] (× 0.18215, the sampler's x0) → the host's preview payload for the
+    first one; None when the user switched previews off.
+
+    Inside ComfyUI it is ``latent_preview``'s previewer for the SD1.5 latent
+    format, so Latent2RGB or TAESD (models/vae_approx/taesd_decoder) as the
+    user's --preview-method says.
+    """
+    if IN_COMFYUI:
+        device = _mm.get_torch_device()
+        previewer = _latent_preview.get_previewer(device, _latent_formats.SD15())
+    else:
+        device, previewer = torch.device("cpu"), FallbackPreviewer()
+    if previewer is None:
+        return None
+
+    def preview(latents: torch.Tensor):
+        return previewer.decode_latent_to_preview_image("JPEG", latents[:1].to(device, torch.float32))
+
+    return preview
 
 
 # --------------------------------------------------------------------------------------------- memory manager
-def _move_leftovers(model: torch.nn.Module, device: torch.device) -> None:
-    """After load_models_gpu: move whatever the patcher left behind (buffers of parameter-less modules,
-    parts shared with another of our models that the host offloaded meanwhile)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.device != device:
-            model.to(device)
-            return
+#: ``set_additional_models`` key under which a styled model's patcher carries its style module's own patcher.
+STYLE_PATCHER_KEY = "diffstyle360_style_module"
 
 
-#: Attributes ModelPatcher keeps on the model it wraps (comfy/model_patcher.py, ComfyUI 0.8).
-_PATCHER_BOOKKEEPING = ("device", "model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram",
-                        "current_weight_patches_uuid", "model_offload_buffer_memory", "current_patcher")
+def _module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's state dict (what ComfyUI's ``module_size`` counts)."""
+    return sum(t.nbytes for t in module.state_dict().values())
+
+
+class FallbackPatcher:
+    """Outside ComfyUI: the part of ``comfy.model_patcher.ModelPatcher`` this pack relies on.
+
+    One per set of weights; :meth:`clone` shares the model (and so its memory),
+    additional models (a style module's own patcher) come along when loading,
+    exactly as ComfyUI does it, so the same code runs in both places.
+    """
+
+    def __init__(self, model: torch.nn.Module, load_device: torch.device, offload_device: torch.device, size: int = 0):
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        self.parent: Optional["FallbackPatcher"] = None
+        self.additional_models: dict = {}
+
+    def model_size(self) -> int:
+        if self.size <= 0:
+            self.size = _module_bytes(self.model)
+        return self.size
+
+    def clone(self) -> "FallbackPatcher":
+        other = FallbackPatcher(self.model, self.load_device, self.offload_device, self.model_size())
+        other.parent = self
+        other.additional_models = {k: [m.clone() for m in v] for k, v in self.additional_models.items()}
+        return other
+
+    def is_clone(self, other) -> bool:
+        return getattr(other, "model", None) is self.model
+
+    def set_additional_models(self, key: str, models: list) -> None:
+        self.additional_models[key] = models
+
+    def get_nested_additional_models(self) -> list:
+        found = []
+        for models in self.additional_models.values():
+            for m in models:
+                found += [m] + m.get_nested_additional_models()
+        return found
+
+
+class _FallbackMemory:
+    """Outside ComfyUI: ``load_models_gpu`` / ``loaded_models`` / ``unload_all_models`` for FallbackPatchers.
+
+    Keeps one entry per model (a clone replaces the loaded entry of its model,
+    as ComfyUI's list does) and only weak references, so it never keeps a model alive.
+    """
+
+    def __init__(self):
+        self._loaded: List[weakref.ref] = []
+
+    def load(self, patchers: list) -> None:
+        for patcher in patchers:
+            self._loaded = [r for r in self._loaded if r() is not None and not patcher.is_clone(r())]
+            if any(t.device != patcher.load_device for t in patcher.model.parameters()):
+                patcher.model.to(patcher.load_device)
+            self._loaded.insert(0, weakref.ref(patcher))
+
+    def loaded(self) -> list:
+        return [p for p in (r() for r in self._loaded) if p is not None]
+
+    def unload_all(self) -> None:
+        for patcher in self.loaded():
+            if patcher.offload_device != patcher.load_device:
+                patcher.model.to(patcher.offload_device)
+        self._loaded = []
+
+
+_fallback_memory = _FallbackMemory()
+
+
+def castable(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every plain Linear/Conv2d/GroupNorm/LayerNorm ComfyUI's per-layer weight casting (``comfy.ops``).
+
+    The layers become ``comfy.ops.disable_weight_init`` classes (same
+    parameters, same maths while fully loaded), which is what lets
+    ``ModelPatcher`` load a model partially: layers left on the CPU under
+    --lowvram/--novram are cast to the GPU one at a time as they run. In place;
+    a no-op without ComfyUI.
+    """
+    if not IN_COMFYUI:
+        return model
+    ops = _ops.disable_weight_init
+    swap = {torch.nn.Linear: ops.Linear, torch.nn.Conv2d: ops.Conv2d, torch.nn.GroupNorm: ops.GroupNorm,
+            torch.nn.LayerNorm: ops.LayerNorm}
+    for module in model.modules():
+        cls = swap.get(type(module))
+        if cls is not None:
+            module.__class__ = cls
+    return model
+
+
+def new_patcher(model: torch.nn.Module):
+    """The one patcher of a new set of weights: ComfyUI's ``ModelPatcher`` (castable layers), else the fallback."""
+    if IN_COMFYUI:
+        return _patcher.ModelPatcher(castable(model), load_device=_mm.get_torch_device(),
+                                     offload_device=_mm.unet_offload_device())
+    return FallbackPatcher(model, torch_device(), offload_device())
+
+
+def variant_patcher(base, extra: torch.nn.Module):
+    """A variant of ``base``'s weights (a trained style module on a weight set): ``base`` cloned, with
+    ``extra`` — only the parts the variant adds — as its own small patcher that loads with it.
+
+    ComfyUI counts the shared weights once and switches between base and
+    variant without moving anything (they are clones of one patcher).
+    """
+    patcher = base.clone()
+    patcher.set_additional_models(STYLE_PATCHER_KEY, [new_patcher(extra)])
+    return patcher
+
+
+def load_models(patcher) -> None:
+    """Load ``patcher`` and the models it carries, the way ComfyUI's samplers do (``load_models_gpu``).
+
+    ComfyUI decides how much fits: other models are offloaded, and under
+    --lowvram/--novram (or when it does not fit) the model is loaded
+    partially and its castable layers run from the CPU.
+    """
+    patchers = [patcher] + patcher.get_nested_additional_models()
+    if IN_COMFYUI:
+        _mm.load_models_gpu(patchers)
+    else:
+        _fallback_memory.load(patchers)
+
+
+def loaded_models() -> list:
+    """The patchers the memory manager holds now (ComfyUI's ``loaded_models()``)."""
+    return _mm.loaded_models() if IN_COMFYUI else _fallback_memory.loaded()
+
+
+def unload_all_models() -> None:
+    """What Unload Models and ``/free`` do to the memory manager."""
+    if IN_COMFYUI:
+        _mm.unload_all_models()
+    else:
+        _fallback_memory.unload_all()
 
 
 class HostPlacement(ModelPlacement):
-    """Core ``ModelPlacement`` backed by ComfyUI's memory manager.
+    """Core ``ModelPlacement`` backed by the host's memory manager.
 
-    Every DiffStyle360 model gets one ``ModelPatcher(model, load_device, offload_device)``;
-    ``activate`` asks ``load_models_gpu`` to make room (offloading other models, ours
-    or not) and load it, so the host knows our VRAM and can free it later
-    (Unload Models, OOM recovery). Without ComfyUI it does nothing: models are
-    loaded on their device directly.
+    Built per pipeline with each model it may run and that model's patcher;
+    ``activate`` asks the memory manager to load that patcher (ComfyUI:
+    ``load_models_gpu``, which makes room by offloading other models, ours or
+    not, and loads partially when needed) and tells the model where it computes.
+    The pack never moves a model itself.
     """
 
-    ATTRIBUTE = "_diffstyle360_patcher"
+    def __init__(self, patchers=()):
+        self._patchers = list(patchers)  # (model, patcher); compared by identity
 
     def patcher(self, model: torch.nn.Module):
-        """The model's one ModelPatcher, kept on the model itself (a model dropped from the cache and
-        unloaded by ComfyUI is then freed with its patcher; a side table would keep both alive)."""
-        if not IN_COMFYUI:
-            return None
-        patcher = model.__dict__.get(self.ATTRIBUTE)
-        if patcher is not None and patcher.model is not model:
-            # A shallow copy of a model we had registered (the core's sharing copy for a style module)
-            # inherits its patcher and ComfyUI's bookkeeping attributes: give it its own.
-            for name in (self.ATTRIBUTE,) + _PATCHER_BOOKKEEPING:
-                model.__dict__.pop(name, None)
-            patcher = None
-        if patcher is None:
-            patcher = _patcher.ModelPatcher(model, load_device=_mm.get_torch_device(),
-                                            offload_device=_mm.unet_offload_device())
-            model.__dict__[self.ATTRIBUTE] = patcher
-        return patcher
+        return next((p for m, p in self._patchers if m is model), None)
 
     def activate(self, model: torch.nn.Module) -> None:
-        if not IN_COMFYUI:
-            return
         patcher = self.patcher(model)
-        # Plain torch modules cannot be partially loaded (no comfy.ops casting): load them whole.
-        _mm.load_models_gpu([patcher], force_full_load=True)
-        _move_leftovers(model, patcher.load_device)
-
-
-def placement() -> ModelPlacement:
-    return HostPlacement()
+        if patcher is None:
+            return
+        load_models(patcher)
+        model.compute_device = patcher.load_device  # castable layers left on the CPU are cast to it per call
 
 
 def input_directory() -> Optional[str]:

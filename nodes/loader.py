@@ -1,22 +1,27 @@
-"""Load Appearance Modules: a weight set from ``models/diffstyle360/`` as a lazy, cached model handle.
+"""Load Appearance Modules: a weight set from ``models/diffstyle360/`` as a lazy model handle.
 
-The node reads nothing but folder listings. The models are read the first time
-a node runs them and then kept in a small module-level cache keyed by folder,
-file sizes and times, dtype, device and style module, so re-running a graph (or
-a second loader on the same set) never reads the weights again; the back-view
-model is read only when a back view has to be generated.
+The node reads nothing but folder listings. A model is read the first time a
+node runs it and then lives in the handle (this node's output) with its one
+``ModelPatcher``: ComfyUI's node cache makes a re-run instant, and when the host
+drops the output (``/free``, Unload Models + a new prompt, a changed widget,
+cache eviction) the model goes with it. Handles of the same files share one
+loaded model through a table of weak references, which keeps nothing alive by
+itself. A trained style module is a variant: the base's patcher cloned plus
+the style module's own small patcher. The back-view model is read only when a
+back view has to be generated.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from torch import nn
 
 from diffstyle360_core import catalog
 from diffstyle360_core.acceleration import apply_compile_choice, store_weights_fp8
@@ -27,7 +32,8 @@ from diffstyle360_core.options import COMPILE_CHOICES
 from diffstyle360_core.pipeline import DiffStyle360Pipeline
 
 from . import download, host
-from .common import CATEGORY, MODEL, DiffStyle360Error, user_errors
+from .common import DiffStyle360Error, Model, schema, user_errors
+from .host import io
 
 _log = logging.getLogger(__name__)
 
@@ -37,15 +43,6 @@ NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
 NODE_DTYPE_CHOICES = DTYPE_CHOICES + (FP8_WEIGHTS,)
 #: Compile choices offered in the graph (CUDA graphs are left to the CLI/library: the host moves weights between runs).
 NODE_COMPILE_CHOICES = tuple(c for c in COMPILE_CHOICES if c != "cudagraphs")
-#: Models kept in memory at once (main, main + style module, back view: one graph's worth).
-CACHE_SIZE = 3
-
-#: Camera-condition sets kept at once (small; one per weight set and resolution in use).
-CAMERA_CACHE_SIZE = 4
-
-_cache: "OrderedDict[tuple, object]" = OrderedDict()
-_camera_cache: "OrderedDict[tuple, CameraSet]" = OrderedDict()
-_cache_lock = threading.RLock()
 
 
 def load_model(folder: Path, device, dtype):
@@ -62,10 +59,43 @@ def load_style_module(base, path: Path):
     return read(base, path)
 
 
-def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
-        _camera_cache.clear()
+# --------------------------------------------------------------------------------------------- loaded models
+@dataclass(eq=False)
+class HostedModel:
+    """A model the pipeline runs and its one patcher (for a styled model: a clone of its base's patcher
+    carrying the style module's own); ``base`` keeps the shared weights alive as long as the variant lives."""
+
+    model: nn.Module
+    patcher: Any
+    base: Optional["HostedModel"] = None
+
+
+#: Live models by file signature, dtype and device: weak, so the handles (node outputs) alone keep models alive.
+_live: "weakref.WeakValueDictionary[tuple, HostedModel]" = weakref.WeakValueDictionary()
+_live_lock = threading.RLock()
+
+
+def _shared(key: tuple, build: Callable[[], HostedModel]) -> HostedModel:
+    """The model another handle still holds for ``key``, else ``build()`` (registered weakly)."""
+    with _live_lock:
+        found = _live.get(key)
+        if found is None:
+            found = build()
+            _live[key] = found
+        return found
+
+
+def live_models() -> int:
+    """How many models some handle still holds (tests: the host's cache eviction frees them)."""
+    with _live_lock:
+        return len(_live)
+
+
+def _added_parts(variant: nn.Module, base: nn.Module) -> nn.ModuleDict:
+    """The submodules ``variant`` has that ``base`` does not share (its style module, trained view modules):
+    what the variant's own small patcher holds."""
+    return nn.ModuleDict({name: module for name, module in variant.named_children()
+                          if module is not getattr(base, name, None)})
 
 
 def _signature(folder: Path) -> Tuple:
@@ -83,21 +113,6 @@ def _file_signature(path: Optional[Path]) -> Tuple:
         return ()
     st = path.stat()
     return (str(path), st.st_size, st.st_mtime_ns)
-
-
-def _cached(key: tuple, build, cache: "OrderedDict" = _cache, size: int = CACHE_SIZE):
-    """``cache[key]``, built on a miss; the least recently used entries go beyond ``size``."""
-    with _cache_lock:
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-    value = build()
-    with _cache_lock:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > size:
-            cache.popitem(last=False)
-    return value
 
 
 # --------------------------------------------------------------------------------------------- listings
@@ -121,7 +136,8 @@ def style_module_choices(sets: Dict[str, catalog.WeightSet]) -> Dict[str, Path]:
 
 @dataclass(eq=False)
 class ModelHandle:
-    """What flows on a DS360_MODEL link: where the weights are and how to run them; models load on demand."""
+    """What flows on a DS360_MODEL link: where the weights are and how to run them; models load on demand
+    and stay in the handle (so they live exactly as long as ComfyUI keeps this output)."""
 
     weight_set: str
     path: Path
@@ -129,6 +145,7 @@ class ModelHandle:
     style_module: Optional[Path] = None
     compile_choice: str = "off"
     _cameras: Optional[CameraSet] = field(default=None, repr=False)
+    _hosted: Dict[str, Tuple[tuple, HostedModel]] = field(default_factory=dict, repr=False)
 
     # ---- cheap facts (config.json only)
     def has(self, kind: str) -> bool:
@@ -150,7 +167,7 @@ class ModelHandle:
         kind = MAIN if self.has(MAIN) else BACK_VIEW
         return self.config(kind).image_size
 
-    # ---- models (cached)
+    # ---- models
     def _dtype(self, device: torch.device) -> torch.dtype:
         """The compute dtype (fp8 storage computes in what "auto" gives the device)."""
         return host.resolve_dtype_choice("auto" if self.fp8 else self.dtype_choice, device)
@@ -165,39 +182,57 @@ class ModelHandle:
             store_weights_fp8(model, dtype, skip=FP8_SKIP)
         return model
 
-    def _load(self, kind: str):
-        """(cache key, model) of ``kind``, read from disk only when not cached."""
+    def _held(self, slot: str, key: tuple, build: Callable[[], HostedModel]) -> HostedModel:
+        """This handle's model in ``slot`` (main, back_view, styled) for ``key``; a changed file gives a new
+        key, so the set is read again and the stale model dropped."""
+        held = self._hosted.get(slot)
+        if held is None or held[0] != key:
+            self._hosted[slot] = held = (key, _shared(key, build))
+        return held[1]
+
+    def _base(self, kind: str) -> Tuple[tuple, HostedModel]:
+        """(key, hosted model) of ``kind``, read from disk unless a handle holds it already."""
         self.config(kind)  # clear error if the folder is missing
         folder = self.path / kind
         device = host.offload_device()
         dtype = self._dtype(host.torch_device())
         key = ("model", str(folder.resolve()), _signature(folder), str(dtype), self.fp8, str(device))
-        return key, _cached(key, lambda: self._stored(load_model(folder, device=device, dtype=dtype), dtype))
 
-    def main_model(self):
-        base_key, base = self._load(MAIN)
+        def build() -> HostedModel:
+            model = self._stored(load_model(folder, device=device, dtype=dtype), dtype)
+            return HostedModel(model, host.new_patcher(model))
+
+        return key, self._held(kind, key, build)
+
+    def _main(self) -> HostedModel:
+        base_key, base = self._base(MAIN)
         if self.style_module is None:
             return base
         if not self.style_module.is_file():
             raise DiffStyle360Error(f"style module {self.style_module} not found; pick another in the loader.")
         key = ("styled", base_key, _file_signature(self.style_module))
         dtype = self._dtype(host.torch_device())
-        return _cached(key, lambda: self._stored(load_style_module(base, self.style_module), dtype))
+
+        def build() -> HostedModel:
+            styled = self._stored(load_style_module(base.model, self.style_module), dtype)
+            return HostedModel(styled, host.variant_patcher(base.patcher, _added_parts(styled, base.model)), base)
+
+        return self._held("styled", key, build)
+
+    def main_model(self):
+        return self._main().model
 
     def back_view_model(self):
-        return self._load(BACK_VIEW)[1]
+        return self._base(BACK_VIEW)[1].model
 
     def cameras(self) -> CameraSet:
         """The weight set's camera-condition set at the model's resolution (read once per handle)."""
         if self._cameras is None:
-            size = self.image_size
-            folder = find_condition_folder(self.path)
-            key = ("cameras", str(folder.resolve()), _signature_images(folder), size)
-            self._cameras = _cached(key, lambda: load_condition_set(folder, size), _camera_cache, CAMERA_CACHE_SIZE)
+            self._cameras = load_condition_set(find_condition_folder(self.path), self.image_size)
         return self._cameras
 
     def _compiled(self, model):
-        """The cached model, compiled as this handle asks ("off" undoes it: loaders of one set share the model)."""
+        """The model, compiled as this handle asks ("off" undoes it: loaders of one set share the model)."""
         before = getattr(model, "_ds360_compile", None)
         record = apply_compile_choice(model, self.compile_choice)
         if record is not None and record is not before and record.regions:
@@ -207,19 +242,16 @@ class ModelHandle:
         return model
 
     def pipeline(self, *, main: bool = True, back_view: bool = True) -> DiffStyle360Pipeline:
+        hosted = [h for h in (self._main() if main else None, self._base(BACK_VIEW)[1] if back_view else None) if h]
         return DiffStyle360Pipeline(
             self._compiled(self.main_model()) if main else None,
             self._compiled(self.back_view_model()) if back_view else None,
             cameras=self.cameras(),
-            placement=host.placement(),
+            placement=host.HostPlacement([(h.model, h.patcher) for h in hosted]),
         )
 
 
-def _signature_images(folder: Path) -> Tuple:
-    return tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
-
-
-class LoadAppearanceModules:
+class LoadAppearanceModules(io.ComfyNode):
     """A whole weight set, not only the appearance modules: the main model (UNet, content appearance module,
     pose ControlNet, view-consistency modules, VAE, empty-prompt embedding), the back-view model, the
     camera-condition renders and an optional trained style module (style appearance module, with the
@@ -227,49 +259,46 @@ class LoadAppearanceModules:
     The handle it returns reads them when a node first needs them."""
 
     SEARCH_ALIASES = ["model loader", "load model", "checkpoint", "weights", "diffportrait360", "style module", "360"]
-    DESCRIPTION = (
-        "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and back-view "
-        "models plus the camera-condition set) and an optional trained style module. Nothing is read here: the "
-        "models load the first time a sampler needs them and stay cached, so re-running a graph is instant; the "
-        "back-view model loads only when a back view has to be generated."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The DiffStyle360 models (loaded on first use).",)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        sets = weight_sets()
+    def define_schema(cls):
+        sets = weight_sets()  # listed on every call: a set added on disk shows after a refresh (R)
         names = download.weight_set_choices(sorted(sets)) or [NO_WEIGHT_SETS]
         styles = [TRAINING_FREE] + sorted(style_module_choices(sets))
-        return {
-            "required": {
-                "weight_set": (names, {"tooltip": (
+        return schema(
+            "DiffStyle360LoadAppearanceModules", "DiffStyle360 Model Loader (Appearance Modules)",
+            description=(
+                "Picks a DiffStyle360 weight set from models/diffstyle360/ (converted DiffPortrait360 main and "
+                "back-view models plus the camera-condition set) and an optional trained style module. Nothing is "
+                "read here: the models load the first time a sampler needs them and stay with this node's output, so "
+                "re-running a graph is instant and Unload Models / Free memory release them; the back-view model "
+                "loads only when a back view has to be generated."),
+            inputs=[
+                io.Combo.Input("weight_set", options=names, tooltip=(
                     "A folder under models/diffstyle360/ holding main/, back_view/ and cam_condition/ "
-                    "(README, Weights; `python -m diffstyle360_core make-tiny` writes a tiny demo set).")}),
-                "style_module": (styles, {"default": TRAINING_FREE, "tooltip": (
+                    "(README, Weights; `python -m diffstyle360_core make-tiny` writes a tiny demo set).")),
+                io.Combo.Input("style_module", options=styles, default=TRAINING_FREE, tooltip=(
                     "A trained DiffStyle360 style appearance module (.safetensors), or none: training-free, the "
-                    "content appearance module also reads the style image (the paper's first ablation).")}),
-                "dtype": (list(NODE_DTYPE_CHOICES), {"default": "auto", "tooltip": (
+                    "content appearance module also reads the style image (the paper's first ablation).")),
+                io.Combo.Input("dtype", options=list(NODE_DTYPE_CHOICES), default="auto", tooltip=(
                     "Weight precision: auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on the CPU); "
                     "fp32 is the most exact, fp16/bf16 halve the memory. fp8_e4m3fn keeps the weights in 8 bits "
                     "(half of fp16's weight memory, for 6-8 GB cards) and computes in the auto dtype: approximate; "
-                    "the VAE stays in the auto dtype.")}),
-            },
-            "optional": {
-                "compile": (list(NODE_COMPILE_CHOICES), {"default": "off", "tooltip": (
+                    "the VAE stays in the auto dtype.")),
+                io.Combo.Input("compile", options=list(NODE_COMPILE_CHOICES), default="off", optional=True, tooltip=(
                     "torch.compile the models for faster sampling on a GPU; same images within rounding. regional = "
                     "the repeated blocks (the first run compiles for about 2 minutes), full = each model call as one "
                     "graph (longer first compile). Pays off when you sample many times in one session; "
-                    "DIFFSTYLE360_COMPILE=0 switches it off everywhere.")}),
-                **download.optional_inputs(),
-            },
-        }
+                    "DIFFSTYLE360_COMPILE=0 switches it off everywhere.")),
+                *download.optional_inputs(),
+            ],
+            outputs=[Model.Output("model", tooltip="The DiffStyle360 models (loaded on first use).")],
+            search_aliases=cls.SEARCH_ALIASES,
+        )
 
-    def load(self, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off",
-             keep_downloaded_th: bool = False):
+    @classmethod
+    def execute(cls, weight_set: str, style_module: str = TRAINING_FREE, dtype: str = "auto", compile: str = "off",
+                keep_downloaded_th: bool = False):
         with user_errors("Load Appearance Modules"):
             download.prepare_weight_set(weight_set, keep_downloaded_th)
             sets = weight_sets()
@@ -296,4 +325,4 @@ class LoadAppearanceModules:
                     )
                 style_path = choices[style_module]
             ws = sets[weight_set]
-            return (ModelHandle(weight_set, ws.path, dtype, style_path, compile),)
+            return io.NodeOutput(ModelHandle(weight_set, ws.path, dtype, style_path, compile))

@@ -2,48 +2,29 @@
 
 Every denoising step (back views first, then the turntable) advances one
 ComfyUI progress bar, checks the Cancel button and, when previews are on,
-sends a cheap preview of the first view (the SD1.5 latent-to-RGB projection
-ComfyUI's own Latent2RGB previewer uses; no VAE decode).
+sends a preview of the first view through ComfyUI's ``latent_preview`` with the
+SD1.5 latent format (Latent2RGB or TAESD, as the user's preview setting says).
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from PIL import Image
 
 from diffstyle360_core import options
 from diffstyle360_core.options import FusionSettings
 
 from . import host
-from .common import (CAMERAS, CATEGORY, CROP_TOOLTIP, FUSION, IMAGE_OR_STYLE, MODEL, DiffStyle360Error, choice,
-                     number, sampler_inputs, sampler_options, to_image_output, user_errors)
-from .styles import StyleStack
-
-#: SD1.5 latent → RGB (rows: latent channels), the factors of ComfyUI's SD15 latent format.
-SD15_LATENT_RGB = torch.tensor([
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-])
-
-
-def latent_preview(latents: torch.Tensor, max_size: int):
-    """First latent [4,h,w] of a batch → ("JPEG", PIL image, max_size), the host's preview payload."""
-    x = latents[0].detach().float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", x, SD15_LATENT_RGB)
-    u8 = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
-    return ("JPEG", Image.fromarray(u8, mode="RGB"), max_size)
-
+from .common import (CROP_TOOLTIP, Cameras, DiffStyle360Error, Fusion, Model, choice, image_or_style, number,
+                     sampler_inputs, sampler_options, schema, to_image_output, user_errors)
+from .host import io
+from .styles import KeyScaleChoice, StyleStack
 
 class ProgressBridge:
-    """Core ProgressEvent → host progress bar (+ preview), with an interrupt check every step."""
+    """Core ProgressEvent → host progress bar (+ the host's latent preview), with an interrupt check every step."""
 
     def __init__(self, total: int):
         self.bar = host.progress_bar(total)
-        self.preview_size: Optional[int] = host.preview_settings()
+        self.preview = host.latent_previewer()
 
     def __call__(self, event) -> None:
         host.check_interrupt()
@@ -52,9 +33,21 @@ class ProgressBridge:
         latents = getattr(event, "denoised", None)
         if latents is None:
             latents = getattr(event, "latents", None)
-        if self.preview_size and latents is not None and latents.ndim == 4 and latents.shape[1] == 4:
-            preview = latent_preview(latents, self.preview_size)
+        if self.preview is not None and latents is not None and latents.ndim == 4 and latents.shape[1] == 4:
+            preview = self.preview(latents)
         self.bar.update_absolute(event.overall_step, event.overall_total, preview)
+
+
+def _fusion_choice(fusion) -> KeyScaleChoice:
+    """The sampler's fusion input: Key Scale's choice; none connected = τ 1.05 and the module's pairing/mask mode."""
+    if fusion is None:
+        return KeyScaleChoice(options.TAU.default)
+    if isinstance(fusion, KeyScaleChoice):
+        return fusion
+    if isinstance(fusion, FusionSettings):  # a core settings object (explicit pairing and mask mode)
+        checked = fusion.checked()
+        return KeyScaleChoice(checked.tau, checked.pairing, checked.mask_mode)
+    raise DiffStyle360Error(f"fusion must come from the Key Scale node, got {type(fusion).__name__}.")
 
 
 def _frames(image: torch.Tensor):
@@ -64,31 +57,29 @@ def _frames(image: torch.Tensor):
     return [image[i:i + 1] for i in range(image.shape[0])]
 
 
-class BackViewGenerate:
+class BackViewGenerate(io.ComfyNode):
     SEARCH_ALIASES = ["back view", "back of the head", "rear view", "360", "novel view"]
-    DESCRIPTION = (
-        "Generates the back of the head from a front portrait with DiffPortrait360's back-view model, for each "
-        "image of the batch (content portraits and style images alike). The sampler does this by itself when no "
-        "back image is connected; use this node to see, reuse or mask a back view."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("back_view",)
-    OUTPUT_TOOLTIPS = ("One back view per input image, at the model's resolution.",)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL, {"tooltip": "The weight set (its back-view model is used)."}),
-                "image": ("IMAGE", {"tooltip": "Front view(s): the content portrait or a style image."}),
-                **sampler_inputs(),
-                "crop": choice(options.CROP_MODES, CROP_TOOLTIP),
-            }
-        }
+    def define_schema(cls):
+        return schema(
+            "DiffStyle360BackViewGenerate", "DiffStyle360 Back-View Generate",
+            description=(
+                "Generates the back of the head from a front portrait with DiffPortrait360's back-view model, for "
+                "each image of the batch (content portraits and style images alike). The sampler does this by itself "
+                "when no back image is connected; use this node to see, reuse or mask a back view."),
+            inputs=[
+                Model.Input("model", tooltip="The weight set (its back-view model is used)."),
+                io.Image.Input("image", tooltip="Front view(s): the content portrait or a style image."),
+                *sampler_inputs(),
+                choice("crop", options.CROP_MODES, CROP_TOOLTIP),
+            ],
+            outputs=[io.Image.Output("back_view", tooltip="One back view per input image, at the model's resolution.")],
+            search_aliases=cls.SEARCH_ALIASES,
+        )
 
-    def generate(self, model, image, seed, steps, cfg, eta, scheduler, crop="center"):
+    @classmethod
+    def execute(cls, model, image, seed, steps, cfg, eta, scheduler, crop="center"):
         with user_errors("Back-View Generate"):
             sampler = sampler_options(seed, steps, cfg, eta, scheduler)
             options.check_choice("crop", crop, options.CROP_MODES)
@@ -96,7 +87,7 @@ class BackViewGenerate:
             pipe = model.pipeline(main=False, back_view=True)
             progress = ProgressBridge(sampler.steps)
             backs = pipe.back_views(fronts, sampler=sampler, crop=crop, progress=progress)
-            return (to_image_output(backs),)
+            return io.NodeOutput(to_image_output(backs))
 
 
 def _core_style(style):
@@ -117,69 +108,68 @@ def _needs_back_model(content_back, style) -> bool:
     return torch.is_tensor(style)
 
 
-class StyleFusionSampler:
+class StyleFusionSampler(io.ComfyNode):
     SEARCH_ALIASES = ["style transfer", "sampler", "stylize", "360", "turntable", "novel views", "head"]
-    DESCRIPTION = (
-        "Renders the 360-degree turntable of the content portrait in the style (DiffStyle360, Fig. 2): back views "
-        "of content and style are generated when not given, then every camera view is denoised with Style Fusion "
-        "Attention. Style: a plain IMAGE (one global style), or a Style Mask / Style Blend output. With no style "
-        "connected it renders plain DiffPortrait360 novel views."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE", "IMAGE")
-    RETURN_NAMES = ("views", "back_views")
-    OUTPUT_TOOLTIPS = (
-        "The turntable as one IMAGE batch in camera order (feeds Save Image, Save Animated WEBP, video nodes).",
-        "The back views used: the content's first, then each style's.",
-    )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL, {"tooltip": "The weight set from Load Appearance Modules."}),
-                "content": ("IMAGE", {"tooltip": "The portrait to turn around (one image; a front view of a head)."}),
-                "cameras": (CAMERAS, {"tooltip": "The views to render, from Turntable Camera."}),
-                **sampler_inputs(),
-                "window": number(options.WINDOW, (
+    def define_schema(cls):
+        return schema(
+            "DiffStyle360StyleFusionSampler", "DiffStyle360 Style Transfer (Style Fusion Sampler)",
+            description=(
+                "Renders the 360-degree turntable of the content portrait in the style (DiffStyle360, Fig. 2): back "
+                "views of content and style are generated when not given, then every camera view is denoised with "
+                "Style Fusion Attention. Style: a plain IMAGE (one global style), or a Style Mask / Style Blend "
+                "output. With no style connected it renders plain DiffPortrait360 novel views."),
+            inputs=[
+                Model.Input("model", tooltip="The weight set from Load Appearance Modules."),
+                io.Image.Input("content", tooltip="The portrait to turn around (one image; a front view of a head)."),
+                Cameras.Input("cameras", tooltip="The views to render, from Turntable Camera."),
+                *sampler_inputs(),
+                number("window", options.WINDOW, (
                     "Views denoised together by the view-consistency modules (trained with 8; at most 24).")),
-                "window_mode": choice(options.WINDOW_MODES, (
+                choice("window_mode", options.WINDOW_MODES, (
                     "independent: consecutive chunks of 'window' views (the official 4 x 8 for 32 views); "
                     "circular: overlapping windows that wrap around, so the 360-degree loop closes.")),
-                "overlap": number(options.OVERLAP, "Views shared by neighbouring circular windows (below window)."),
-                "windows_per_batch": number(options.WINDOWS_PER_BATCH, (
+                number("overlap", options.OVERLAP, "Views shared by neighbouring circular windows (below window)."),
+                number("windows_per_batch", options.WINDOWS_PER_BATCH, (
                     "Windows run in one forward pass; only trades GPU memory for speed (same result). Lower it on "
                     "out-of-memory errors.")),
-                "crop": choice(options.CROP_MODES, CROP_TOOLTIP),
-                "decode_chunk": number(options.DECODE_CHUNK, (
+                choice("crop", options.CROP_MODES, CROP_TOOLTIP),
+                number("decode_chunk", options.DECODE_CHUNK, (
                     "Views the VAE decodes at once; lower it if decoding runs out of GPU memory (same result).")),
-            },
-            "optional": {
-                "style": (IMAGE_OR_STYLE, {"tooltip": (
+                image_or_style("style", (
                     "The style: an IMAGE (one global style) or a Style Mask / Style Blend output. Leave empty for "
-                    "plain DiffPortrait360 novel views.")}),
-                "content_back": ("IMAGE", {"tooltip": (
-                    "The back of the content head, if you have it; generated by the back-view model otherwise.")}),
-                "fusion": (FUSION, {"tooltip": "Key Scale settings (default: tau 1.05, paper pairing and masks)."}),
-                "guide_frames": ("IMAGE", {"tooltip": (
-                    "Optional renders of the head at the same cameras, one per view, to start from 3D-aware noise.")}),
-            },
-        }
+                    "plain DiffPortrait360 novel views."), optional=True),
+                io.Image.Input("content_back", optional=True, tooltip=(
+                    "The back of the content head, if you have it; generated by the back-view model otherwise.")),
+                Fusion.Input("fusion", optional=True, tooltip=(
+                    "Key Scale settings (default: tau 1.05, and the pairing and mask mode the style module was "
+                    "trained with; paper when training-free).")),
+                io.Image.Input("guide_frames", optional=True, tooltip=(
+                    "Optional renders of the head at the same cameras, one per view, to start from 3D-aware noise.")),
+            ],
+            outputs=[
+                io.Image.Output("views", tooltip=(
+                    "The turntable as one IMAGE batch in camera order (feeds Save Image, Save Animated WEBP, video "
+                    "nodes).")),
+                io.Image.Output("back_views", tooltip="The back views used: the content's first, then each style's."),
+            ],
+            search_aliases=cls.SEARCH_ALIASES,
+        )
 
-    def sample(self, model, content, cameras, seed, steps, cfg, eta, scheduler, window, window_mode, overlap,
-               windows_per_batch, crop="center", decode_chunk=options.DECODE_CHUNK.default, style=None, content_back=None,
-               fusion=None, guide_frames=None):
+    @classmethod
+    def execute(cls, model, content, cameras, seed, steps, cfg, eta, scheduler, window, window_mode, overlap,
+                windows_per_batch, crop="center", decode_chunk=options.DECODE_CHUNK.default, style=None,
+                content_back=None, fusion=None, guide_frames=None):
         with user_errors("Style Fusion Sampler"):
             sampler = sampler_options(seed, steps, cfg, eta, scheduler)
-            settings = fusion.checked() if isinstance(fusion, FusionSettings) else None
+            settings = _fusion_choice(fusion)
             pipe = model.pipeline(main=True, back_view=_needs_back_model(content_back, style))
             progress = ProgressBridge(sampler.steps)
             result = pipe.stylize(
                 content, _core_style(style), content_back=content_back, cameras=cameras,
-                # no Key Scale: τ 1.05, and the pairing / mask mode a trained style module was trained with
-                tau=settings.tau if settings else options.TAU.default,
-                pairing=settings.pairing if settings else None, mask_mode=settings.mask_mode if settings else None,
+                # pairing / mask mode None: as the trained style module was trained (paper when training-free)
+                tau=settings.tau, pairing=settings.pairing, mask_mode=settings.mask_mode,
                 seed=sampler.seed, steps=sampler.steps, cfg=sampler.cfg, eta=sampler.eta,
                 scheduler=sampler.scheduler, window=window, window_mode=window_mode,
                 overlap=overlap if window_mode == "circular" else None,  # the widget always has a value
@@ -188,4 +178,4 @@ class StyleFusionSampler:
             )
             backs = [result.content_back] + [b for group in result.style_backs for b in group]
             backs = torch.cat([b.reshape(-1, *b.shape[-3:]) for b in backs])
-            return (to_image_output(result.views), to_image_output(backs))
+            return io.NodeOutput(to_image_output(result.views), to_image_output(backs))

@@ -19,6 +19,7 @@ from diffstyle360_core.config import OFFICIAL_VIEWS
 from nodes import host, loader
 from nodes.camera import TurntableCamera, even_positions
 from nodes.common import DiffStyle360Error
+from node_runner import call, run
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = 360.0 / OFFICIAL_VIEWS  # the official renders' spacing, 11.25 degrees
@@ -29,9 +30,9 @@ def model(tiny_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("camera_models")
     os.symlink(tiny_weights, root / "tiny")
     host.set_fallback_models_dir(root)
-    loader.clear_cache()
-    yield N.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]().load("tiny", loader.TRAINING_FREE, "auto")[0]
-    loader.clear_cache()
+    host.unload_all_models()
+    yield run("DiffStyle360LoadAppearanceModules", "tiny", loader.TRAINING_FREE, "auto")[0]
+    host.unload_all_models()
 
 
 def steps_between(yaws):
@@ -40,7 +41,7 @@ def steps_between(yaws):
 
 
 def cameras(model, views, start, end):
-    cams, preview, yaws = TurntableCamera().cameras(model, views, start, end)
+    cams, preview, yaws = call(TurntableCamera, model, views, start, end)
     assert preview.shape[0] == views == len(cams)
     assert yaws == ", ".join(f"{y:g}" for y in cams.yaws_deg)
     return cams.yaws_deg
@@ -94,10 +95,10 @@ def test_even_positions_invariants(available, views, front, cyclic):
 
 
 def test_views_are_bounded_by_the_set(model):
-    spec = TurntableCamera.INPUT_TYPES()["required"]["views"][1]
+    spec = TurntableCamera.GET_NODE_INFO_V1()["input"]["required"]["views"][1]
     assert spec["max"] == OFFICIAL_VIEWS and spec["default"] == OFFICIAL_VIEWS
     with pytest.raises(DiffStyle360Error) as err:
-        TurntableCamera().cameras(model, 20, 0.0, 90.0)  # 9 renders in a quarter turn
+        call(TurntableCamera, model, 20, 0.0, 90.0)  # 9 renders in a quarter turn
     message = str(err.value)
     assert "20 views" in message and "9 camera renders" in message and "views <= 9" in message
     assert message.count(". ") == 0 and message.endswith(".")  # one sentence
@@ -105,8 +106,9 @@ def test_views_are_bounded_by_the_set(model):
 
 def test_new_yaws_output_comes_after_the_old_ones():
     """Saved workflows link outputs by position: cameras and conditions keep slots 0 and 1."""
-    assert TurntableCamera.RETURN_NAMES == ("cameras", "conditions", "yaws")
-    assert TurntableCamera.RETURN_TYPES[2] == "STRING" and len(TurntableCamera.OUTPUT_TOOLTIPS) == 3
+    info = TurntableCamera.GET_NODE_INFO_V1()
+    assert info["output_name"] == ["cameras", "conditions", "yaws"]
+    assert info["output"][2] == "STRING" and len(info["output_tooltips"]) == 3
 
 
 # --------------------------------------------------------------------------------------------- search and seeds
@@ -124,14 +126,14 @@ SEARCH_REACH = 30
     ("360", "DiffStyle360TurntableCamera"),
 ])
 def test_search_words_lead_the_display_names(query, node):
-    name = N.NODE_DISPLAY_NAME_MAPPINGS[node].lower()
+    name = N.nodes_by_id()[node].GET_SCHEMA().display_name.lower()
     for word in query.split():
         assert 0 <= name.find(word) < SEARCH_REACH or 0 <= node.lower().find(word) < SEARCH_REACH, (word, name)
 
 
 def test_every_node_has_search_aliases():
-    """Newer ComfyUI sends SEARCH_ALIASES to the search box; the asked-for words are among them."""
-    aliases = {k: [a.lower() for a in getattr(cls, "SEARCH_ALIASES", [])] for k, cls in N.NODE_CLASS_MAPPINGS.items()}
+    """Newer ComfyUI sends a schema's search_aliases to the search box; the asked-for words are among them."""
+    aliases = {k: [a.lower() for a in getattr(cls, "SEARCH_ALIASES", [])] for k, cls in N.nodes_by_id().items()}
     assert all(aliases.values()), [k for k, v in aliases.items() if not v]
     every = {a for v in aliases.values() for a in v}
     assert {"style transfer", "model loader", "turntable", "360"} <= every
@@ -143,5 +145,5 @@ def test_back_view_generate_starts_with_a_fixed_seed():
     web = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["web"]
     script = (ROOT / web / "js" / "fixed_seeds.js").read_text()
     assert '"DiffStyle360BackViewGenerate"' in script and '"fixed"' in script and "nodeCreated" in script
-    seed = N.NODE_CLASS_MAPPINGS["DiffStyle360BackViewGenerate"].INPUT_TYPES()["required"]["seed"][1]
+    seed = N.nodes_by_id()["DiffStyle360BackViewGenerate"].GET_NODE_INFO_V1()["input"]["required"]["seed"][1]
     assert seed["control_after_generate"] is True  # keep the widget (saved workflows store its value)

@@ -34,6 +34,7 @@ from diffstyle360_core import download as dl
 from diffstyle360_core import loading
 from diffstyle360_core.config import BACK_VIEW, MAIN
 from diffstyle360_core.official_keys import HF_REPO, OFFICIAL_FILES
+from node_runner import call, run
 
 MAIN_TH, BACK_TH = OFFICIAL_FILES[MAIN], OFFICIAL_FILES[BACK_VIEW]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -466,15 +467,15 @@ def test_target_folder_prefers_an_existing_set_then_the_first_root(tmp_path):
 @pytest.fixture
 def comfy_roots(tmp_path, monkeypatch):
     """Two diffstyle360 model folders as ComfyUI gives them: the extra_model_paths.yaml one first, then the default."""
-    from nodes import host, loader
+    from nodes import host
 
     roots = [tmp_path / "yaml_models", tmp_path / "ComfyUI" / "models" / "diffstyle360"]
     monkeypatch.setattr(host, "model_roots", lambda: [str(r) for r in roots])
-    loader.clear_cache()
+    host.unload_all_models()
     host.request_interrupt(False)
     host.RecordingProgressBar.instances.clear()
     yield roots
-    loader.clear_cache()
+    host.unload_all_models()
     host.request_interrupt(False)
 
 
@@ -482,12 +483,12 @@ def test_loader_node_offers_the_official_set_and_downloads_it_on_first_run(hub, 
     import nodes
     from nodes import host, loader
 
-    node = nodes.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]
-    spec = node.INPUT_TYPES()
-    assert spec["required"]["weight_set"][0] == [dl.OFFICIAL_SET]  # offered although nothing is on disk
+    node = nodes.nodes_by_id()["DiffStyle360LoadAppearanceModules"]
+    spec = node.GET_NODE_INFO_V1()["input"]
+    assert spec["required"]["weight_set"][1]["options"] == [dl.OFFICIAL_SET]  # offered although nothing is on disk
     assert spec["optional"]["keep_downloaded_th"][0] == "BOOLEAN"
 
-    (handle,) = node().load(dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32", "off", True)
+    (handle,) = call(node, dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32", "off", True)
     folder = comfy_roots[0] / dl.OFFICIAL_SET  # the extra_model_paths.yaml folder comes first
     assert handle.path == folder and (folder / MAIN_TH).is_file()  # keep_downloaded_th=True kept it
     bars = host.RecordingProgressBar.instances
@@ -499,7 +500,7 @@ def test_loader_node_offers_the_official_set_and_downloads_it_on_first_run(hub, 
     assert handle.main_model().config.kind == MAIN and len(handle.cameras()) == 32
 
     before = len(hub.requests)
-    node().load(dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32")
+    call(node, dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32")
     assert len(hub.requests) == before  # later runs: nothing asked, nothing downloaded
 
 
@@ -507,31 +508,30 @@ def test_loader_node_converts_hand_placed_th_and_passes_cancel_through(hub, tiny
     import nodes
     from nodes import host, loader
 
-    node = nodes.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]
+    node = nodes.nodes_by_id()["DiffStyle360LoadAppearanceModules"]
     mine = comfy_roots[1] / "mine"
     mine.mkdir(parents=True)
     tiny = Path(tiny_weights)
     shutil.copy(tiny / "original" / "model_state-tiny.th", mine / "model_state-tiny.th")
     shutil.copy(tiny / "original" / "model_state-tiny.config.json", mine / "model_state-tiny.config.json")
     shutil.copytree(tiny / "cam_condition", mine / "cam_condition")
-    assert "mine" in node.INPUT_TYPES()["required"]["weight_set"][0]  # listed before it is converted
-    (handle,) = node().load("mine", loader.TRAINING_FREE, "fp32")
+    assert "mine" in node.GET_NODE_INFO_V1()["input"]["required"]["weight_set"][1]["options"]  # listed unconverted
+    (handle,) = call(node, "mine", loader.TRAINING_FREE, "fp32")
     assert handle.has(MAIN) and not handle.has(BACK_VIEW) and (mine / "model_state-tiny.th").is_file()
     assert hub.requests == []  # a set of the user's own is never downloaded into
 
     host.request_interrupt(True)  # Cancel pressed: the host's exception, not a DiffStyle360 error
     with pytest.raises(host.InterruptProcessingException):
-        node().load(dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32")
+        call(node, dl.OFFICIAL_SET, loader.TRAINING_FREE, "fp32")
 
 
 def test_loader_node_errors_are_one_sentence(hub, comfy_roots, monkeypatch):
-    import nodes
     from nodes import loader
     from nodes.common import DiffStyle360Error
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DiffStyle360Error) as err:
-        nodes.NODE_CLASS_MAPPINGS["DiffStyle360LoadAppearanceModules"]().load(dl.OFFICIAL_SET, loader.TRAINING_FREE)
+        run("DiffStyle360LoadAppearanceModules", dl.OFFICIAL_SET, loader.TRAINING_FREE)
     message = str(err.value)
     assert message.startswith("Load Appearance Modules: HF_HUB_OFFLINE is set") and "\n" not in message
 

@@ -86,7 +86,9 @@ def test_pyproject_is_ready_for_the_comfy_registry():
     assert project["license"] == {"file": "LICENSE"} and (ROOT / "LICENSE").is_file()
     assert project["description"]
     assert sorted(project["dependencies"]) == sorted(_requirements())  # one set of lower bounds
-    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"].startswith(">=")
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    # the V3 schema (comfy_api.latest with io.MultiType, comfy_entrypoint) as ComfyUI 0.8.0 has it
+    assert comfy["requires-comfyui"] == ">=0.8.0"
     for url in data["project"].get("urls", {}).values():  # only real addresses, never placeholders
         assert url.startswith("https://") and "example" not in url and "TODO" not in url
 
@@ -127,7 +129,10 @@ def test_pack_loads_like_comfyui_loads_it(tmp_path):
         "spec.loader.exec_module(module)\n"
         "assert root not in sys.path\n"
         "assert 'nodes' not in sys.modules, 'our nodes package must not take the name nodes'\n"
-        "print(sorted(module.NODE_CLASS_MAPPINGS))\n"
+        "assert not hasattr(module, 'NODE_CLASS_MAPPINGS'), 'ComfyUI would ignore comfy_entrypoint'\n"
+        "import asyncio\n"
+        "extension = asyncio.run(module.comfy_entrypoint())\n"
+        "print(sorted(cls.GET_SCHEMA().node_id for cls in asyncio.run(extension.get_node_list())))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,

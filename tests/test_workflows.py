@@ -1,6 +1,6 @@
 """Every example workflow runs as shipped on a fresh install and teaches: checked against the node definitions.
 
-Our nodes are read from NODE_CLASS_MAPPINGS with a fresh ``make-tiny`` set as the only
+Our nodes are read from their V3 schemas with a fresh ``make-tiny`` set as the only
 weight set on disk (plus ``diffportrait360``, the official set the loader always offers:
 it downloads on first use), and ComfyUI's input folder filled the way the pack fills it
 at start-up; core nodes come from tests/tools/comfy_core_nodes.json (recorded from a
@@ -59,9 +59,9 @@ def fresh_install(tiny_weights, tmp_path_factory):
     input_dir = tmp_path_factory.mktemp("comfy_input")
     copied = examples.install_example_images(str(input_dir))
     host.set_fallback_models_dir(models)
-    loader.clear_cache()
+    host.unload_all_models()
     yield {"input_files": sorted(os.listdir(input_dir)), "copied": copied}
-    loader.clear_cache()
+    host.unload_all_models()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def defs(fresh_install):
     """Node definitions on the fresh install: the loader's lists and Load Image's files as the host would show them."""
     out = node_definitions()
     out = copy.deepcopy(out)
-    weight_sets = out[LOADER]["input"]["required"]["weight_set"][0]
+    weight_sets = combo_values(*out[LOADER]["input"]["required"]["weight_set"])
     if OFFICIAL_SET not in weight_sets:  # the loader lists it even before the download
         weight_sets.append(OFFICIAL_SET)
     for kind in ("LoadImage", "LoadImageMask"):
@@ -288,6 +288,74 @@ def test_trained_comparison_is_never_a_silent_half(defs):
         node["mode"] = 0
     assert any("style_module" in p for p in validate(unmuted, defs))
     assert any(g["title"].startswith("Trained style module") for g in workflow["groups"])
+
+
+# --------------------------------------------------------------------------------------------- V3 schema
+def _schema_widgets(cls) -> list:
+    """(input id, V3 input) in widgets_values order, read from the io.Schema itself (not from /object_info):
+    required inputs then optional ones, each in declaration order; a seed with control_after_generate is
+    followed by its control value."""
+    io = host.io
+    widget_kinds = (io.Int.Input, io.Float.Input, io.String.Input, io.Boolean.Input, io.Combo.Input)
+    inputs = cls.GET_SCHEMA().inputs
+    ordered = [i for i in inputs if not i.optional] + [i for i in inputs if i.optional]
+    out = []
+    for i in ordered:
+        if isinstance(i, widget_kinds):
+            out.append((i.id, i))
+            if isinstance(i, io.Int.Input) and i.control_after_generate:
+                out.append((i.id, "control"))
+    return out
+
+
+def _fits(spec, value) -> bool:
+    io = host.io
+    if spec == "control":
+        return value in CONTROL_VALUES
+    if isinstance(spec, io.Combo.Input):
+        return isinstance(value, str)  # the value lists depend on the disk; test_workflow_runs_* checks them
+    if isinstance(spec, io.Boolean.Input):
+        return isinstance(value, bool)
+    if isinstance(spec, io.String.Input):
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(spec, io.Int.Input) and value != int(value):
+        return False
+    return spec.min <= value <= spec.max
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_saved_widget_values_map_onto_the_v3_inputs_in_order(path):
+    """widgets_values are positional: every saved value of our nodes lands on the V3 input it was saved for
+    (same count, the right kind and range at each position) and links into widgets name V3 inputs."""
+    import nodes
+
+    by_id = nodes.nodes_by_id()
+    checked = 0
+    for node in load(path)["nodes"]:
+        cls = by_id.get(node["type"])
+        if cls is None:
+            continue
+        slots = _schema_widgets(cls)
+        values = node.get("widgets_values", [])
+        assert len(values) == len(slots), (path.name, node["type"], values, [n for n, _ in slots])
+        for (name, spec), value in zip(slots, values):
+            assert _fits(spec, value), (path.name, node["type"], name, value)
+        ids = {i.id for i in cls.GET_SCHEMA().inputs}
+        assert {slot["name"] for slot in node.get("inputs", [])} <= ids, (path.name, node["type"])
+        checked += 1
+    assert checked
+
+
+def test_schema_widget_order_is_the_frontends():
+    """The order used above agrees with what /object_info tells the frontend (input_order, control value)."""
+    import nodes
+
+    for cls in nodes.NODE_LIST:
+        from_info = [(name, role) for name, _, _, role in widget_slots(cls.GET_NODE_INFO_V1())]
+        from_schema = [(name, "control" if spec == "control" else "value") for name, spec in _schema_widgets(cls)]
+        assert from_info == from_schema, cls.__name__
 
 
 # --------------------------------------------------------------------------------------------- teaching

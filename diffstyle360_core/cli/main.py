@@ -212,9 +212,12 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["main", "back_view"], default=None, help="checked against the file")
     p.add_argument("--dtype", choices=["fp32", "fp16"], default=None, help="store weights in this dtype")
 
-    p = sub.add_parser("make-tiny", help="tiny random-weight model set for demos and tests")
+    p = sub.add_parser("make-tiny", help="random-weight model set for demos, tests and memory/speed checks")
     p.add_argument("outdir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["tiny", "small", "sd15"], default="tiny",
+                   help="tiny (seconds), small (SD1.5 topology at CPU widths) or sd15 (the real shapes: ~11 GB in fp16)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="store weights in this dtype")
 
     commands = dict(COMMANDS)
     for module in PLUGINS if plugins else ():
@@ -554,13 +557,13 @@ def _convert(args) -> None:
 def _make_tiny(args) -> None:
     _require_folder(args.outdir, "the output folder name", "make-tiny tiny/")
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
-        raise O.InputError(f"{args.outdir} is a file; give a folder for the tiny model set")
-    STATE.interrupt_note = f"interrupted; {args.outdir} may hold an incomplete tiny set: run make-tiny again"
+        raise O.InputError(f"{args.outdir} is a file; give a folder for the random model set")
+    STATE.interrupt_note = f"interrupted; {args.outdir} may hold an incomplete set: run make-tiny again"
     from ..tiny import make_tiny
 
     start = time.time()
-    make_tiny(args.outdir, seed=args.seed)
-    print(f"wrote tiny model set to {args.outdir} in {time.time() - start:.1f}s (use as --weights {args.outdir})")
+    make_tiny(args.outdir, seed=args.seed, size=args.size, dtype=args.dtype)
+    print(f"wrote {args.size} model set to {args.outdir} in {time.time() - start:.1f}s (use as --weights {args.outdir})")
 
 
 def _torch():

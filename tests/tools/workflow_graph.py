@@ -1,7 +1,7 @@
 """Node definitions and the two workflow formats, shared by the workflow tools and tests/test_workflows.py.
 
 * :func:`node_definitions` — every node type the example workflows may use, in the
-  shape of ComfyUI's ``GET /object_info``: ours from ``NODE_CLASS_MAPPINGS``, the core
+  shape of ComfyUI's ``GET /object_info``: ours from their V3 schemas, the core
   ones from ``comfy_core_nodes.json`` (recorded from a stock ComfyUI 0.8.0).
 * :func:`widget_names` — the widget inputs of a node in the order the frontend stores
   them in ``widgets_values`` (host facts §2.6: positional), including the extra
@@ -31,20 +31,10 @@ TITLE_HEIGHT = 30
 
 
 def _our_definitions() -> Dict[str, dict]:
+    """Our nodes exactly as ``GET /object_info`` sends them (the V3 schema's ``GET_NODE_INFO_V1``)."""
     import nodes  # the pack's node package (tests put the repository root on sys.path)
 
-    out = {}
-    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
-        spec = cls.INPUT_TYPES()
-        out[name] = {
-            "input": {k: v for k, v in spec.items() if k in ("required", "optional")},
-            "input_order": {k: list(v) for k, v in spec.items() if k in ("required", "optional")},
-            "output": list(cls.RETURN_TYPES),
-            "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
-            "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
-            "category": cls.CATEGORY,
-        }
-    return out
+    return {cls.GET_SCHEMA().node_id: cls.GET_NODE_INFO_V1() for cls in nodes.NODE_LIST}
 
 
 def node_definitions() -> Dict[str, dict]:

@@ -4,7 +4,7 @@
         [--set DiffStyle360StyleFusionSampler.steps=2 ...]
 
 Node definitions come from a running server's ``/object_info`` (``--server``) or,
-without one, from tests/tools/workflow_graph.py (our NODE_CLASS_MAPPINGS + the recorded
+without one, from tests/tools/workflow_graph.py (our V3 schemas + the recorded
 core nodes). Widget values are matched to input names in definition order, skipping
 the frontend-only values (control-after-generate, upload button); links become
 ``[source node id, output index]`` (a link into a widget, e.g. from an Int primitive, replaces its
