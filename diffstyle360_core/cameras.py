@@ -40,6 +40,9 @@ __all__ = [
     "load_condition_set",
     "find_condition_folder",
     "select_views",
+    "even_positions",
+    "is_front",
+    "TooManyViewsError",
     "back_view_index",
     "user_conditions",
 ]
@@ -211,45 +214,67 @@ def _validate_indices(indices: Sequence[int], n: int) -> list[int]:
     return idx
 
 
-def _even_pick(n_avail: int, views: Any, what: str) -> list[int]:
-    """Positions round(i·n_avail/views), i < views (distinct because views <= n_avail)."""
+#: Yaws this close to 0 (mod 360) count as the front view.
+FRONT_TOL_DEG = 1e-6
+
+
+def is_front(yaw_deg: float) -> bool:
+    """Whether ``yaw_deg`` is the front view (0 degrees, any multiple of 360)."""
+    r = yaw_deg % 360.0
+    return min(r, 360.0 - r) <= FRONT_TOL_DEG
+
+
+class TooManyViewsError(ImageInputError):
+    """More views asked than the set (or the yaw range) holds; carries the numbers so a host can word its own advice."""
+
+    def __init__(self, asked: int, available: int, where: str, whole_set: bool) -> None:
+        self.asked, self.available, self.whole_set = asked, available, whole_set
+        fix = "or a larger condition set" if whole_set else "or widen the yaw range"
+        super().__init__(f"asked for {asked} views but only {available} are available {where}; "
+                         f"use views <= {available} {fix}")
+
+
+def _check_views(views: Any, available: int, where: str, whole_set: bool) -> int:
     if isinstance(views, bool) or not isinstance(views, (int, np.integer)):
         raise ImageInputError(f"views must be an integer, got {views!r}")
     views = int(views)
     if views < 1:
         raise ImageInputError(f"views must be at least 1, got {views}")
-    if views > n_avail:
-        raise ImageInputError(
-            f"asked for {views} views but only {n_avail} are available {what}; "
-            f"use views <= {n_avail} or a larger condition set"
-        )
-    return [int(math.floor(i * n_avail / views + 0.5)) for i in range(views)]
+    if views > available:
+        raise TooManyViewsError(views, available, where, whole_set)
+    return views
 
 
-def select_views(camera_set: CameraSet, *, views: int | None = None,
-                 yaw_range: tuple[float, float] | None = None,
-                 indices: Sequence[int] | None = None) -> CameraSet:
-    """Choose a subset of views.
+def even_positions(available: int, views: int, front: int | None, cyclic: bool) -> list[int]:
+    """``views`` positions out of ``available`` consecutive renders at one constant stride.
 
-    * ``indices``: explicit positions (validated: in range, no duplicates); cannot be
-      combined with ``views`` / ``yaw_range``.
-    * ``views=N``: N views evenly spaced across the set, positions ``round(i·len/N)``
-      (e.g. 8 of 32 -> 0, 4, 8, …, 28).
-    * ``yaw_range=(start, end)`` in degrees, inclusive, going in the direction of
-      increasing yaw and wrapping through 360 (``(300, 60)`` = 300°…360°/0°…60°);
-      ``(0, 360)`` is the full circle. Views come out in turntable order from
-      ``start``. With ``views`` as well, N evenly spaced views within that range.
-    * nothing: the whole set.
+    One stride, so a turntable never mixes step sizes (e.g. 11.25 and 22.5 degrees).
+    The largest stride that fits wins (the widest coverage), but only with ``front``
+    among the picks when it is given (a smaller stride is taken when needed). An arc
+    is centred in the range; a full circle (``cyclic``: the renders go all the way
+    round) starts as close to the first render as the front allows.
     """
-    n = len(camera_set)
-    if indices is not None:
-        if views is not None or yaw_range is not None:
-            raise ImageInputError("pass either indices or views/yaw_range, not both")
-        return camera_set.select(indices)
-    if yaw_range is None:
-        if views is None:
-            return camera_set.select(range(n))
-        return camera_set.select(_even_pick(n, views, "in the condition set"))
+    if not 1 <= views <= available:
+        raise ValueError(f"even_positions: views must be in [1, {available}], got {views}")
+    if views == 1:
+        if front is not None:
+            return [front]
+        return [0 if cyclic else (available - 1) // 2]
+    widest = available // views if cyclic else (available - 1) // (views - 1)
+    for stride in range(widest, 0, -1):
+        span = (views - 1) * stride
+        starts = range(0, available - span)
+        if front is not None:
+            starts = [s for s in starts if s <= front <= s + span and (front - s) % stride == 0]
+        if starts:
+            centre = available - 1
+            best = min(starts) if cyclic else min(starts, key=lambda s: (abs(2 * s + span - centre), s))
+            return [best + i * stride for i in range(views)]
+    raise AssertionError("stride 1 always fits when views <= available")  # checked above
+
+
+def _in_yaw_range(camera_set: CameraSet, yaw_range: Any) -> tuple[list[int], str]:
+    """(positions of the views inside ``yaw_range``, in turntable order from its start; the range as text)."""
     try:
         start, end = (float(v) for v in yaw_range)
     except (TypeError, ValueError) as e:
@@ -268,10 +293,53 @@ def select_views(camera_set: CameraSet, *, views: int | None = None,
         raise ImageInputError(
             f"no views with yaw in [{start:g}°, {end:g}°]; available yaws: {yaws}"
         )
-    if views is not None:
-        inside = [inside[p] for p in _even_pick(len(inside), views,
-                                                f"in yaw range [{start:g}°, {end:g}°]")]
-    return camera_set.select(inside)
+    return inside, f"in yaw range [{start:g}°, {end:g}°]"
+
+
+def _closes_the_circle(yaws: Sequence[float]) -> bool:
+    """Whether ``yaws`` (in order) are an even turntable: the step from the last back to the first is a step too.
+
+    Then picks may be spread round the whole circle (4 of 32 renders: every 90°);
+    an arc of renders is spread from its first to its last instead.
+    """
+    step = 360.0 / len(yaws)
+    gaps = [(b - a) % 360.0 for a, b in zip(yaws, list(yaws[1:]) + [yaws[0]])]
+    return all(abs(g - step) <= 1e-6 for g in gaps)
+
+
+def select_views(camera_set: CameraSet, *, views: int | None = None,
+                 yaw_range: tuple[float, float] | None = None,
+                 indices: Sequence[int] | None = None) -> CameraSet:
+    """Choose a subset of views: the one rule of the node, the command line and the library.
+
+    * ``indices``: explicit positions (validated: in range, no duplicates); cannot be
+      combined with ``views`` / ``yaw_range``.
+    * ``yaw_range=(start, end)`` in degrees, inclusive, going in the direction of
+      increasing yaw and wrapping through 360 (``(300, 60)`` = 300°…360°/0°…60°);
+      ``(0, 360)`` is the full circle. Views come out in turntable order from
+      ``start``. Without it, the whole set in its own order.
+    * ``views=N``: N of those views at one constant step (:func:`even_positions`),
+      the front (yaw 0) always among them when the range holds it: 8 of the 32
+      official renders are every 45°, 12 of them every 22.5° from the front
+      (270° of the circle: one step never covers 360° with a count that does not
+      divide the set), 12 of yaw -90…90 every 11.25° centred on the front.
+    * nothing: the whole set.
+    """
+    n = len(camera_set)
+    if indices is not None:
+        if views is not None or yaw_range is not None:
+            raise ImageInputError("pass either indices or views/yaw_range, not both")
+        return camera_set.select(indices)
+    if yaw_range is None:
+        inside, where = list(range(n)), "in the condition set"
+    else:
+        inside, where = _in_yaw_range(camera_set, yaw_range)
+    if views is None:
+        return camera_set.select(inside)
+    views = _check_views(views, len(inside), where, whole_set=len(inside) == n)
+    cyclic = len(inside) == n and _closes_the_circle([camera_set.yaws_deg[i] for i in inside])
+    front = next((p for p, i in enumerate(inside) if is_front(camera_set.yaws_deg[i])), None)
+    return camera_set.select([inside[p] for p in even_positions(len(inside), views, front, cyclic)])
 
 
 def back_view_index(camera_set: CameraSet) -> int:

@@ -1,67 +1,29 @@
 """Turntable Camera: which views to render (the pose conditions of the camera ControlNet, facts §3).
 
-Views are picked at one constant step of the condition renders (a multiple of
-their spacing, 11.25 degrees for the official 32), so a turntable never mixes
-step sizes, and the front (yaw 0) is always among them when the range holds it.
+The views are the core's :func:`~diffstyle360_core.cameras.select_views` of the yaw
+range (one constant step of the condition renders, the front included when the range
+holds it), so the node, the command line and the library pick the same views.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 from diffstyle360_core import options
-from diffstyle360_core.cameras import CameraSet, select_views, user_conditions
+from diffstyle360_core.cameras import CameraSet, TooManyViewsError, select_views, user_conditions
 from diffstyle360_core.config import OFFICIAL_VIEWS
 
 from .common import Cameras, DiffStyle360Error, Model, number, schema, to_image_output, user_errors
 from .host import io
 
-#: Yaws this close to 0 (mod 360) count as the front view.
-FRONT_TOL_DEG = 1e-6
-
-
-def is_front(yaw_deg: float) -> bool:
-    r = yaw_deg % 360.0
-    return min(r, 360.0 - r) <= FRONT_TOL_DEG
-
-
-def even_positions(available: int, views: int, front: Optional[int], cyclic: bool) -> List[int]:
-    """``views`` positions out of ``available`` consecutive renders at one constant stride.
-
-    The largest stride that fits wins (the widest coverage), but only with ``front``
-    among the picks when it is given (a smaller stride is taken when needed). Arcs
-    are centred in the range; a full circle (``cyclic``) starts as close to the
-    range's start as the front allows.
-    """
-    if views == 1:
-        if front is not None:
-            return [front]
-        return [0 if cyclic else (available - 1) // 2]
-    widest = available // views if cyclic else (available - 1) // (views - 1)
-    for stride in range(widest, 0, -1):
-        span = (views - 1) * stride
-        starts = range(0, available - span)
-        if front is not None:
-            starts = [s for s in starts if s <= front <= s + span and (front - s) % stride == 0]
-        if starts:
-            centre = available - 1
-            best = min(starts) if cyclic else min(starts, key=lambda s: (abs(2 * s + span - centre), s))
-            return [best + i * stride for i in range(views)]
-    raise AssertionError("stride 1 always fits when views <= available")  # callers check views first
-
 
 def evenly_spaced(camera_set: CameraSet, views: int, yaw_start: float, yaw_end: float) -> CameraSet:
     """``views`` renders of ``camera_set`` inside the yaw range, evenly spaced, the front included."""
-    inside = select_views(camera_set, yaw_range=(yaw_start, yaw_end))  # turntable order from yaw_start
-    if views > len(inside):
-        where = ("in all" if len(inside) == len(camera_set)
-                 else f"between yaw {yaw_start:g} and {yaw_end:g} degrees")
+    try:
+        return select_views(camera_set, views=views, yaw_range=(yaw_start, yaw_end))
+    except TooManyViewsError as err:  # the node's own advice: its inputs, not the core's arguments
+        where = "in all" if err.whole_set else f"between yaw {yaw_start:g} and {yaw_end:g} degrees"
         raise DiffStyle360Error(
-            f"Turntable Camera: {views} views asked but the weight set has {len(inside)} camera renders {where}; "
-            f"use views <= {len(inside)}, widen the yaw range, or connect your own condition images.")
-    front = next((p for p, y in enumerate(inside.yaws_deg) if is_front(y)), None)
-    cyclic = len(inside) == len(camera_set)
-    return inside.select(even_positions(len(inside), views, front, cyclic))
+            f"Turntable Camera: {views} views asked but the weight set has {err.available} camera renders {where}; "
+            f"use views <= {err.available}, widen the yaw range, or connect your own condition images.") from err
 
 
 def yaw_text(camera_set: CameraSet) -> str:

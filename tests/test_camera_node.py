@@ -3,7 +3,8 @@
 Even spacing: one constant step between the picked renders (never a mix of 11.25 and
 22.5 degrees), the front (yaw 0) among them whenever the range holds it, the yaws
 used on a third output; `views` is bounded by the set (widget maximum and a
-one-sentence error).
+one-sentence error). The rule is the core's select_views: the command line's
+--yaw-range/--views and the library pick exactly the node's views.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 
 import nodes as N
+from diffstyle360_core.cameras import select_views
 from diffstyle360_core.config import OFFICIAL_VIEWS
+from diffstyle360_core.inputs import camera_set
 from nodes import host, loader
-from nodes.camera import TurntableCamera, even_positions
+from nodes.camera import TurntableCamera
 from nodes.common import DiffStyle360Error
 from node_runner import call, run
 
@@ -82,16 +85,34 @@ def test_small_arc_through_the_front(model):
     assert cameras(model, 1, 315.0, 45.0) == [0.0]
 
 
-@pytest.mark.parametrize("available, views, front, cyclic", [
-    (17, 12, 8, False), (17, 5, 8, False), (9, 2, 4, False), (32, 12, 0, True), (32, 3, 0, True),
-    (32, 12, 24, True), (17, 17, 3, False), (5, 4, None, False), (32, 7, 31, True),
+def cli_yaws(model, views, yaw_range):
+    """The views ``stylize``/``batch`` render for --views / --yaw-range, through the command line's own parser."""
+    from diffstyle360_core.cli.main import _select_cameras, build_parser
+
+    argv = ["stylize", "--weights", "w", "--content", "c.png", "--out", "o", "--views", str(views)]
+    argv += ["--yaw-range", *map(str, yaw_range)] if yaw_range is not None else []
+    args = build_parser(plugins=False).parse_args(argv)
+    full = model.cameras()
+    return _select_cameras(args, full, full.size)[0].yaws_deg
+
+
+@pytest.mark.parametrize("views, start, end, holds_front", [
+    (12, -90.0, 90.0, True),    # the issue's case
+    (8, 0.0, 360.0, True),
+    (12, 0.0, 360.0, True),     # a count that does not divide the set
+    (3, 90.0, 270.0, False),    # a range without the front
+    (5, 100.0, 200.0, False),   # without the front, not starting on a render
+    (7, 300.0, 60.0, True),     # wrapping through 360
 ])
-def test_even_positions_invariants(available, views, front, cyclic):
-    picks = even_positions(available, views, front, cyclic)
-    assert len(picks) == views and picks == sorted(picks) and 0 <= picks[0] and picks[-1] < available
-    assert len({b - a for a, b in zip(picks, picks[1:])}) <= 1
-    if front is not None:
-        assert front in picks
+def test_command_line_and_library_pick_the_nodes_views(model, views, start, end, holds_front):
+    node = cameras(model, views, start, end)
+    assert len(set(steps_between(node))) <= 1 and (0.0 in node) == holds_front
+    assert cli_yaws(model, views, (start, end)) == node
+    assert select_views(model.cameras(), views=views, yaw_range=(start, end)).yaws_deg == node
+    if (end - start) % 360.0 == 0.0:  # the full circle: --views alone and stylize(views=N) are the same turntable
+        full = model.cameras()
+        assert cli_yaws(model, views, None) == node
+        assert camera_set(None, full, views, full.size).yaws_deg == node
 
 
 def test_views_are_bounded_by_the_set(model):

@@ -338,17 +338,26 @@ def test_ctrl_c_or_full_disk_while_saving_keeps_the_earlier_run(tiny_weights, tm
     assert _files(out) == before and not _temporary(out)
 
 
+def test_yaw_range_picks_one_step_with_the_front(tiny_weights, tmp_path, fake_models):
+    """The Turntable Camera node's rule (issue 17): -90..90 with 12 views never mixes steps and holds the front."""
+    assert main(_stylize(tiny_weights, tmp_path / "out", "--yaw-range", "-90", "90", "--views", "12")) == 0
+    yaws = fake_models["calls"][-1]["cameras"].yaws_deg
+    assert yaws == [292.5 + 11.25 * k for k in range(6)] + [11.25 * k for k in range(6)]
+    assert main(_stylize(tiny_weights, tmp_path / "out", "--views", "12")) == 0  # the whole set: from the front
+    assert fake_models["calls"][-1]["cameras"].yaws_deg == [22.5 * k for k in range(12)]
+
+
 def test_yaw_range_guide_frames_and_fewer_views_over_an_older_run(tiny_weights, tmp_path, fake_models):
     out = tmp_path / "out"
     sphere = tiny_weights / "cam_condition" / "sphere32"
     assert main(_stylize(tiny_weights, out, "--yaw-range", "300", "60", "--views", "3", "--guide-frames",
                          str(sphere))) == 0
     call = fake_models["calls"][-1]
-    assert call["cameras"].indices == [27, 31, 2]  # 3 of the 11 views from 303.75° to 56.25°
+    assert call["cameras"].indices == [27, 0, 5]  # 3 of the 11 views from 303.75° to 56.25°: 56.25° apart, the front
     from diffstyle360_core.cameras import load_condition_set
 
     full = load_condition_set(sphere, 64)  # a guide frame per view of the set: the chosen ones are used
-    assert torch.allclose(call["guide_frames"], (full.images[[27, 31, 2]] + 1) / 2)
+    assert torch.allclose(call["guide_frames"], (full.images[[27, 0, 5]] + 1) / 2)
     assert len(_pngs(out)) == 3
     assert main(_stylize(tiny_weights, out, "--yaw-range", "0", "45")) == 0
     assert fake_models["calls"][-1]["cameras"].yaws_deg == [0.0, 11.25, 22.5, 33.75, 45.0]

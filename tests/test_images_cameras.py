@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffstyle360_core.cameras import (CameraSet, back_view_index, find_condition_folder,
-                                       load_condition_set, select_views, user_conditions)
+from diffstyle360_core.cameras import (CameraSet, TooManyViewsError, back_view_index, even_positions,
+                                       find_condition_folder, is_front, load_condition_set, select_views,
+                                       user_conditions)
 from diffstyle360_core.cli.saving import save_views
 from diffstyle360_core.images import (ImageInputError, load_image, load_mask,
                                       tensor_to_pil, to_comfy_image, to_model_tensor)
@@ -374,13 +375,16 @@ def test_camera_set_select_and_to(tiny_set):
 
 
 def test_select_views_even(tiny_set):
+    """views=N of the whole set: one constant step from the front (the set is a full turntable)."""
     assert select_views(tiny_set, views=8).indices == list(range(0, 32, 4))
     assert select_views(tiny_set, views=32).indices == list(range(32))
-    three = select_views(tiny_set, views=3).indices
-    assert three == [0, 11, 21] and len(set(three)) == 3
+    assert select_views(tiny_set, views=3).indices == [0, 10, 20]  # never a mix of 10 and 11 renders
+    assert select_views(tiny_set, views=12).indices == list(range(0, 24, 2))  # 22.5 degrees, 270 of the circle
+    assert select_views(tiny_set, views=1).indices == [0]
     assert len(select_views(tiny_set)) == 32
-    with pytest.raises(ImageInputError, match="only 32 are available"):
+    with pytest.raises(TooManyViewsError, match="only 32 are available") as err:
         select_views(tiny_set, views=33)
+    assert (err.value.asked, err.value.available, err.value.whole_set) == (33, 32, True)
     with pytest.raises(ImageInputError, match="at least 1"):
         select_views(tiny_set, views=0)
 
@@ -393,12 +397,48 @@ def test_select_views_yaw_range(tiny_set):
     assert select_views(tiny_set, yaw_range=(-90, 90)).indices == list(range(24, 32)) + list(range(0, 9))
     assert select_views(tiny_set, yaw_range=(0, 360)).indices == list(range(32))
     assert select_views(tiny_set, yaw_range=(180, 180)).indices == [16]
-    sub = select_views(tiny_set, yaw_range=(0, 90), views=3)  # 9 views in range -> 0, 3, 6
-    assert sub.indices == [0, 3, 6]
+    assert select_views(tiny_set, yaw_range=(0, 90), views=3).indices == [0, 4, 8]  # 9 in range: the widest step
+    assert select_views(tiny_set, yaw_range=(300, 60), views=3).indices == [27, 0, 5]  # the front in the middle
+    # the issue's case: 12 of the 17 renders of -90..90 at 11.25 degrees, centred, the front among them
+    assert select_views(tiny_set, yaw_range=(-90, 90), views=12).indices == list(range(26, 32)) + list(range(0, 6))
+    assert select_views(tiny_set, yaw_range=(90, 270), views=3).indices == [8, 16, 24]  # no front: widest step
     with pytest.raises(ImageInputError, match="no views with yaw"):
         select_views(tiny_set, yaw_range=(1, 2))
-    with pytest.raises(ImageInputError, match="in yaw range"):
+    with pytest.raises(TooManyViewsError, match=r"in yaw range \[0°, 20°\]; use views <= 2 or widen") as err:
         select_views(tiny_set, yaw_range=(0, 20), views=5)
+    assert (err.value.available, err.value.whole_set) == (2, False)
+
+
+def test_select_views_of_a_set_without_a_front():
+    """User conditions need not hold yaw 0: the widest step, an arc centred in its range."""
+    arc = CameraSet(torch.zeros(5, 3, 8, 8), [30.0, 40.0, 50.0, 60.0, 70.0])
+    assert select_views(arc, yaw_range=(20, 80), views=2).yaws_deg == [30.0, 70.0]
+    assert select_views(arc, yaw_range=(20, 80), views=1).yaws_deg == [50.0]
+    assert select_views(arc, views=2).yaws_deg == [30.0, 70.0]  # not a turntable: the step does not wrap round
+    turntable = CameraSet(torch.zeros(4, 3, 8, 8), [45.0, 135.0, 225.0, 315.0])
+    assert select_views(turntable, views=2).yaws_deg == [45.0, 225.0]  # a full circle: half-way round
+
+
+def test_is_front():
+    assert is_front(0.0) and is_front(360.0) and is_front(-720.0) and is_front(1e-9) and is_front(360.0 - 1e-9)
+    assert not is_front(11.25) and not is_front(-0.5)
+
+
+@pytest.mark.parametrize("available, views, front, cyclic", [
+    (17, 12, 8, False), (17, 5, 8, False), (9, 2, 4, False), (32, 12, 0, True), (32, 3, 0, True),
+    (32, 12, 24, True), (17, 17, 3, False), (5, 4, None, False), (32, 7, 31, True),
+])
+def test_even_positions_invariants(available, views, front, cyclic):
+    picks = even_positions(available, views, front, cyclic)
+    assert len(picks) == views and picks == sorted(picks) and 0 <= picks[0] and picks[-1] < available
+    assert len({b - a for a, b in zip(picks, picks[1:])}) <= 1
+    if front is not None:
+        assert front in picks
+
+
+def test_even_positions_refuses_more_views_than_renders():
+    with pytest.raises(ValueError, match=r"views must be in \[1, 4\]"):
+        even_positions(4, 5, None, True)
 
 
 def test_select_views_indices(tiny_set):

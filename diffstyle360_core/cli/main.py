@@ -182,9 +182,11 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--style-back-mask", default=None, help="mask on the style's back view (default: none)")
     p.add_argument("--style-module", default=None, help="DiffStyle360 style module .safetensors (else training-free)")
     p.add_argument("--views", type=int, default=None,
-                   help="number of evenly spaced views (default: every view of the set or of --yaw-range)")
+                   help="number of views, at one even step of the set's renders, the front (yaw 0) included "
+                        "(default: every view of the set or of --yaw-range)")
     p.add_argument("--yaw-range", type=float, nargs=2, default=None, metavar=("START", "END"),
-                   help="only views with yaw in [START, END] degrees (wraps past 360); --views subsamples it")
+                   help="only views with yaw in [START, END] degrees (wraps past 360); --views picks that many "
+                        "of them at one even step, with the front when the range holds it")
     p.add_argument("--conditions", default=None, help="your own folder of condition images (default: from --weights)")
     p.add_argument("--guide-frames", default=None,
                    help="folder with one guide frame per view, or per view of the full set (3D-aware noise)")
@@ -434,10 +436,9 @@ def _select_cameras(args, full, size: int):
     from ..cameras import load_condition_set, select_views
 
     cameras = full
-    if args.yaw_range is not None:
-        cameras = select_views(full, yaw_range=tuple(args.yaw_range), views=args.views)
-    elif args.views is not None:
-        cameras = select_views(full, views=args.views)
+    if args.yaw_range is not None or args.views is not None:  # the Turntable Camera node's rule, one for all
+        cameras = select_views(full, yaw_range=None if args.yaw_range is None else tuple(args.yaw_range),
+                               views=args.views)
     guides = None
     if args.guide_frames:
         frames = load_condition_set(args.guide_frames, size)
