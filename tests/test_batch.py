@@ -114,7 +114,7 @@ def test_a_batch_job_gives_what_stylize_gives(tiny_weights, tmp_path, folders):
 
 
 def test_back_views_use_the_sets_180_degree_view_in_stylize_and_batch(tiny_weights, tmp_path, folders, monkeypatch):
-    import diffstyle360_core.pipeline as P
+    import diffstyle360_core.inputs as P  # where the pipeline picks the back-view camera
 
     chosen = []
     original = P.back_view_index
@@ -126,7 +126,7 @@ def test_back_views_use_the_sets_180_degree_view_in_stylize_and_batch(tiny_weigh
 
     monkeypatch.setattr(P, "back_view_index", spy)
     contents, styles = folders
-    three = ["--steps", "1", "--views", "3"]  # 0°, 120°, 240°: no 180° among the rendered views
+    three = ["--steps", "1", "--views", "3"]  # 0°, 112.5°, 225°: no 180° among the rendered views
     assert main(["stylize", "--weights", str(tiny_weights), "--content", str(contents / "a.png"), "--style",
                  str(styles / "style_ink.png"), *three, "--out", str(tmp_path / "single")]) == 0
     assert main(["batch", "--weights", str(tiny_weights), "--contents", str(contents), "--styles", str(styles),

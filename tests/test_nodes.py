@@ -413,7 +413,11 @@ def test_key_scale_from_the_module_follows_the_trained_pairing_and_bad_metadata_
     label = _style_module_with_metadata(models_dir, "aligned_confined.safetensors",
                                         '{"pairing": "aligned", "mask_mode": "confined"}')
     trained = load("tiny", label, "auto")[0].main_model()
-    resolve = DiffStyle360Pipeline._trained_fusion
+
+    def resolve(model, pairing, mask_mode):
+        settings = DiffStyle360Pipeline._fusion(model, 1.05, pairing, mask_mode)
+        return settings.pairing, settings.mask_mode
+
     assert resolve(trained, None, None) == ("aligned", "confined")  # "from the module"
     assert resolve(trained, "paper", None) == ("paper", "confined")  # an explicit choice overrides
     free = load("tiny", loader.TRAINING_FREE, "auto")[0].main_model()
