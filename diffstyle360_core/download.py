@@ -38,6 +38,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .cameras import find_condition_folder
 from .config import BACK_VIEW, CONDITION_SUBDIRS, CONFIG_NAME, MAIN
+from .files import write_text_atomic
 from .images import IMAGE_SUFFIXES, ImageInputError
 from .official_keys import HF_REPO, OFFICIAL_FILES
 
@@ -233,18 +234,6 @@ def _state(folder: Path) -> dict:
         return {}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic small write: temporary file beside ``path``, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------- lock
 _thread_locks: Dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
@@ -401,7 +390,7 @@ def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> Pa
     if resume == 0:
         with open(part, "wb"):  # our own partial file (of another revision, or none): start over
             pass
-        _write_json(meta, {"sha256": hub.sha256, "size": hub.size, "commit": commit})
+        write_text_atomic(meta, json.dumps({"sha256": hub.sha256, "size": hub.size, "commit": commit}))
     hasher = hashlib.sha256()
     if resume:
         check = _Phase(progress.callback, "check", hub.name, resume)
@@ -742,7 +731,7 @@ def _run(folder: Path, todo: _Todo, keep: bool, progress: Optional[ProgressCallb
                 f"put the 32 official renders into {folder / CAMERA_DIR}, or connect your own condition images "
                 "(Turntable Camera's conditions input, or --conditions on the command line)")
             if ours:
-                _write_json(work / "state.json", {**_state(folder), "archive_without_cameras": True})
+                write_text_atomic(work / "state.json", json.dumps({**_state(folder), "archive_without_cameras": True}))
         if ours:
             _finish_original(archive, folder, keep)
 

@@ -1,36 +1,66 @@
 """Atomic file writes: a reader never sees a half-written weight file, config or trained module.
 
 One helper for every file the library writes (``config.json``, component
-``.safetensors``, trained module files and their JSON sidecars).
+``.safetensors``, trained module files and their JSON sidecars, the command
+line's reports, summaries, caches and run journals, the download's state).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
+
+TEMP_SUFFIX = ".tmp"  # every temporary file of write_atomic ends so; its name starts with the target's
 
 
-def write_atomic(path: Union[str, os.PathLike], write: Callable[[str], None]) -> Path:
+def temp_prefix(name: str) -> str:
+    """The start of a temporary file's name for target ``name``: hidden, and a hidden name keeps its own start.
+
+    So ``config.json`` writes through ``.config.json.<random>.tmp`` and ``.ds360-journal.json``
+    through ``.ds360-journal.json.<random>.tmp`` (a folder's reserved prefix still matches).
+    """
+    return f"{name}." if name.startswith(".") else f".{name}."
+
+
+def write_atomic(path: Union[str, os.PathLike], write: Callable[[str], None], *, fsync: bool = False,
+                 rename: Optional[Callable[[str, Path], None]] = None) -> Path:
     """``write(tmp)`` into a temporary file beside ``path``, then ``os.replace`` it onto ``path``.
 
     On any failure (an exception, Ctrl-C) the temporary file is removed and an
     existing ``path`` is left as it was. The file ends up 0644 like other model files.
+    ``fsync=True`` also makes it survive a power loss: the data is flushed before the
+    rename and the folder after it (crash-consistent journals). ``rename`` replaces
+    ``os.replace`` for a caller that routes every rename through one hook of its own.
     """
     path = Path(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        if fsync:
+            _fsync(tmp, os.O_RDWR)
+        (rename or os.replace)(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the original error is the one to report
+            os.unlink(tmp)
         raise
+    if fsync and os.name == "posix":  # Windows cannot open a folder
+        _fsync(path.parent, os.O_RDONLY)
     return path
 
 
-def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
-    """:func:`write_atomic` of UTF-8 ``text``."""
-    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def write_text_atomic(path: Union[str, os.PathLike], text: str, **options) -> Path:
+    """:func:`write_atomic` of UTF-8 ``text`` (``options``: its ``fsync`` and ``rename``)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), **options)
+
+
+def _fsync(path: Union[str, Path], flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -314,3 +314,37 @@ def test_clip_and_depth_adapters_run_tiny_transformers_models():
                                          ensure_multiple_of=16, do_pad=False)
     maps = X.TransformersDepth(depth, dpt)([im.resize((48, 40)) for im in images])
     assert [m.shape for m in maps] == [(40, 48), (40, 48)] and all(np.isfinite(m).all() for m in maps)
+
+
+def test_load_builds_each_adapter_from_its_own_transformers_classes(monkeypatch):
+    """The shared ``load``: the subclass's model and processor classes, its default checkpoint, the device asked
+    for, and an offline failure as a short MetricUnavailable (no download: from_pretrained is replaced)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    asked = []
+
+    def fake(cls_name):
+        def from_pretrained(name, **kwargs):
+            asked.append((cls_name, name))
+            if name == "offline/model":
+                raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection")
+            return torch.nn.Linear(2, 2)
+        return from_pretrained
+
+    for cls_name in ("CLIPModel", "CLIPImageProcessor", "AutoModelForDepthEstimation", "AutoImageProcessor"):
+        monkeypatch.setattr(getattr(transformers, cls_name), "from_pretrained", fake(cls_name))
+
+    clip = X.CLIPImageFeatures.load(device="cpu")
+    assert asked == [("CLIPModel", X.CLIP_DEFAULT), ("CLIPImageProcessor", X.CLIP_DEFAULT)]
+    assert isinstance(clip, X.CLIPImageFeatures) and clip.device == torch.device("cpu") and clip.batch_size == 32
+    assert not clip.model.training
+
+    asked.clear()
+    depth = X.TransformersDepth.load("my/depth-model", "cpu")
+    assert asked == [("AutoModelForDepthEstimation", "my/depth-model"), ("AutoImageProcessor", "my/depth-model")]
+    assert isinstance(depth, X.TransformersDepth) and depth.device == torch.device("cpu")
+
+    with pytest.raises(X.MetricUnavailable) as info:
+        X.TransformersDepth.load("offline/model", "cpu")
+    assert str(info.value) == "could not load offline/model; We couldn't connect to 'https://huggingface.co'."

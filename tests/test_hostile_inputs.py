@@ -18,11 +18,10 @@ import torch
 
 from diffstyle360_core import weights as weights_module
 from diffstyle360_core.cameras import CameraSet, load_condition_set
-from diffstyle360_core.config import BACK_VIEW, CONFIG_NAME, MAIN, tiny_config
+from diffstyle360_core.config import BACK_VIEW, CONFIG_NAME, MAIN
 from diffstyle360_core.devices import resolve_device
 from diffstyle360_core.images import ImageInputError, load_mask, to_model_tensor
 from diffstyle360_core.inputs import NonFiniteOutputError
-from diffstyle360_core.model import DiffStyle360Model
 from diffstyle360_core.options import InputError, InputTypeError
 from diffstyle360_core.pipeline import DiffStyle360Pipeline, Style
 from diffstyle360_core.tiny import TINY_FILES, write_tiny_condition_set
@@ -34,6 +33,7 @@ from diffstyle360_core.weights import (
     load_official_state_dict,
     load_style_module,
 )
+from tiny_models import random_model, tiny_pipeline
 
 FAST = dict(steps=1, cfg=3.0, eta=0.5)
 
@@ -54,16 +54,9 @@ def tiny(tiny_weights):
             "original_back_view": root / "original" / TINY_FILES[BACK_VIEW]}
 
 
-def _random(kind: str, seed: int) -> DiffStyle360Model:
-    torch.manual_seed(seed)
-    return DiffStyle360Model(tiny_config(kind)).eval()
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cams") / "sphere32"
-    write_tiny_condition_set(folder, size=64, n=8)
-    return DiffStyle360Pipeline(_random(MAIN, 0), _random(BACK_VIEW, 1), load_condition_set(folder, 64))
+    return tiny_pipeline(tmp_path_factory.mktemp("cams") / "sphere32", views=8)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +228,7 @@ def test_a_device_this_torch_cannot_use_is_refused_in_one_sentence(tiny, device,
 # --------------------------------------------------------------------------- #
 def test_nan_views_name_weights_or_config(images, tmp_path):
     content, _, back = images
-    model = _random(MAIN, 0)
+    model = random_model(MAIN, 0)
     with torch.no_grad():
         model.vae.decoder.conv_out.bias.fill_(float("nan"))  # a damaged decoder
     folder = tmp_path / "sphere32"

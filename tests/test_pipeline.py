@@ -5,35 +5,16 @@ import copy
 import pytest
 import torch
 
-from diffstyle360_core.cameras import load_condition_set
-
-try:
-    from diffstyle360_core.tiny import write_tiny_condition_set
-except ImportError:  # renderer not moved yet
-    from diffstyle360_core.cameras import write_tiny_condition_set
-from diffstyle360_core.config import BACK_VIEW, MAIN, tiny_config
 from diffstyle360_core.fusion import alpha_weights
-from diffstyle360_core.model import DiffStyle360Model
 from diffstyle360_core.pipeline import DiffStyle360Pipeline, Style
+from tiny_models import tiny_pipeline
 
 FAST = dict(steps=2, cfg=3.0, eta=0.5)
 
 
-def _random(kind, seed):
-    torch.manual_seed(seed)
-    model = DiffStyle360Model(tiny_config(kind)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cams") / "sphere32"
-    write_tiny_condition_set(folder, size=64, n=32)
-    return DiffStyle360Pipeline(_random(MAIN, 0), _random(BACK_VIEW, 1), load_condition_set(folder, 64))
+    return tiny_pipeline(tmp_path_factory.mktemp("cams") / "sphere32", views=32, jitter=0.02)
 
 
 @pytest.fixture(scope="module")

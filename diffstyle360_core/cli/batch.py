@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from .. import options as O
+from ..files import write_atomic
 from . import main as cli
 from .outputs import RunOutput
 
@@ -375,15 +376,10 @@ class BackViewCache:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
         try:
-            save_file({"back": back.contiguous()}, str(tmp))
-            os.replace(tmp, self.folder / f"{key}.safetensors")
+            write_atomic(self.folder / f"{key}.safetensors", lambda tmp: save_file({"back": back.contiguous()}, tmp))
         except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass  # the cache is an optimisation: a full disk shows up at the job's own write
+            pass  # the cache is an optimisation: a full disk shows up at the job's own write
 
 
 # --------------------------------------------------------------------------- #
@@ -591,17 +587,18 @@ def write_summary(jobs: List[Job], out: Path, shard: Shard) -> Path:
             except ValueError:
                 continue
             found[row["job"]] = row
-    target = out / SUMMARY
-    tmp = out / f".{SUMMARY}.{os.getpid()}.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for job in jobs:
-            row = found.get(job.name) or {"job": job.name, "status": "not run", "folder": str(out / JOBS_DIR / job.name),
-                                          "error": "no rank reported this job"}
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
-    os.replace(tmp, target)
-    return target
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for job in jobs:
+                row = found.get(job.name) or {"job": job.name, "status": "not run",
+                                              "folder": str(out / JOBS_DIR / job.name),
+                                              "error": "no rank reported this job"}
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
+
+    return write_atomic(out / SUMMARY, write)
 
 
 # --------------------------------------------------------------------------- #

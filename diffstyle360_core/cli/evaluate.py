@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -131,14 +130,13 @@ def settings_from_args(args):
 
 
 def write_report(report: dict, out: Path) -> Path:
-    """``out`` (Markdown) and ``out`` with .json, each written to a temporary file and renamed into place."""
+    """``out`` (Markdown) and ``out`` with .json, each written atomically (:func:`~..files.write_text_atomic`)."""
     from ..evaluation.report import to_markdown
+    from ..files import write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, to_markdown(report)), (out.with_suffix(".json"), json.dumps(report, indent=1))):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return out
 
 

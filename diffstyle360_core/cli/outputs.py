@@ -80,6 +80,8 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
+from ..files import TEMP_SUFFIX, write_text_atomic
+
 __all__ = ["OutputError", "RunOutput", "check_writable", "current_files", "hold_signals", "manifest_path"]
 
 RESERVED = ".ds360"  # every name of ours in the folder starts with this; a run never writes such a name
@@ -89,7 +91,6 @@ _MANIFEST = ".ds360-manifest-{kind}.json"
 _PARTIAL = ".ds360-partial-"
 _OLD = ".ds360-old-"
 _PROBE = ".ds360-probe-"
-_TEMP = ".tmp-"  # atomic JSON writes: <name>.tmp-<pid>-<id>, renamed over <name>
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _FORMAT = "diffstyle360-run"
 HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -202,23 +203,9 @@ def _unchanged(path: Path, record: Mapping) -> bool:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
-    """Temp file, fsync, rename over ``path``, fsync the folder: readers see the old or the new file."""
-    tmp = path.with_name(f"{path.name}{_TEMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    try:
-        _rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(path.parent)
+    """Temp file, fsync, rename over ``path`` (through :func:`_rename`), fsync the folder: readers see the old
+    or the new file."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", fsync=True, rename=_rename)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -427,7 +414,7 @@ def _settle(folder: Path) -> None:
                               "(space, permissions, a file in the way) and run again", err.errno) from None
     for leftover in folder.iterdir():
         name = leftover.name
-        if name.startswith((_PARTIAL, _OLD, _PROBE)) or (name.startswith(RESERVED) and _TEMP in name):
+        if name.startswith((_PARTIAL, _OLD, _PROBE)) or (name.startswith(RESERVED) and name.endswith(TEMP_SUFFIX)):
             _remove(leftover)  # a killed run's; we hold the lock, nobody else uses them
 
 

@@ -70,25 +70,41 @@ def _batches(items: Sequence, size: int):
         yield items[i:i + size]
 
 
-# --------------------------------------------------------------------------- #
-# CLIP (transformers)
-# --------------------------------------------------------------------------- #
-class CLIPImageFeatures:
-    """L2-normalised CLIP image embeddings (projected) from transformers' ``CLIPModel``."""
+class _TransformersModel:
+    """A transformers model and its image processor in eval mode on one device (default: the model's own).
 
-    def __init__(self, model, processor, device=None, batch_size: int = 32):
-        self.model, self.processor, self.batch_size = model.eval(), processor, batch_size
+    Subclasses name their transformers classes and default checkpoint; :meth:`load` fetches both halves.
+    """
+
+    MODEL_CLASS = PROCESSOR_CLASS = DEFAULT = ""
+
+    def __init__(self, model, processor, device=None):
+        self.model, self.processor = model.eval(), processor
         self.device = next(model.parameters()).device if device is None else device
         self.model.to(self.device)
 
     @classmethod
-    def load(cls, name: str = CLIP_DEFAULT, device: Optional[str] = None) -> "CLIPImageFeatures":
+    def load(cls, name: Optional[str] = None, device: Optional[str] = None):
         _require("transformers", "transformers")
-        from transformers import CLIPImageProcessor, CLIPModel
+        import transformers
 
-        model = _from_pretrained(CLIPModel.from_pretrained, name)
-        processor = _from_pretrained(CLIPImageProcessor.from_pretrained, name)
+        name = cls.DEFAULT if name is None else name
+        model = _from_pretrained(getattr(transformers, cls.MODEL_CLASS).from_pretrained, name)
+        processor = _from_pretrained(getattr(transformers, cls.PROCESSOR_CLASS).from_pretrained, name)
         return cls(model, processor, _device(device))
+
+
+# --------------------------------------------------------------------------- #
+# CLIP (transformers)
+# --------------------------------------------------------------------------- #
+class CLIPImageFeatures(_TransformersModel):
+    """L2-normalised CLIP image embeddings (projected) from transformers' ``CLIPModel``."""
+
+    MODEL_CLASS, PROCESSOR_CLASS, DEFAULT = "CLIPModel", "CLIPImageProcessor", CLIP_DEFAULT
+
+    def __init__(self, model, processor, device=None, batch_size: int = 32):
+        super().__init__(model, processor, device)
+        self.batch_size = batch_size
 
     def __call__(self, images):
         import torch
@@ -173,22 +189,10 @@ class ArcFaceEmbedder:
 # --------------------------------------------------------------------------- #
 # depth (transformers, Depth Anything V2)
 # --------------------------------------------------------------------------- #
-class TransformersDepth:
+class TransformersDepth(_TransformersModel):
     """Relative (affine-invariant inverse) depth from a transformers depth model, at each image's size."""
 
-    def __init__(self, model, processor, device=None):
-        self.model, self.processor = model.eval(), processor
-        self.device = next(model.parameters()).device if device is None else device
-        self.model.to(self.device)
-
-    @classmethod
-    def load(cls, name: str = DEPTH_DEFAULT, device: Optional[str] = None) -> "TransformersDepth":
-        _require("transformers", "transformers")
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        model = _from_pretrained(AutoModelForDepthEstimation.from_pretrained, name)
-        processor = _from_pretrained(AutoImageProcessor.from_pretrained, name)
-        return cls(model, processor, _device(device))
+    MODEL_CLASS, PROCESSOR_CLASS, DEFAULT = "AutoModelForDepthEstimation", "AutoImageProcessor", DEPTH_DEFAULT
 
     def __call__(self, images):
         import torch

@@ -236,6 +236,11 @@ class _Models:
         return self.built[name]
 
 
+# the one-model, one-value columns of a job (identity gives two values, FID/KID are pooled over a run)
+JOB_METRICS = (("clip_style", clip_style), ("clip_ref", clip_reference), ("depth_gt", depth_vs_ground_truth),
+               ("depth", depth_consistency), ("met3r", met3r))
+
+
 def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settings = Settings(),
              reference: Optional[List[Path]] = None, ground_truth: bool = False) -> dict:
     """Every metric of every job of every run, per-style means/stds, pooled FID/KID, column definitions."""
@@ -271,21 +276,10 @@ def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settin
             if face is not None:
                 score = identity_vs_ground_truth if settings.id_against == "ground-truth" else identity
                 values.update(score(job, face, settings.max_yaw))
-            clip = model_for("clip_style")
-            if clip is not None:
-                values["clip_style"] = clip_style(job, clip)
-            clip = model_for("clip_ref")
-            if clip is not None:
-                values["clip_ref"] = clip_reference(job, clip)
-            depth = model_for("depth_gt")
-            if depth is not None:
-                values["depth_gt"] = depth_vs_ground_truth(job, depth)
-            depth = model_for("depth")
-            if depth is not None:
-                values["depth"] = depth_consistency(job, depth)
-            scorer = model_for("met3r")
-            if scorer is not None:
-                values["met3r"] = met3r(job, scorer)
+            for key, metric in JOB_METRICS:
+                model = model_for(key)
+                if model is not None:
+                    values[key] = metric(job, model)
             per_job[run][job.name] = {"style": job.style, "views": len(job.views), **values}
     pooled: Dict[str, dict] = {}
     inception = model_for("fid")
