@@ -195,6 +195,16 @@ def find_condition_folder(weights_dir: str | os.PathLike) -> Path:
     )
 
 
+def has_condition_folder(weights_dir: str | os.PathLike) -> bool:
+    """Whether :func:`find_condition_folder` finds condition renders under ``weights_dir`` (one rule for the
+    catalogue and the download)."""
+    try:
+        find_condition_folder(weights_dir)
+    except ImageInputError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- #
 # selection
 # --------------------------------------------------------------------------- #

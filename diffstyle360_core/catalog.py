@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-from .cameras import find_condition_folder
+from .cameras import has_condition_folder
 from .config import BACK_VIEW, CONFIG_NAME, MAIN, WEIGHTS_SUFFIX, BackboneConfig, ConfigValueError
-from .images import ImageInputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,16 +42,8 @@ def describe(folder: PathLike, name: Optional[str] = None) -> Optional[WeightSet
         return None
     styles = sorted(p.name for p in root.glob("*" + WEIGHTS_SUFFIX))
     styles += sorted(f"{MAIN}/{p.name}" for p in (root / MAIN).glob("style_appearance*" + WEIGHTS_SUFFIX))
-    return WeightSet(name or root.name, root, kinds, styles, _has_cameras(root))
+    return WeightSet(name or root.name, root, kinds, styles, has_condition_folder(root))
 
-
-def _has_cameras(root: Path) -> bool:
-    """The same rule the pipeline uses to find the condition renders (one source for folder names)."""
-    try:
-        find_condition_folder(root)
-    except ImageInputError:
-        return False
-    return True
 
 
 def _is_model(folder: Path, kind: str) -> bool:

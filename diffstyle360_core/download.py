@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from .cameras import find_condition_folder
+from .cameras import has_condition_folder
 from .config import BACK_VIEW, CONDITION_SUBDIRS, CONFIG_NAME, MAIN
 from .files import write_text_atomic
-from .images import IMAGE_SUFFIXES, ImageInputError
+from .images import IMAGE_SUFFIXES
 from .official_keys import HF_REPO, OFFICIAL_FILES
 
 PathLike = Union[str, os.PathLike]
@@ -150,13 +150,6 @@ def has_model(folder: Path, kind: str) -> bool:
     return (folder / kind / CONFIG_NAME).is_file()
 
 
-def has_cameras(folder: Path) -> bool:
-    try:
-        find_condition_folder(folder)
-    except ImageInputError:
-        return False
-    return True
-
 
 def _kind_of(th: Path) -> str:
     """main or back_view: from the official name, else from the keys (memory-mapped, nothing copied)."""
@@ -208,7 +201,7 @@ def _todo(folder: Path, official: bool) -> _Todo:
         elif official:
             todo.download.append(OFFICIAL_FILES[kind])
             todo.convert[kind] = (fetched, True)
-    if not has_cameras(folder):
+    if not has_condition_folder(folder):
         if (folder / ARCHIVE).is_file():
             todo.archive = (folder / ARCHIVE, False)
         elif (work / ARCHIVE).is_file():
