@@ -306,6 +306,10 @@ def _file_location(name: str, commit: str, folder: Path) -> Tuple[str, Optional[
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(HF_REPO, name, revision=commit, endpoint=hub_endpoint())
+    # Older huggingface_hub releases swap in ``endpoint`` only when the URL starts with the endpoint they read at
+    # import: pin the one of now (``HF_ENDPOINT`` set after import, a mirror) whatever the release did.
+    path = f"/{HF_REPO}/resolve/"
+    url = hub_endpoint() + url[url.index(path):]
     try:
         meta = get_hf_file_metadata(url)
     except Exception as err:  # network and HTTP errors
