@@ -23,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from diffstyle360_core.tiny import write_tiny_condition_set  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_workflows import WORKFLOWS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "workflows" / "images"
 SIZE = (512, 384)
@@ -178,16 +181,9 @@ def circular_loop():
     return card
 
 
-CARDS = {
-    "01 Turntable in one style": one_style,
-    "02 Training-free vs trained style module": trained,
-    "03 Style strength sweep (tau)": tau_sweep,
-    "04 Two styles on two regions (masks)": local_two_styles,
-    "05 Style interpolation between two styles": interpolation,
-    "06 Back of the head from a portrait": back_view,
-    "07 Novel views without a style": novel_views,
-    "08 Seamless 360 loop (circular windows)": circular_loop,
-}
+#: One card per workflow, in the order (and with the file names = titles) of make_workflows.WORKFLOWS.
+CARDS = dict(zip(WORKFLOWS, (one_style, trained, tau_sweep, local_two_styles, interpolation, back_view,
+                             novel_views, circular_loop)))
 
 
 def main() -> None:
