@@ -350,7 +350,7 @@ def test_trained_pairing_is_the_default_and_an_explicit_choice_wins(trained, tin
     seen = []
     real = pipeline_module.FusionSettings.checked
     monkeypatch.setattr(pipeline_module.FusionSettings, "checked",
-                        lambda self: seen.append((self.pairing, self.mask_mode)) or real(self))
+                        lambda self, **kw: seen.append((self.pairing, self.mask_mode)) or real(self, **kw))
     pipe = pipeline_module.DiffStyle360Pipeline(model, None, load_cameras(tiny_weights, 64))
     image = torch.rand(1, 64, 64, 3)
     style = pipeline_module.Style(images=[image], backs=[image])
