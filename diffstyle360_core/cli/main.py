@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from .. import options as O
+from ..stop_signals import STOP_SIGNALS as ALL_STOP_SIGNALS, install_handlers, restore_handlers
 from .outputs import OutputError, RunOutput
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
 #: signals handled like Ctrl-C: the run stops, cleans up and exits 128 + the signal's number
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOP_SIGNALS = tuple(s for s in ALL_STOP_SIGNALS if s != signal.SIGINT)
 PLUGINS = ("diffstyle360_core.cli.train", "diffstyle360_core.cli.download", "diffstyle360_core.cli.batch",
            "diffstyle360_core.cli.evaluate")
 
@@ -83,14 +84,7 @@ def _handle_stop_signals() -> Dict[int, object]:
     """Route SIGTERM and SIGHUP through the Ctrl-C path; a signal the caller ignores (``nohup``) stays ignored.
 
     Returns the previous handlers (main thread only; elsewhere nothing changes)."""
-    previous = {}
-    for signum in STOP_SIGNALS:
-        try:
-            if signal.getsignal(signum) != signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, _raise_stopped)
-        except (ValueError, OSError):  # not the main thread
-            pass
-    return previous
+    return install_handlers(STOP_SIGNALS, _raise_stopped)
 
 
 def _exit_code(err: BaseException) -> int:
@@ -645,8 +639,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if STATE.run is not None:
                 STATE.run.close()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            restore_handlers(previous)
 
 
 if __name__ == "__main__":

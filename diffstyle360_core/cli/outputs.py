@@ -69,7 +69,6 @@ import re
 import shutil
 import signal
 import stat
-import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +80,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 from ..files import TEMP_SUFFIX, write_text_atomic
+from ..stop_signals import STOP_SIGNALS, install_handlers, restore_handlers
 
 __all__ = ["OutputError", "RunOutput", "check_writable", "current_files", "hold_signals", "manifest_path"]
 
@@ -93,7 +93,7 @@ _OLD = ".ds360-old-"
 _PROBE = ".ds360-probe-"
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _FORMAT = "diffstyle360-run"
-HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+HELD_SIGNALS = STOP_SIGNALS
 
 PathLike = Union[str, "os.PathLike[str]"]
 Inputs = Union[Mapping[str, object], Iterable[Tuple[str, object]], None]
@@ -267,19 +267,12 @@ def hold_signals() -> Iterator[None]:
     ``KeyboardInterrupt``; the CLI's raise its own ``KeyboardInterrupt`` subclass); a signal that was
     ignored stays ignored; one with the default action is raised again, now that the block is done.
     """
-    previous: Dict[int, object] = {}
     caught: List[int] = []
-    if threading.current_thread() is threading.main_thread():
-        for signum in HELD_SIGNALS:
-            try:
-                previous[signum] = signal.signal(signum, lambda s, frame: caught.append(s))
-            except (ValueError, OSError):  # pragma: no cover - no signal support here
-                pass
+    previous = install_handlers(HELD_SIGNALS, lambda s, frame: caught.append(s))
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous)
     if caught:
         signum, handler = caught[0], previous[caught[0]]
         if callable(handler):

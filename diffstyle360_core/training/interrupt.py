@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from typing import Dict, Optional
 
-_SIGNALS = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None),
-                        getattr(signal, "SIGHUP", None)) if s is not None]
+from ..stop_signals import STOP_SIGNALS, install_handlers, restore_handlers
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -51,20 +49,12 @@ class StopSignals:
         self._previous: Dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in _SIGNALS:
-                if signal.getsignal(signum) is signal.SIG_IGN:
-                    continue  # ignored on purpose (nohup, a background job): stays ignored
-                try:
-                    self._previous[signum] = signal.signal(signum, self._handle)
-                except (ValueError, OSError):  # pragma: no cover - no signal support here
-                    pass
+        self._previous = install_handlers(STOP_SIGNALS, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
+        restore_handlers(self._previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         if not self.deferring:
