@@ -43,6 +43,7 @@ from typing import Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from . import returnable_memory
 from .config import (
     BACK_VIEW,
     CONFIG_NAME,
@@ -61,7 +62,6 @@ from .config import (
 )
 from .devices import resolve_device, resolve_dtype
 from .files import write_atomic
-from .options import MASK_MODES, PAIRINGS
 from .layout import expected_shapes, folder_shapes
 from .official_keys import (
     CLIP_MODEL_PREFIX,
@@ -79,6 +79,7 @@ from .official_keys import (
     infer_config,
     map_official_keys,
 )
+from .options import MASK_MODES, PAIRINGS
 
 __all__ = [
     "CheckpointFileError",
@@ -488,25 +489,34 @@ def _read_safetensors(path: Path, hint: str = _CONVERT_HINT) -> Dict[str, torch.
 _ALIGNMENT = 64
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when contiguous and 64-byte aligned, else a contiguous, aligned copy.
+def _needs_copy(t: torch.Tensor) -> bool:
+    """Whether ``t`` must be copied before a CPU kernel gets it: not contiguous or not 64-byte aligned.
 
     Tensors read from a safetensors file are views of its memory map and start
     wherever the file puts them (8-byte offsets); a CPU kernel may then take a
     different (unaligned) code path than for the same values in freshly
     allocated memory, so the memory-saving load would not compute what the
-    in-memory model computes (a 1e-6 difference was seen on an AMD EPYC). Only
-    tensors that no move or cast has copied already are copied here.
+    in-memory model computes (a 1e-6 difference was seen on an AMD EPYC).
     """
-    if t.is_contiguous() and t.data_ptr() % _ALIGNMENT == 0:
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
+    return not t.is_contiguous() or t.data_ptr() % _ALIGNMENT != 0
 
 
 def _place(tensors: Mapping[str, torch.Tensor], device: torch.device, dtype: Optional[torch.dtype]):
-    """Move to ``device``; cast floating tensors to ``dtype`` (None: keep the stored dtype); contiguous and aligned."""
-    return {k: _aligned(v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else None))
-            for k, v in tensors.items()}
+    """Move to ``device``; cast floating tensors to ``dtype`` (None: keep the stored dtype); contiguous and aligned.
+
+    CPU copies go to :mod:`.returnable_memory`, so dropping the model gives the
+    memory back to the system (a host's "unload models" shows in its RSS).
+    """
+    placed = {}
+    for k, v in tensors.items():
+        target = dtype if dtype is not None and v.is_floating_point() else v.dtype
+        if device.type != "cpu":
+            placed[k] = v.to(device=device, dtype=target)
+        elif target != v.dtype or v.device.type != "cpu" or _needs_copy(v):
+            placed[k] = returnable_memory.copy(v, target)
+        else:
+            placed[k] = v
+    return placed
 
 
 def _new_style_module(config: BackboneConfig, meta: bool = True) -> nn.Module:
