@@ -320,9 +320,8 @@ def test_a_set_another_run_is_getting_is_refused_at_once_in_one_sentence(hub, tm
     folder = tmp_path / dl.OFFICIAL_SET
     work = folder / dl.WORK_DIR
     work.mkdir(parents=True)
-    with dl._locked(work):  # a run in this process holds the set
-        with pytest.raises(dl.DownloadError) as err:
-            dl.ensure_weight_set(folder)
+    with dl._locked(work), pytest.raises(dl.DownloadError) as err:  # a run in this process holds the set
+        dl.ensure_weight_set(folder)
     assert str(err.value) == f"another run is already getting the weights into {folder}; wait for it to finish"
     holder = hold_in_another_process(work, "lock")
     try:

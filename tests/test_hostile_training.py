@@ -405,10 +405,9 @@ def test_a_lock_file_left_by_a_killed_run_is_not_taken_for_a_run_file(tiny_weigh
 
 def test_a_refused_run_leaves_no_folder_it_created(tmp_path):
     out = tmp_path / "new" / "run"
-    with pytest.raises(RuntimeError, match="failed"):
-        with locked_run_folder(out):
-            assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
-            raise RuntimeError("the run failed before writing anything")
+    with pytest.raises(RuntimeError, match="failed"), locked_run_folder(out):
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+        raise RuntimeError("the run failed before writing anything")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "mine").mkdir()
     with locked_run_folder(tmp_path / "mine"):
