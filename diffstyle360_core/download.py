@@ -39,6 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 from .cameras import has_condition_folder
 from .config import BACK_VIEW, CONDITION_SUBDIRS, CONFIG_NAME, MAIN
 from .files import write_text_atomic
+from .folder_lock import FolderLock, LockBusy, LockError
 from .images import IMAGE_SUFFIXES
 from .official_keys import HF_REPO, OFFICIAL_FILES
 
@@ -228,47 +229,23 @@ def _state(folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- lock
-_thread_locks: Dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
-
-
 @contextlib.contextmanager
 def _locked(work: Path) -> Iterator[None]:
-    """One run per set folder: a thread lock in this process, a file lock across processes (CLI + ComfyUI)."""
-    with _thread_locks_guard:
-        lock = _thread_locks.setdefault(str(work.resolve()), threading.Lock())
-    if not lock.acquire(timeout=1.0):
-        raise DownloadError(f"another run is already getting the weights into {work.parent}; wait for it to finish")
+    """One run per set folder, across threads of this process and across processes (CLI + ComfyUI)."""
     try:
-        with open(work / "lock", "a+") as handle:
-            if not _try_file_lock(handle):
-                raise DownloadError(f"another program (ComfyUI or the download command) is getting the weights into "
-                                    f"{work.parent}; wait for it to finish, then run again")
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError):
-                    (work / "lock").unlink()  # while still holding it: the next run makes a fresh one
+        lock = FolderLock(work, "lock").acquire()
+    except LockBusy as busy:
+        if busy.this_process:
+            raise DownloadError(f"another run is already getting the weights into {work.parent}; wait for it to "
+                                "finish") from None
+        raise DownloadError(f"another program (ComfyUI or the download command) is getting the weights into "
+                            f"{work.parent}; wait for it to finish, then run again") from None
+    except LockError as err:  # a lock path that is not our file, a folder we cannot write
+        raise DownloadError(str(err)) from None
+    try:
+        yield
     finally:
-        lock.release()
-
-
-def _try_file_lock(handle) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes or we die
-    except OSError:
-        return False
-    return True
+        lock.release()  # deletes the file while still holding it: the next run makes a fresh one
 
 
 # --------------------------------------------------------------------------------------------- the hub

@@ -35,6 +35,7 @@ from diffstyle360_core import loading
 from diffstyle360_core.config import BACK_VIEW, MAIN
 from diffstyle360_core.official_keys import HF_REPO, OFFICIAL_FILES
 from node_runner import call, run
+from test_folder_lock import hold_in_another_process
 
 MAIN_TH, BACK_TH = OFFICIAL_FILES[MAIN], OFFICIAL_FILES[BACK_VIEW]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -312,6 +313,28 @@ def test_a_failing_disk_write_is_raised_as_it_is_not_retried_like_the_network(hu
     with pytest.raises(OSError, match="No space left on device") as err:
         dl.ensure_weight_set(tmp_path / dl.OFFICIAL_SET, progress=disk_full)
     assert not isinstance(err.value, dl.DownloadError) and len(hub.gets(MAIN_TH)) == 1
+
+
+def test_a_set_another_run_is_getting_is_refused_at_once_in_one_sentence(hub, tmp_path):
+    """One run per set: another thread of this process (a second ComfyUI prompt) or another program."""
+    folder = tmp_path / dl.OFFICIAL_SET
+    work = folder / dl.WORK_DIR
+    work.mkdir(parents=True)
+    with dl._locked(work), pytest.raises(dl.DownloadError) as err:  # a run in this process holds the set
+        dl.ensure_weight_set(folder)
+    assert str(err.value) == f"another run is already getting the weights into {folder}; wait for it to finish"
+    holder = hold_in_another_process(work, "lock")
+    try:
+        with pytest.raises(dl.DownloadError) as err:
+            dl.ensure_weight_set(folder)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert str(err.value) == (f"another program (ComfyUI or the download command) is getting the weights into "
+                              f"{folder}; wait for it to finish, then run again")
+    assert hub.requests == [] and sorted(p.name for p in folder.rglob("*")) == [dl.WORK_DIR, "lock"]
+    report = dl.ensure_weight_set(folder)  # the killed holder's lock is free: this run goes on
+    assert report.downloaded and not work.exists()  # and leaves no lock file behind
 
 
 def test_corrupted_download_is_detected_and_removed(hub, hub_files, tmp_path):

@@ -23,12 +23,14 @@ import pytest
 import torch
 
 from diffstyle360_core.cli.main import main
+from diffstyle360_core.folder_lock import LOCK_NAME, holder_pid
 from diffstyle360_core.training import TrainConfig, make_tiny_dataset, train
 from diffstyle360_core.training.fingerprint import RECIPE_KEYS, file_crc32
 from diffstyle360_core.training.interrupt import StopSignals, TrainingInterrupted
 from diffstyle360_core.training.resume import (CheckpointError, check_files, read_state, save_checkpoint,
                                                trainable_state)
-from diffstyle360_core.training.run_folder import checkpoint_folders, prune_checkpoints
+from diffstyle360_core.training.run_folder import checkpoint_folders, locked_run_folder, plan_run, prune_checkpoints
+from test_folder_lock import hold_in_another_process
 
 VIEWS = 8
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,6 +351,68 @@ def test_resuming_an_older_checkpoint_would_overwrite_a_newer_one_so_it_refuses(
                             capsys)
     assert code == 2 and "step_000002 is newer than the checkpoint to resume" in _error_line(err)
     assert _snapshot(out) == before
+
+
+def _contents(root: Path) -> dict:
+    """Every name under ``root`` with its bytes (None for a folder): what "nothing changed" means."""
+    return {p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def test_a_folder_a_live_run_holds_is_refused_at_once_and_freed_when_that_run_is_killed(source_run, tiny_weights,
+                                                                                       data, tmp_path, capsys,
+                                                                                       monkeypatch):
+    out = _copy_run(source_run, tmp_path)
+    assert LOCK_NAME not in _contents(out)  # the finished source run left no lock file
+    holder = hold_in_another_process(out)  # another run, in another process, holds the folder
+    try:
+        before, stamps = _contents(out), _snapshot(out)
+        loads = []
+        with monkeypatch.context() as patch:
+            patch.setattr("diffstyle360_core.weights.load_model", lambda *a, **k: loads.append(a) or 1 / 0)
+            code, _, err = _run_cli(_args(tiny_weights, data, out, "--resume", "latest"), capsys)
+        assert code == 2 and _error_line(err) == (
+            f"error: output folder {out} is in use by another DiffStyle360 run (process {holder.pid}); wait for it "
+            "to finish or choose another --out folder (nothing was changed)")
+        assert loads == []  # refused before the model was loaded
+        assert _contents(out) == before and _snapshot(out) == stamps  # nothing written, not even the lock file
+        holder.kill()  # SIGKILL: the holder cleans nothing up; the OS frees its lock, its lock file stays
+        holder.wait(10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert LOCK_NAME in _contents(out)
+    code, _, err = _run_cli(_args(tiny_weights, data, out, "--resume", "latest"), capsys)
+    assert code == 0, err
+    assert read_state(out / "checkpoints" / "step_000003").step == 3
+    assert LOCK_NAME not in _contents(out)  # a run that finished removes its lock file
+
+
+def test_a_lock_file_left_by_a_killed_run_is_not_taken_for_a_run_file(tiny_weights, data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = hold_in_another_process(out)
+    holder.kill()  # a new run killed right after it took the folder: only its lock file is there
+    holder.wait(10)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    config = TrainConfig(weights=str(tiny_weights), data=str(data), out=str(out))
+    assert plan_run(config, out, {}).checkpoint is None  # an empty folder: a new run may start in it
+    with locked_run_folder(out):
+        assert holder_pid(out / LOCK_NAME) == os.getpid()  # taken over
+    assert list(out.iterdir()) == []
+    config = config.replace(resume="latest")
+    assert plan_run(config, out, {}).notes == [f"no checkpoint in {out / 'checkpoints'}: starting at step 0"]
+
+
+def test_a_refused_run_leaves_no_folder_it_created(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError, match="failed"), locked_run_folder(out):
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+        raise RuntimeError("the run failed before writing anything")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    with locked_run_folder(tmp_path / "mine"):
+        (tmp_path / "mine" / "run.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["run.json"]  # what the run wrote stays
 
 
 def test_rotation_deletes_only_checkpoints_proven_to_be_this_runs(source_run, tmp_path):

@@ -46,11 +46,10 @@ The rules:
   directly in ``out/``, beside their own files, and one rename cannot swap many
   names of one folder.)
 * **One run at a time.** Entering takes an exclusive lock on ``out/.ds360.lock``
-  (``fcntl.flock``: released by the OS if the process dies); a second run on the
-  folder is refused at once. The lock file must be a plain file of ours: a folder,
-  a symbolic link or a file with other hard links at that path is refused, never
-  written. Without ``fcntl`` (Windows) the lock is created with ``O_EXCL``; a lock
-  left by a crashed run must then be deleted by hand.
+  (:class:`~diffstyle360_core.folder_lock.FolderLock`: released by the OS if the process
+  dies); a second run on the folder, in another process or another thread, is refused at
+  once. The lock file must be a plain file of ours: a folder, a symbolic link or a file with
+  other hard links at that path is refused, never written.
 * **Writable before compute**, **errors name the file**: :func:`check_writable`
   writes, fsyncs and deletes a probe file; an ``OSError`` while writing becomes
   :class:`OutputError` naming the file, and the folder is left as it was.
@@ -74,18 +73,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-
 from ..files import TEMP_SUFFIX, write_text_atomic
+from ..folder_lock import LOCK_NAME, FolderLock, LockBusy, LockError, LockUnavailable, NotALockFile
 from ..stop_signals import STOP_SIGNALS, install_handlers, restore_handlers
 
 __all__ = ["OutputError", "RunOutput", "check_writable", "current_files", "hold_signals", "manifest_path"]
 
 RESERVED = ".ds360"  # every name of ours in the folder starts with this; a run never writes such a name
-LOCK_NAME = ".ds360.lock"
 JOURNAL_NAME = ".ds360-journal.json"
 _MANIFEST = ".ds360-manifest-{kind}.json"
 _PARTIAL = ".ds360-partial-"
@@ -456,7 +450,7 @@ class RunOutput:
         self.planned = [_check_name(n) for n in planned]
         self.committed = False
         self._tmp: Optional[Path] = None
-        self._lock_fd: Optional[int] = None
+        self._folder_lock = FolderLock(self.folder, LOCK_NAME)
         self._written: list[str] = []
         self._created = False
 
@@ -626,71 +620,22 @@ class RunOutput:
 
     # ------------------------------------------------------------------- lock
     def _lock(self) -> None:
-        lock = self.folder / LOCK_NAME
-
-        def busy(who: str) -> OutputError:
-            return OutputError(f"output folder {self.folder} is in use by another DiffStyle360 run ({who}); "
-                               "wait for it to finish or choose another folder", _errno.EBUSY)
-
-        def not_ours(what: str) -> OutputError:
-            return OutputError(f"{lock} is {what}, not a DiffStyle360 lock file; move it away or choose another "
-                               "output folder", _errno.EEXIST)
-
-        if _lexists(lock):
-            st = os.lstat(lock)
-            if stat.S_ISDIR(st.st_mode):
-                raise not_ours("a folder")
-            if stat.S_ISLNK(st.st_mode):
-                raise not_ours("a symbolic link")
-            if not stat.S_ISREG(st.st_mode):
-                raise not_ours("a special file")
-        if fcntl is None:  # pragma: no cover - Windows
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                raise busy(f"{_owner(lock)}; delete {lock} if no run is active") from None
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self._lock_fd = fd
-            return
-        for _ in range(100):
-            try:
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-            except OSError as err:
-                if err.errno in (_errno.ELOOP, _errno.EISDIR):
-                    raise not_ours("a symbolic link" if err.errno == _errno.ELOOP else "a folder") from None
-                raise OutputError(f"cannot create {lock} ({_reason(err)}); choose another output folder",
-                                  err.errno) from None
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-                os.close(fd)
-                raise not_ours("a file with other hard links" if stat.S_ISREG(st.st_mode) else "a special file")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise busy(_owner(lock)) from None
-            try:  # the holder before us may have deleted the file after we opened it: retry on the new one
-                same = os.path.samestat(os.fstat(fd), os.stat(lock))
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._lock_fd = fd
-                return
-            os.close(fd)
-        raise busy(_owner(lock))  # pragma: no cover
+        try:
+            self._folder_lock.acquire()
+        except LockBusy as err:
+            raise OutputError(f"output folder {self.folder} is in use by another DiffStyle360 run ({err.holder}); "
+                              "wait for it to finish or choose another folder", err.errno) from None
+        except NotALockFile as err:
+            raise OutputError(f"{err.path} is {err.what}, not a DiffStyle360 lock file; move it away or choose "
+                              "another output folder", err.errno) from None
+        except LockUnavailable as err:
+            raise OutputError(f"cannot create {err.path} ({_reason(err.cause)}); choose another output folder",
+                              err.errno) from None
+        except LockError as err:  # pragma: no cover - every LockError is one of the above
+            raise OutputError(str(err), err.errno) from None
 
     def _unlock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is None:
-            return
-        if fcntl is not None:
-            _unlink_quietly(self.folder / LOCK_NAME)  # delete while still holding the lock, then release
-            os.close(fd)
-        else:  # pragma: no cover - Windows
-            os.close(fd)
-            _unlink_quietly(self.folder / LOCK_NAME)
+        self._folder_lock.release()
 
 
 def current_files(folder: PathLike, kind: str = "run") -> List[str]:
@@ -711,11 +656,3 @@ def current_files(folder: PathLike, kind: str = "run") -> List[str]:
         finally:
             reader._unlock()
     return sorted(files)
-
-
-def _owner(lock: Path) -> str:
-    try:
-        pid = lock.read_text().strip()
-    except OSError:
-        pid = ""
-    return f"process {pid}, lock file {lock}" if pid else f"lock file {lock}"

@@ -13,17 +13,18 @@ accumulation and DDP come from :class:`accelerate.Accelerator`. Output folder::
 
 The data of step s is a function of (seed, s, process) only, so a resumed run
 continues exactly where the interrupted one would have been. One folder holds one
-run (:mod:`.run_folder`); Ctrl-C, SIGTERM and SIGHUP save the current step
-(:mod:`.interrupt`).
+run (:mod:`.run_folder`), and a run holds it (a lock) from before the model is loaded
+to the final save; Ctrl-C, SIGTERM and SIGHUP save the current step (:mod:`.interrupt`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 
@@ -35,8 +36,8 @@ from .fingerprint import run_fingerprint
 from .interrupt import StopSignals, TrainingInterrupted
 from .recipe import (StyleTrainingStep, cast_frozen, draw_randomness, encode_batch, prepare_model, step_generator)
 from .resume import apply_tensors, folder_step, load_tensors, save_checkpoint, step_folder_name, trainable_state
-from .run_folder import (CHECKPOINT_DIR, RUN_FILE, plan_run, prune_checkpoints, relative_to_out,
-                         write_run_record)
+from .run_folder import (CHECKPOINT_DIR, RUN_FILE, locked_run_folder, plan_run, prune_checkpoints,
+                         relative_to_out, write_run_record)
 
 
 @dataclass
@@ -217,9 +218,30 @@ def _train(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, st
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.condition_dropout > 0)],
     )
     try:
-        return _run(config, out, stop, progress, started, accelerator, device, samples, main_folder)
+        with _holding_run_folder(out, accelerator):  # before the model is loaded or anything is written
+            return _run(config, out, stop, progress, started, accelerator, device, samples, main_folder)
     finally:
         _release_accelerate_state(accelerator)
+
+
+@contextlib.contextmanager
+def _holding_run_folder(out: Path, accelerator) -> Iterator[None]:
+    """The main process holds ``out`` (:func:`.run_folder.locked_run_folder`) for the whole run.
+
+    With several processes, all of them stop when the main one is refused (they agree, as on a stop signal).
+    """
+    with contextlib.ExitStack() as held:
+        refused: Optional[ConfigError] = None
+        if accelerator.is_main_process:
+            try:
+                held.enter_context(locked_run_folder(out))
+            except ConfigError as err:
+                refused = err
+        if _max_over_processes(accelerator, int(refused is not None)) and refused is None:
+            raise ConfigError(f"the main process could not take output folder {out} (see its message)")
+        if refused is not None:
+            raise refused
+        yield
 
 
 def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, started: float, accelerator,
@@ -369,10 +391,14 @@ def _run(config: TrainConfig, out: Path, stop: StopSignals, progress: bool, star
 
 def _stop_requested(stop: StopSignals, accelerator) -> int:
     """The signal that asked to stop (0: none); every process agrees, so they all stop after the same step."""
-    signum = stop.requested or 0
+    return _max_over_processes(accelerator, stop.requested or 0)
+
+
+def _max_over_processes(accelerator, value: int) -> int:
+    """The largest ``value`` of all processes (each one passes its own); the value itself with one process."""
     if accelerator.num_processes > 1:
-        signum = int(accelerator.gather(torch.tensor([signum], device=accelerator.device)).max())
-    return signum
+        return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max())
+    return value
 
 
 def _release_accelerate_state(accelerator) -> None:

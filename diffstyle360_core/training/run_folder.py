@@ -11,7 +11,11 @@ One output folder holds one run. ``OUT/run.json`` records the run's fingerprint
 * a checkpoint from another run (other weights, data, seed, learning rate, …) is refused
   unless ``resume_anyway``, and the message lists what differs;
 * old checkpoints are deleted (``keep_checkpoints``) only when their state.json proves they
-  belong to this run (same fingerprint); anything else in ``checkpoints/`` stays.
+  belong to this run (same fingerprint); anything else in ``checkpoints/`` stays;
+* one run at a time: :func:`locked_run_folder` holds ``OUT/.ds360.lock``
+  (:mod:`~diffstyle360_core.folder_lock`) for the whole run, so a second run into the folder
+  is refused before it loads or writes anything; the OS frees it if the run is killed, and
+  the lock file is never taken for a file of the run.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
+from ..folder_lock import LOCK_NAME, FolderLock, LockBusy, LockUnavailable, NotALockFile
 from .config import ConfigError, TrainConfig
 from .fingerprint import check_fingerprint, differences
 from .resume import Checkpoint, CheckpointError, check_files, folder_step, read_state
@@ -43,7 +49,51 @@ def checkpoint_folders(out: Path) -> List[Path]:
 
 
 def _entries(out: Path) -> List[str]:
-    return sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    """What ``out`` holds, less the lock file (the current run's own, or a killed run's that nobody holds)."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+
+
+class RunFolderBusy(ConfigError):
+    """Another run holds the output folder (its lock)."""
+
+
+@contextmanager
+def locked_run_folder(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one run: created if missing, locked, and on leaving unlocked (the lock file deleted).
+
+    A second run is refused at once (:class:`RunFolderBusy`, one sentence naming the folder and the
+    process that holds it). Folders created here that are still empty on leaving (a refused or failed
+    run) are removed again.
+    """
+    out = Path(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create output folder {out} ({err.strerror or err}); choose another --out "
+                          "folder") from None
+    lock = FolderLock(out, LOCK_NAME)
+    try:
+        try:
+            lock.acquire()
+        except LockBusy as busy:
+            who = f"process {busy.pid}" if busy.pid is not None else f"lock file {busy.path}"
+            raise RunFolderBusy(f"output folder {out} is in use by another DiffStyle360 run ({who}); wait for it "
+                                "to finish or choose another --out folder (nothing was changed)") from None
+        except NotALockFile as err:
+            raise ConfigError(f"{err.path} is {err.what}, not a DiffStyle360 lock file; move it away or choose "
+                              "another --out folder") from None
+        except LockUnavailable as err:
+            raise ConfigError(f"cannot lock output folder {out} ({err.cause.strerror or err.cause}); choose another "
+                              "--out folder") from None
+        yield
+    finally:
+        lock.release()
+        for folder in made:
+            try:
+                folder.rmdir()  # only an empty one: a run that wrote nothing leaves no folder it created
+            except OSError:
+                break
 
 
 def read_run_record(out: Path) -> Optional[Dict[str, Any]]:
