@@ -9,10 +9,16 @@ its own anonymous memory mapping instead, which ``munmap`` returns whole when
 the tensor's storage dies. Tensors stay ordinary CPU tensors, each with its
 own storage (no aliasing between weights), page-aligned. Small tensors
 (biases, norms) use the ordinary allocator: their total is a few MB.
+
+What a run computes (activations) is freed into the same heap; a host that
+drops a model can hand that back too with :func:`trim_when_freed`, as ComfyUI
+asks of Windows' allocator (``MIMALLOC_PURGE_DELAY=0``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 from typing import Optional
 
@@ -39,3 +45,45 @@ def copy(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Ten
     out = empty(tensor.shape, dtype or tensor.dtype)
     out.copy_(tensor.detach())
     return out
+
+
+def release_freed_heap() -> bool:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``); False where there is none.
+
+    Changes no setting: it only returns memory that is already free (the heap
+    left by a run's activations), so other code in the process sees no difference.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _malloc_trim():
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+            _TRIM = False
+    return _TRIM or None
+
+
+_TRIM = None
+
+
+class _TrimOnRelease:
+    """Set as a model's last attribute: a module's attributes are released in the order they were set, so
+    this one goes after the model's parameters and submodules, and trims the heap then."""
+
+    def __del__(self):
+        try:
+            release_freed_heap()
+        except Exception:  # interpreter shutdown: nothing left to give back
+            pass
+
+
+def trim_when_freed(model) -> None:
+    """When ``model`` is freed (a host unloading it), also hand the heap its runs left behind back to the system."""
+    model._ds360_trim_on_release = _TrimOnRelease()

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from diffstyle360_core import catalog
+from diffstyle360_core import catalog, returnable_memory
 from diffstyle360_core.acceleration import apply_compile_choice, store_weights_fp8
 from diffstyle360_core.cameras import CameraSet, find_condition_folder, load_condition_set
 from diffstyle360_core.config import BACK_VIEW, MAIN, BackboneConfig
@@ -68,6 +68,11 @@ class HostedModel:
     model: nn.Module
     patcher: Any
     base: Optional["HostedModel"] = None
+
+    def __post_init__(self):
+        # the weights go back to the system by themselves (returnable memory); when the host frees the model,
+        # the heap its runs' activations left behind goes back too, so /free shows in the process's RSS
+        returnable_memory.trim_when_freed(self.model)
 
 
 #: Live models by file signature, dtype and device: weak, so the handles (node outputs) alone keep models alive.

@@ -200,11 +200,16 @@ def test_loading_is_lazy_shared_while_held_and_back_view_only_when_needed(models
         os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_models_live_only_as_long_as_the_hosts_outputs(models_dir):
-    """No cache of our own: when ComfyUI drops the loader's output (/free, eviction), the weights are freed."""
+def test_models_live_only_as_long_as_the_hosts_outputs(models_dir, monkeypatch):
+    """No cache of our own: when ComfyUI drops the loader's output (/free, eviction), the weights are freed, and
+    each freed model hands the heap its runs left behind back to the system (one trim per model)."""
     import gc
     import weakref
 
+    from diffstyle360_core import returnable_memory
+
+    trims = []
+    monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: trims.append(1))
     handle = run("DiffStyle360LoadAppearanceModules", "tiny", "tiny/style_module-tiny.safetensors", "fp32")[0]
     cams = run("DiffStyle360TurntableCamera", handle, 2, 0.0, 360.0)[0]
     sample(handle, cams, content_back=comfy_image("style_ink.png"), steps=1)
@@ -212,9 +217,11 @@ def test_models_live_only_as_long_as_the_hosts_outputs(models_dir):
     assert loader.live_models() >= 2 and host.loaded_models()
     host.unload_all_models()  # what /free's unload_models does to the memory manager
     assert host.loaded_models() == []
+    assert trims == []
     del handle  # what /free's free_memory (executor cache reset) does to the node output
     gc.collect()
     assert [r() for r in alive] == [None, None]
+    assert len(trims) == 2  # the styled model and its base
 
 
 def test_trained_style_module_is_a_clone_of_the_base_patcher_plus_its_own(models_dir):

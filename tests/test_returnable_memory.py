@@ -90,3 +90,50 @@ def test_loader_puts_cast_and_copied_weights_in_returnable_memory(tiny_weights, 
         assert tensors and not outside, outside[:5]
         assert {t.dtype for n, t in tensors if t.is_floating_point()} == {torch.bfloat16 if dtype == "bf16"
                                                                         else torch.float16}
+
+
+def test_a_freed_model_trims_the_heap_after_its_weights_are_gone(monkeypatch):
+    """trim_when_freed: the trim runs when the model is released, after its parameters (so they are in the
+    memory handed back), and only then."""
+    import weakref
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv2d(3, 3, 3))
+    weights = [weakref.ref(p) for p in model.parameters()]
+    seen = []
+    monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: seen.append([w() for w in weights]))
+    returnable_memory.trim_when_freed(model)
+    model[0](torch.randn(2, 8))  # a model in use trims nothing
+    assert seen == []
+    del model
+    assert len(seen) == 1 and all(w is None for w in seen[0])
+
+
+@pytest.mark.skipif(not LINUX, reason="reads VmRSS from /proc; glibc's malloc_trim")
+def test_releasing_a_model_gives_its_runs_heap_back():
+    """Activations freed into glibc's heap (2 MiB blocks once the mmap threshold has risen) stay in RSS; freeing
+    a model marked with trim_when_freed hands them back."""
+    script = textwrap.dedent("""
+        import gc, torch
+        from diffstyle360_core import returnable_memory
+        def rss():
+            return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+        torch.empty(6 * 2 ** 20)  # freed at once: a 24 MiB free raises glibc's mmap threshold
+        model = torch.nn.Linear(4, 4)
+        returnable_memory.trim_when_freed(model)
+        before = rss()
+        activations = [torch.randn(512, 1024) for _ in range(128)]  # 256 MiB of 2 MiB blocks
+        del activations
+        gc.collect()
+        kept = rss()
+        del model
+        print(before, kept, rss(), returnable_memory.release_freed_heap())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    before, kept, after, trimmed = done.stdout.split()
+    before, kept, after = int(before), int(kept), int(after)
+    mib = 2 ** 20
+    if trimmed != "True":
+        pytest.skip("no malloc_trim in this C library")
+    if kept - before < 200 * mib:
+        pytest.skip(f"this allocator gave the freed heap back by itself ({before / mib:.0f} → {kept / mib:.0f} MiB)")
+    assert after - before <= 16 * mib, f"RSS {before / mib:.0f} → {kept / mib:.0f} → {after / mib:.0f} MiB"
