@@ -53,6 +53,12 @@ def write_atomic(path: Union[str, os.PathLike], write: Callable[[str], None], *,
     return path
 
 
+def unlink_quietly(path: Union[str, os.PathLike]) -> None:
+    """Delete a file we made if it is still there (cleanup: a failure here must not hide the real outcome)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 def write_text_atomic(path: Union[str, os.PathLike], text: str, **options) -> Path:
     """:func:`write_atomic` of UTF-8 ``text`` (``options``: its ``fsync`` and ``rename``)."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), **options)

@@ -28,6 +28,8 @@ import threading
 from pathlib import Path
 from typing import Dict, Optional, Union
 
+from .files import unlink_quietly
+
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -157,22 +159,15 @@ class FolderLock:
             return
         try:
             if fcntl is not None:
-                _unlink_quietly(self.path)  # while still holding it: a run that opened it sees it replaced
+                unlink_quietly(self.path)  # while still holding it: a run that opened it sees it replaced
                 os.close(fd)
             else:  # pragma: no cover - Windows: an open file cannot be deleted
                 _unlock_windows(fd)
                 os.close(fd)
-                _unlink_quietly(self.path)  # fails harmlessly if another run opened it meanwhile
+                unlink_quietly(self.path)  # fails harmlessly if another run opened it meanwhile
         finally:
             if thread_lock is not None:
                 thread_lock.release()
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _refuse_what_is_not_ours(path: Path) -> None:
@@ -216,7 +211,7 @@ def _lock_file(path: Path) -> int:
                     os.lseek(fd, 0, os.SEEK_SET)
                     os.write(fd, f"{os.getpid()}\n".encode())
                 except OSError as err:
-                    _unlink_quietly(path)
+                    unlink_quietly(path)
                     raise LockUnavailable(path, err) from None
                 return fd
         except BaseException:

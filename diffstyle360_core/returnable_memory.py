@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
+import threading
 from typing import Optional
 
 import torch
@@ -73,17 +74,45 @@ def _malloc_trim():
 _TRIM = None
 
 
+#: Seconds from a model's release to the trim. A model in a reference cycle is freed by the garbage collector,
+#: which may free its weights after the model object itself: the trim waits for that pass to end.
+TRIM_DELAY_S = 0.5
+
+_trim_lock = threading.Lock()
+_trim_scheduled = False
+
+
+def _run_scheduled_trim() -> None:
+    global _trim_scheduled
+    with _trim_lock:
+        _trim_scheduled = False
+    release_freed_heap()
+
+
+def _trim_soon() -> threading.Timer | None:
+    """One trim ``TRIM_DELAY_S`` from now on a daemon timer (models freed together share it)."""
+    global _trim_scheduled
+    with _trim_lock:
+        if _trim_scheduled:
+            return None
+        _trim_scheduled = True
+    timer = threading.Timer(TRIM_DELAY_S, _run_scheduled_trim)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class _TrimOnRelease:
-    """Set as a model's last attribute: a module's attributes are released in the order they were set, so
-    this one goes after the model's parameters and submodules, and trims the heap then."""
+    """Set on a model: dies with it (however it is freed) and schedules the trim."""
 
     def __del__(self):
         try:
-            release_freed_heap()
-        except Exception:  # interpreter shutdown: nothing left to give back
+            _trim_soon()
+        except Exception:  # interpreter shutdown (no new threads): nothing left to give back
             pass
 
 
 def trim_when_freed(model) -> None:
-    """When ``model`` is freed (a host unloading it), also hand the heap its runs left behind back to the system."""
+    """When ``model`` is freed (a host unloading it), also hand the heap its runs left behind back to the system
+    (:func:`release_freed_heap`, ``TRIM_DELAY_S`` later)."""
     model._ds360_trim_on_release = _TrimOnRelease()

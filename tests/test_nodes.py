@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from functools import partial
 from pathlib import Path
 
@@ -209,6 +210,7 @@ def test_models_live_only_as_long_as_the_hosts_outputs(models_dir, monkeypatch):
     from diffstyle360_core import returnable_memory
 
     trims = []
+    monkeypatch.setattr(returnable_memory, "TRIM_DELAY_S", 0.05)
     monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: trims.append(1))
     handle = run("DiffStyle360LoadAppearanceModules", "tiny", "tiny/style_module-tiny.safetensors", "fp32")[0]
     cams = run("DiffStyle360TurntableCamera", handle, 2, 0.0, 360.0)[0]
@@ -221,7 +223,10 @@ def test_models_live_only_as_long_as_the_hosts_outputs(models_dir, monkeypatch):
     del handle  # what /free's free_memory (executor cache reset) does to the node output
     gc.collect()
     assert [r() for r in alive] == [None, None]
-    assert len(trims) == 2  # the styled model and its base
+    deadline = time.monotonic() + 10
+    while not trims and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert trims  # the freed models handed their runs' heap back (one trim for models freed together)
 
 
 def test_trained_style_module_is_a_clone_of_the_base_patcher_plus_its_own(models_dir):

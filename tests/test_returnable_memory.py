@@ -1,8 +1,11 @@
 """Weights copied at load live in memory the system gets back when the model is dropped (issue 15)."""
 
+import gc
 import subprocess
 import sys
 import textwrap
+import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -92,20 +95,46 @@ def test_loader_puts_cast_and_copied_weights_in_returnable_memory(tiny_weights, 
                                                                         else torch.float16}
 
 
-def test_a_freed_model_trims_the_heap_after_its_weights_are_gone(monkeypatch):
-    """trim_when_freed: the trim runs when the model is released, after its parameters (so they are in the
-    memory handed back), and only then."""
-    import weakref
+def _wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
 
+
+@pytest.mark.parametrize("in_a_cycle", [False, True])
+def test_a_freed_model_trims_the_heap_once_its_weights_are_gone(monkeypatch, in_a_cycle):
+    """trim_when_freed: one trim shortly after the model is released, when its parameters are freed too, also
+    when the garbage collector frees it from a reference cycle (objects of a cycle go in any order)."""
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv2d(3, 3, 3))
+    if in_a_cycle:
+        model[0].owner = [model]  # a plain attribute: the model refers to itself through a list
     weights = [weakref.ref(p) for p in model.parameters()]
     seen = []
+    monkeypatch.setattr(returnable_memory, "TRIM_DELAY_S", 0.05)
     monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: seen.append([w() for w in weights]))
     returnable_memory.trim_when_freed(model)
     model[0](torch.randn(2, 8))  # a model in use trims nothing
+    time.sleep(0.2)
     assert seen == []
     del model
+    gc.collect()
+    assert _wait_for(lambda: seen)
+    time.sleep(0.2)
     assert len(seen) == 1 and all(w is None for w in seen[0])
+
+
+def test_models_freed_together_share_one_trim(monkeypatch):
+    calls = []
+    monkeypatch.setattr(returnable_memory, "TRIM_DELAY_S", 0.2)
+    monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: calls.append(1))
+    models = [torch.nn.Linear(2, 2) for _ in range(3)]
+    for m in models:
+        returnable_memory.trim_when_freed(m)
+    del models, m
+    assert _wait_for(lambda: calls)
+    time.sleep(0.4)
+    assert calls == [1]
 
 
 @pytest.mark.skipif(not LINUX, reason="reads VmRSS from /proc; glibc's malloc_trim")
@@ -113,20 +142,25 @@ def test_releasing_a_model_gives_its_runs_heap_back():
     """Activations freed into glibc's heap (2 MiB blocks once the mmap threshold has risen) stay in RSS; freeing
     a model marked with trim_when_freed hands them back."""
     script = textwrap.dedent("""
-        import gc, torch
+        import gc, time, torch
         from diffstyle360_core import returnable_memory
         def rss():
             return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
         torch.empty(6 * 2 ** 20)  # freed at once: a 24 MiB free raises glibc's mmap threshold
         model = torch.nn.Linear(4, 4)
         returnable_memory.trim_when_freed(model)
+        returnable_memory.TRIM_DELAY_S = 0
         before = rss()
-        activations = [torch.randn(512, 1024) for _ in range(128)]  # 256 MiB of 2 MiB blocks
+        activations, pins = [], []
+        for _ in range(128):  # 256 MiB of 2 MiB blocks, each with a small live tensor after it (as in a real
+            activations.append(torch.randn(512, 1024))  # process): freed, they cannot merge into the heap's
+            pins.append(torch.randn(256))  # top, so only a trim hands them back
         del activations
         gc.collect()
         kept = rss()
         del model
-        print(before, kept, rss(), returnable_memory.release_freed_heap())
+        time.sleep(0.5)  # the trim runs on a timer
+        print(before, kept, rss(), returnable_memory._malloc_trim() is not None)
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     before, kept, after, trimmed = done.stdout.split()

@@ -73,7 +73,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..files import TEMP_SUFFIX, write_text_atomic
+from ..files import TEMP_SUFFIX, unlink_quietly, write_text_atomic
 from ..folder_lock import LOCK_NAME, FolderLock, LockBusy, LockError, LockUnavailable, NotALockFile
 from ..stop_signals import STOP_SIGNALS, install_handlers, restore_handlers
 
@@ -133,10 +133,10 @@ def check_writable(folder: PathLike) -> Path:
     try:
         _probe(probe)
     except OSError as err:
-        _unlink_quietly(probe)
+        unlink_quietly(probe)
         raise OutputError(f"output folder {path} is not writable ({_reason(err)}); choose another folder "
                           "or free space / fix its permissions", err.errno) from None
-    _unlink_quietly(probe)
+    unlink_quietly(probe)
     return path
 
 
@@ -157,18 +157,11 @@ def _rename(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        _unlink_quietly(path)
+        unlink_quietly(path)
 
 
 def _lexists(path: Path) -> bool:
@@ -369,7 +362,7 @@ def _roll_forward(folder: Path, journal: dict, moved: Optional[List[Tuple[Path, 
         for d in sorted(touched):
             _fsync_dir(d)
         _write_json_atomically(manifest_path(folder, journal["kind"]), journal["manifest"])  # 4. the new manifest
-    _unlink_quietly(folder / JOURNAL_NAME)  # 5. done
+    unlink_quietly(folder / JOURNAL_NAME)  # 5. done
     _fsync_dir(folder)
     _remove(aside)
     _remove(partial)
@@ -385,7 +378,7 @@ def _roll_back(folder: Path, journal: dict, moved: List[Tuple[Path, Path]]) -> N
             (folder / d).rmdir()
         except OSError:
             pass
-    _unlink_quietly(folder / JOURNAL_NAME)
+    unlink_quietly(folder / JOURNAL_NAME)
     _fsync_dir(folder)
     _remove(folder / journal["aside"])
 
@@ -526,13 +519,13 @@ class RunOutput:
         try:
             writer(tmp)
         except OSError as err:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise OutputError(
                 f"could not write {self.final(name)} ({_reason(err)}); nothing in {self.folder} was changed",
                 err.errno,
             ) from None
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         return self.final(name)
 
