@@ -161,7 +161,7 @@ def test_a_file_replaced_by_the_previous_holder_is_retried(tmp_path, monkeypatch
 def test_release_deletes_the_file_while_still_holding_it(tmp_path, monkeypatch):
     fcntl = pytest.importorskip("fcntl")  # POSIX: Windows cannot delete an open file, so it closes first
     seen = []
-    real_unlink = folder_lock._unlink_quietly
+    real_unlink = folder_lock.unlink_quietly
 
     def unlink_and_check(path):
         other = os.open(path, os.O_RDONLY)
@@ -174,7 +174,7 @@ def test_release_deletes_the_file_while_still_holding_it(tmp_path, monkeypatch):
             os.close(other)
         real_unlink(path)
 
-    monkeypatch.setattr(folder_lock, "_unlink_quietly", unlink_and_check)
+    monkeypatch.setattr(folder_lock, "unlink_quietly", unlink_and_check)
     with FolderLock(tmp_path):
         pass
     assert seen == ["held"] and not (tmp_path / LOCK_NAME).exists()
