@@ -95,6 +95,12 @@ def test_loader_puts_cast_and_copied_weights_in_returnable_memory(tiny_weights, 
                                                                         else torch.float16}
 
 
+def _settle_earlier_models():
+    """Free what earlier tests left to the collector and let its trim run, so a spy sees only this test's."""
+    gc.collect()
+    time.sleep(returnable_memory.TRIM_DELAY_S + 0.5)
+
+
 def _wait_for(condition, seconds=10.0):
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -110,6 +116,7 @@ def test_a_freed_model_trims_the_heap_once_its_weights_are_gone(monkeypatch, in_
     if in_a_cycle:
         model[0].owner = [model]  # a plain attribute: the model refers to itself through a list
     weights = [weakref.ref(p) for p in model.parameters()]
+    _settle_earlier_models()
     seen = []
     monkeypatch.setattr(returnable_memory, "TRIM_DELAY_S", 0.05)
     monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: seen.append([w() for w in weights]))
@@ -125,6 +132,7 @@ def test_a_freed_model_trims_the_heap_once_its_weights_are_gone(monkeypatch, in_
 
 
 def test_models_freed_together_share_one_trim(monkeypatch):
+    _settle_earlier_models()
     calls = []
     monkeypatch.setattr(returnable_memory, "TRIM_DELAY_S", 0.2)
     monkeypatch.setattr(returnable_memory, "release_freed_heap", lambda: calls.append(1))
