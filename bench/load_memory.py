@@ -14,7 +14,6 @@ real shapes to measure without a download. Linux only (reads /proc).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import subprocess
@@ -35,17 +34,11 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status (this bench needs Linux)")
 
 
-def _trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc: nothing to trim
-        pass
-
-
 def measure(folder: str, dtype: Optional[str]) -> Dict[str, float]:
     """Load ``folder`` in ``dtype`` (None: as stored) on the CPU and return the RSS points (bytes) and times."""
     import torch
 
+    from diffstyle360_core.returnable_memory import release_freed_heap
     from diffstyle360_core.weights import load_model
 
     torch.set_num_threads(1)
@@ -59,7 +52,7 @@ def measure(folder: str, dtype: Optional[str]) -> Dict[str, float]:
     del model
     gc.collect()
     freed = rss_bytes()
-    _trim()
+    release_freed_heap()
     trimmed = rss_bytes()
     return {"before": before, "loaded": loaded, "freed": freed, "trimmed": trimmed,
             "weights": weights, "load_s": seconds}

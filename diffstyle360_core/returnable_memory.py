@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import math
 import mmap
 import threading
 from typing import Optional
@@ -27,17 +29,19 @@ import torch
 
 #: Tensors at least this large get their own mapping (smaller ones: the page rounding would cost more than they do).
 MIN_MAPPED_BYTES = 1 << 20
+#: mmap's default for anonymous memory is MAP_SHARED (memory a forked child would write through to ours).
+_PRIVATE = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_PRIVATE") else {}
 
 
 def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor; one of ``MIN_MAPPED_BYTES`` or more lives in its own anonymous mapping."""
-    numel = 1
-    for size in shape:
-        numel *= int(size)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    numel = math.prod(int(size) for size in shape)
+    nbytes = numel * dtype.itemsize
     if nbytes == 0 or nbytes < MIN_MAPPED_BYTES:
         return torch.empty(tuple(shape), dtype=dtype)
-    pages = mmap.mmap(-1, nbytes)  # anonymous, private, zero-filled on first touch; unmapped with its last user
+    # zero-filled on first touch, unmapped with its last user; private (copy-on-write in a forked child) like
+    # the allocator's own mappings, where the platform has the flag (POSIX)
+    pages = mmap.mmap(-1, nbytes, **_PRIVATE)
     return torch.frombuffer(pages, dtype=dtype, count=numel).view(tuple(shape))
 
 
@@ -61,17 +65,13 @@ def release_freed_heap() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    global _TRIM
-    if _TRIM is None:
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
-            _TRIM = False
-    return _TRIM or None
-
-
-_TRIM = None
+    """glibc's ``malloc_trim``, or None (macOS, Windows, musl: nothing to trim)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 #: Seconds from a model's release to the trim. A model in a reference cycle is freed by the garbage collector,
@@ -89,17 +89,16 @@ def _run_scheduled_trim() -> None:
     release_freed_heap()
 
 
-def _trim_soon() -> threading.Timer | None:
+def _trim_soon() -> None:
     """One trim ``TRIM_DELAY_S`` from now on a daemon timer (models freed together share it)."""
     global _trim_scheduled
     with _trim_lock:
         if _trim_scheduled:
-            return None
+            return
         _trim_scheduled = True
     timer = threading.Timer(TRIM_DELAY_S, _run_scheduled_trim)
     timer.daemon = True
     timer.start()
-    return timer
 
 
 class _TrimOnRelease:
