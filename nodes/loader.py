@@ -38,7 +38,6 @@ from .host import io
 _log = logging.getLogger(__name__)
 
 TRAINING_FREE = "none (training-free)"
-NO_WEIGHT_SETS = "(no weight sets in models/diffstyle360)"
 #: The dtype widget: the compute dtypes, plus 8-bit weight storage computed in the "auto" dtype.
 NODE_DTYPE_CHOICES = DTYPE_CHOICES + (FP8_WEIGHTS,)
 #: Compile choices offered in the graph (CUDA graphs are left to the CLI/library: the host moves weights between runs).
@@ -247,12 +246,14 @@ class ModelHandle:
         return model
 
     def pipeline(self, *, main: bool = True, back_view: bool = True) -> DiffStyle360Pipeline:
-        hosted = [h for h in (self._main() if main else None, self._base(BACK_VIEW)[1] if back_view else None) if h]
+        # each model looked up once: the pipeline runs exactly the models whose patchers it is given
+        main_hosted = self._main() if main else None
+        back_hosted = self._base(BACK_VIEW)[1] if back_view else None
         return DiffStyle360Pipeline(
-            self._compiled(self.main_model()) if main else None,
-            self._compiled(self.back_view_model()) if back_view else None,
+            self._compiled(main_hosted.model) if main_hosted else None,
+            self._compiled(back_hosted.model) if back_hosted else None,
             cameras=self.cameras(),
-            placement=host.HostPlacement([(h.model, h.patcher) for h in hosted]),
+            placement=host.HostPlacement([(h.model, h.patcher) for h in (main_hosted, back_hosted) if h]),
         )
 
 
@@ -268,7 +269,7 @@ class LoadAppearanceModules(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         sets = weight_sets()  # listed on every call: a set added on disk shows after a refresh (R)
-        names = download.weight_set_choices(sorted(sets)) or [NO_WEIGHT_SETS]
+        names = download.weight_set_choices(list(sets))  # never empty: the official set is always offered
         styles = [TRAINING_FREE] + sorted(style_module_choices(sets))
         return schema(
             "DiffStyle360LoadAppearanceModules", "DiffStyle360 Model Loader (Appearance Modules)",

@@ -84,11 +84,8 @@ class KeyScale(io.ComfyNode):
                 "mask the layer is exactly DiffPortrait360's content attention.")),
         ]
         for name, _, where in _LEVELS:
-            inputs.append(io.Float.Input(
-                name, default=0.0, min=0.0, max=options.TAU.high, step=0.01, round=0.001,
-                tooltip=(f"tau for the attention layers at {where}; 0 = use tau, else "
-                         f"{options.TAU.low}-{options.TAU.high}."),
-            ))
+            inputs.append(number(name, options.TAU, (f"tau for the attention layers at {where}; 0 = use tau, else "
+                                                     f"{options.TAU.low}-{options.TAU.high}."), default=0.0, min=0.0))
         return schema(
             "DiffStyle360KeyScale", "DiffStyle360 Key Scale",
             description=(
