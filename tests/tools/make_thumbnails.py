@@ -127,16 +127,23 @@ def trained():
                                  content_and_style(), "two turntables: training-free | trained module")
 
 
-def tau_sweep():
-    card = Card("Style strength sweep", "key scale tau 1.00 | 1.05 | 1.10, one seed")
-    card.centred_tiles(content_and_style(96), 80)
+def sweep(title: str, subtitle: str, inputs, labels: Sequence[str], top: int, row_height: int, pose_size: int):
+    """Inputs, then one row of turntable poses per swept value (the value written at the row's left)."""
+    card = Card(title, subtitle)
+    card.centred_tiles(inputs, 80)
     card.down_arrow(80 + 96 + 20, 10)
-    for row, tau in enumerate(("1.00", "1.05", "1.10")):
-        y = 230 + row * 50
-        card.draw.text((20, y + 12), f"tau {tau}", font=font(14, bold=True), fill=TEXT)
-        for i, im in enumerate(poses(8, 44)):
-            card.image.paste(im, (110 + i * 48, y))
+    turntable = poses(8, pose_size)
+    for row, label in enumerate(labels):
+        y = top + row * row_height
+        card.draw.text((20, y + (pose_size - 20) // 2), label, font=font(14, bold=True), fill=TEXT)
+        for i, im in enumerate(turntable):
+            card.image.paste(im, (110 + i * (pose_size + 4), y))
     return card
+
+
+def tau_sweep():
+    return sweep("Style strength sweep", "key scale tau 1.00 | 1.05 | 1.10, one seed", content_and_style(96),
+                 [f"tau {tau}" for tau in ("1.00", "1.05", "1.10")], top=230, row_height=50, pose_size=44)
 
 
 def local_two_styles():
@@ -147,16 +154,10 @@ def local_two_styles():
 
 
 def interpolation():
-    card = Card("Style interpolation", "alpha 0 | 0.5 | 1 between two styles, one seed")
-    card.centred_tiles([(tile("astronaut.png", 96), "content"), (tile("style_posterized.png", 96), "style 1"),
-                        (tile("style_ink.png", 96), "style 2")], 80)
-    card.down_arrow(80 + 96 + 20, 10)
-    for row, alpha in enumerate(("0", "0.5", "1")):
-        y = 232 + row * 48
-        card.draw.text((20, y + 10), f"alpha {alpha}", font=font(14, bold=True), fill=TEXT)
-        for i, im in enumerate(poses(8, 40)):
-            card.image.paste(im, (110 + i * 44, y))
-    return card
+    return sweep("Style interpolation", "alpha 0 | 0.5 | 1 between two styles, one seed",
+                 [(tile("astronaut.png", 96), "content"), (tile("style_posterized.png", 96), "style 1"),
+                  (tile("style_ink.png", 96), "style 2")],
+                 [f"alpha {alpha}" for alpha in ("0", "0.5", "1")], top=232, row_height=48, pose_size=40)
 
 
 def back_view():

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workflow_graph import (FRONTEND_WIDGETS, ROOT, TITLE_HEIGHT, node_definitions,  # noqa: E402
-                            socket_inputs, widget_slots)
+                            socket_inputs, widget_slots, widget_types)
 
 from nodes.examples import input_name  # noqa: E402
 
@@ -72,11 +72,10 @@ class Node:
         names = [n for n, *_ in self.sockets]
         if name in names:
             return names.index(name)
-        widget = next((s for s in self.slots if s[0] == name and s[3] == "value"), None)
-        if widget is None:
+        kind = widget_types(DEFS[self.type]).get(name)
+        if kind is None:
             raise KeyError(f"{self.type} has no input {name}")
         if name not in [w["name"] for w in self.widget_inputs]:
-            kind = widget[1] if isinstance(widget[1], str) else "COMBO"
             self.widget_inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
         return len(names) + [w["name"] for w in self.widget_inputs].index(name)
 
@@ -152,10 +151,6 @@ class Column:
         self.y += TITLE_HEIGHT + height + GAP
         return note
 
-    def skip(self, pixels: int) -> "Column":
-        self.y += pixels
-        return self
-
 
 class Graph:
     def __init__(self):
@@ -166,8 +161,8 @@ class Graph:
     def column(self, x: int, y: int = 40) -> Column:
         return Column(self, x, y)
 
-    def add(self, kind: str, pos, title=None, size=None, mode: int = 0, **widgets) -> Node:
-        node = Node(len(self.nodes) + 1, kind, pos, widgets, title, size or default_size(kind), mode)
+    def add(self, kind: str, pos, size, title=None, mode: int = 0, **widgets) -> Node:
+        node = Node(len(self.nodes) + 1, kind, pos, widgets, title, size, mode)
         self.nodes.append(node)
         return node
 

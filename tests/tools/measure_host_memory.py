@@ -19,7 +19,6 @@ loader's dtype widget set to ``--dtype`` and sampling lowered to ``--steps``/``-
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_workflows_on_host import get, post, run_one  # noqa: E402
+from run_workflows_on_host import get, post, run_one, unmute  # noqa: E402
 from workflow_to_api import server_definitions, to_api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +36,7 @@ WORKFLOWS = {"01": "01 Turntable in one style.json", "02": "02 Training-free vs 
 
 def prompt_for(name: str, defs: dict, args, weight_set: str, style_module: str) -> dict:
     workflow = json.loads((ROOT / "workflows" / WORKFLOWS[name]).read_text())
-    workflow = copy.deepcopy(workflow)
-    for node in workflow["nodes"]:
-        node["mode"] = 0  # 02's trained branch un-muted, as a user with a style module does
+    unmute(workflow)  # 02's trained branch on, as for a user with a style module
     sampler = {"steps": args.steps, "cfg": args.cfg}
     return to_api(workflow, defs, {
         "DiffStyle360LoadAppearanceModules": {

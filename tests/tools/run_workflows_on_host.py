@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import copy
 import sys
 import time
 import urllib.error
@@ -63,6 +62,12 @@ def overrides(weight_set: str, steps: int, views: int) -> dict:
         "DiffStyle360BackViewGenerate": sampler,
         "DiffStyle360TurntableCamera": {"views": views},
     }
+
+
+def unmute(workflow: dict) -> None:
+    """Every node on (mode 0): what a user's Ctrl+M does to workflow 02's muted trained branch."""
+    for node in workflow["nodes"]:
+        node["mode"] = 0
 
 
 def run_one(server: str, prompt: dict, timeout: float) -> dict:
@@ -115,9 +120,7 @@ def main() -> None:
     for path in paths:
         workflow = json.loads(path.read_text())
         if args.unmute:
-            workflow = copy.deepcopy(workflow)
-            for node in workflow["nodes"]:
-                node["mode"] = 0
+            unmute(workflow)
         prompt = to_api(workflow, defs, overrides(args.weight_set, args.steps, args.views))
         if args.fresh:
             post(server, "/free", {"unload_models": True, "free_memory": True})

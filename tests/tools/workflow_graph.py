@@ -34,7 +34,7 @@ def _our_definitions() -> Dict[str, dict]:
     """Our nodes exactly as ``GET /object_info`` sends them (the V3 schema's ``GET_NODE_INFO_V1``)."""
     import nodes  # the pack's node package (tests put the repository root on sys.path)
 
-    return {cls.GET_SCHEMA().node_id: cls.GET_NODE_INFO_V1() for cls in nodes.NODE_LIST}
+    return {info["name"]: info for info in (cls.GET_NODE_INFO_V1() for cls in nodes.NODE_LIST)}
 
 
 def node_definitions() -> Dict[str, dict]:
