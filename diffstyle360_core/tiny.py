@@ -46,6 +46,7 @@ from .config import (BACK_VIEW, CONFIG_NAME, MAIN, MODULE_COMPONENTS, OFFICIAL_V
                      BackboneConfig, component_file, tiny_config)
 from .devices import resolve_dtype
 from .images import ImageInputError
+from .options import check_choice
 from .sampling import mix_seed
 from .official_keys import (
     CLIP_PREFIX,
@@ -456,12 +457,6 @@ def _write_random_folder(config: BackboneConfig, folder: Path, seed: int, dtype:
     return folder
 
 
-def _resolve_size(size: str):
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
-    return SIZES[size]
-
-
 def make_tiny(outdir: Union[str, os.PathLike], seed: int = 0, *, size: str = "tiny",
               dtype: Union[str, torch.dtype, None] = None) -> Dict[str, Path]:
     """Write a random-weight model set (see module docstring) and return ``{name: path}``.
@@ -477,7 +472,7 @@ def make_tiny(outdir: Union[str, os.PathLike], seed: int = 0, *, size: str = "ti
     Names: ``original_main``, ``original_back_view`` (``.th``, tiny only),
     ``main``, ``back_view`` (converted folders), ``cam_condition``, ``style_module``.
     """
-    make_config = _resolve_size(size)
+    make_config = SIZES[check_choice("size", size, tuple(SIZES))]
     dtype = None if dtype is None else resolve_dtype(dtype, "cpu")
     out = Path(os.fspath(outdir)).expanduser()
     out.mkdir(parents=True, exist_ok=True)
