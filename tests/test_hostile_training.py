@@ -430,6 +430,23 @@ def test_rotation_deletes_only_checkpoints_proven_to_be_this_runs(source_run, tm
     assert prune_checkpoints(out, ours, keep=1) == [out / "checkpoints" / "step_000001"]
 
 
+def test_a_rotation_stopped_half_way_leaves_no_damaged_checkpoint(source_run, tmp_path, monkeypatch):
+    """The old checkpoint is moved out of sight before it is deleted: a stop during the delete leaves the
+    newest checkpoints complete and no step_* folder with files missing."""
+    out = _copy_run(source_run, tmp_path)
+    ours = read_state(out / "checkpoints" / "step_000002").fingerprint
+
+    def stopped_half_way(path, ignore_errors=False):
+        (Path(path) / "state.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", stopped_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(out, ours, keep=1)
+    assert [p.name for p in checkpoint_folders(out)] == ["step_000002"]
+    assert read_state(out / "checkpoints" / "step_000002").step == 2
+
+
 class _OneProcess(types.SimpleNamespace):
     is_main_process, process_index, num_processes = True, 0, 1
 

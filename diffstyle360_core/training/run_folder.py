@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 from ..folder_lock import LOCK_NAME, FolderLock, LockBusy, LockUnavailable, NotALockFile
 from .config import ConfigError, TrainConfig
 from .fingerprint import check_fingerprint, differences
-from .resume import Checkpoint, CheckpointError, check_files, folder_step, read_state
+from .resume import PARTIAL_PREFIX, Checkpoint, CheckpointError, check_files, folder_step, read_state
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "run.json"
@@ -203,7 +203,10 @@ def prune_checkpoints(out: Path, fingerprint: Mapping[str, Any], keep: int) -> L
             ours.append(folder)
     doomed = ours[:-keep] if keep > 0 else []
     for folder in doomed:
-        shutil.rmtree(folder, ignore_errors=True)
+        # out of sight first: a delete stopped half-way leaves a hidden folder, never a step_* checkpoint missing files
+        hidden = folder.with_name(PARTIAL_PREFIX + "pruned-" + folder.name)
+        os.replace(folder, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
     return doomed
 
 
