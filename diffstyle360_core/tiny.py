@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .config import (BACK_VIEW, CONFIG_NAME, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, SIZES, TEXT_EMBEDDING,
+from .config import (BACK_VIEW, MAIN, MODULE_COMPONENTS, OFFICIAL_VIEWS, SIZES, TEXT_EMBEDDING,
                      BackboneConfig, component_file, tiny_config)
 from .devices import resolve_dtype
 from .images import ImageInputError
@@ -439,21 +439,19 @@ def _write_random_folder(config: BackboneConfig, folder: Path, seed: int, dtype:
     is written last: a folder with it is complete.
     """
     from .model import DiffStyle360Model
-    from .weights import write_component_file
+    from .weights import write_component_file, writing_model_folder
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).unlink(missing_ok=True)
     with torch.device("meta"):
         model = DiffStyle360Model(config)
-    for comp in config.folder_components():
-        gen = _generator(seed, comp if comp in _SHARED_COMPONENTS else f"{config.kind}/{comp}")
-        if comp == TEXT_EMBEDDING:
-            state = {TEXT_EMBEDDING: torch.randn(tuple(model.text_embedding.shape), generator=gen).to(dtype)}
-        else:
-            state = _random_component(getattr(model, comp), gen, dtype)
-        write_component_file(state, folder / component_file(comp), comp)
-        del state
-    config.save(folder)
+    with writing_model_folder(folder, config) as folder:
+        for comp in config.folder_components():
+            gen = _generator(seed, comp if comp in _SHARED_COMPONENTS else f"{config.kind}/{comp}")
+            if comp == TEXT_EMBEDDING:
+                state = {TEXT_EMBEDDING: torch.randn(tuple(model.text_embedding.shape), generator=gen).to(dtype)}
+            else:
+                state = _random_component(getattr(model, comp), gen, dtype)
+            write_component_file(state, folder / component_file(comp), comp)
+            del state
     return folder
 
 

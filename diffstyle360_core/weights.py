@@ -91,6 +91,7 @@ __all__ = [
     "empty_prompt_embedding",
     "save_converted",
     "write_component_file",
+    "writing_model_folder",
     "load_model",
     "load_style_module",
     "read_style_module_file",
@@ -454,17 +455,30 @@ def save_converted(
     if any(problems.values()):
         raise WeightMismatchError(f"cannot save: weights do not match the {config.kind!r} config:", problems)
     _check_savable(comps, dtype)  # before touching the folder
+    with writing_model_folder(folder, config) as folder:
+        for comp, tensors in comps.items():
+            _write_safetensors(_prepare(tensors, dtype), folder / component_file(comp), comp)
+    return folder
+
+
+@contextlib.contextmanager
+def writing_model_folder(folder: Union[str, os.PathLike], config: BackboneConfig):
+    """Write a converted model folder: yields the folder to write the component files into.
+
+    An existing ``config.json`` is removed first (an interrupted rewrite must
+    not look complete) and the new one is written last, once the body has
+    finished: a folder with it is complete. A back-view model written over an
+    earlier main model loses the stale ``temporal.safetensors``.
+    """
     folder = Path(os.fspath(folder)).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"output {folder} is a file; give a folder to write the converted model into")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
-    for comp, tensors in comps.items():
-        _write_safetensors(_prepare(tensors, dtype), folder / component_file(comp), comp)
+    (folder / CONFIG_NAME).unlink(missing_ok=True)
+    yield folder
     if config.temporal is None:
-        (folder / component_file("temporal")).unlink(missing_ok=True)  # stale file of an earlier main model
-    config.save(folder)  # last: a folder with config.json is complete
-    return folder
+        (folder / component_file("temporal")).unlink(missing_ok=True)
+    config.save(folder)
 
 
 # =========================================================================== #
