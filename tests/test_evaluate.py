@@ -348,3 +348,29 @@ def test_load_builds_each_adapter_from_its_own_transformers_classes(monkeypatch)
     with pytest.raises(X.MetricUnavailable) as info:
         X.TransformersDepth.load("offline/model", "cpu")
     assert str(info.value) == "could not load offline/model; We couldn't connect to 'https://huggingface.co'."
+
+
+def test_each_view_goes_through_each_model_once_per_job(tmp_path):
+    """CLIP style and CLIP-to-reference read the same views, so do ΔD and ΔD-nb: one model pass per view and job,
+    and the values are those of the metrics computed on their own."""
+    views = _turntable(tmp_path / "j", FACE, n=4)
+    truth = _turntable(tmp_path / "gt", FACE, n=4, step=7)
+    job = R.RunJob(name="j", style="ink", views=views, yaws=[0.0] * 4, content=FACE, styles=[IMAGES / "style_ink.png"],
+                   references=list(truth), ground_truth=list(truth))
+    seen = {"clip": [], "depth": []}
+
+    def counting(name, model):
+        def run(images):
+            seen[name].append(len(images))
+            return model(images)
+        return lambda: run
+
+    report = R.evaluate({"r": [job]}, R.Backends(clip=counting("clip", features), depth=counting("depth", depths)),
+                        R.Settings(), reference=list(truth), ground_truth=True)
+    assert sum(seen["clip"]) == 4 + 1 + 4  # the views, the style, the references: each once
+    assert sum(seen["depth"]) == 4 + 4  # the views once, the resized ground truth once
+    values = report["jobs"]["r"]["j"]
+    np.testing.assert_allclose(values["clip_style"], R.clip_style(job, features), rtol=1e-12)
+    np.testing.assert_allclose(values["clip_ref"], R.clip_reference(job, features), rtol=1e-12)
+    np.testing.assert_allclose(values["depth"], R.depth_consistency(job, depths), rtol=1e-12)
+    np.testing.assert_allclose(values["depth_gt"], R.depth_vs_ground_truth(job, depths), rtol=1e-12)

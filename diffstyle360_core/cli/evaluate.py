@@ -129,13 +129,13 @@ def settings_from_args(args):
                     met3r=f"backbone {args.met3r_backbone}, {args.met3r_size}px")
 
 
-def write_report(report: dict, out: Path) -> Path:
-    """``out`` (Markdown) and ``out`` with .json, each written atomically (:func:`~..files.write_text_atomic`)."""
-    from ..evaluation.report import to_markdown
+def write_report(report: dict, markdown: str, out: Path) -> Path:
+    """``out`` (the report's Markdown) and ``out`` with .json, each written atomically
+    (:func:`~..files.write_text_atomic`)."""
     from ..files import write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, to_markdown(report)), (out.with_suffix(".json"), json.dumps(report, indent=1))):
+    for path, text in ((out, markdown), (out.with_suffix(".json"), json.dumps(report, indent=1))):
         write_text_atomic(path, text)
     return out
 
@@ -154,8 +154,9 @@ def run_evaluate(args: argparse.Namespace, backends=None) -> None:
     backends = backends or backends_from_args(args)
     report = evaluate(runs, backends, settings_from_args(args), reference=pool, ground_truth=truth is not None)
     out = Path(args.out).expanduser() if args.out else Path(args.runs[0]).expanduser() / "report.md"
-    write_report(report, out)
-    print(to_markdown(report), end="")
+    markdown = to_markdown(report)
+    write_report(report, markdown, out)
+    print(markdown, end="")
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -121,6 +121,37 @@ class _Images:
         return out
 
 
+class _OncePerImage:
+    """A metric model with its outputs for one job's image files: a view that several metrics read (CLIP style
+    and reference, ΔD and ΔD-nb) goes through the model once. Called directly, it is the model itself."""
+
+    def __init__(self, model):
+        self.model, self.done = model, {}
+
+    def __call__(self, items):
+        return self.model(items)
+
+    def outputs(self, paths) -> list:
+        new = [p for p in dict.fromkeys(paths) if p not in self.done]
+        if new:
+            self.done.update(zip(new, self.model(_Images.open(new))))
+        return [self.done[p] for p in paths]
+
+
+def _outputs(model, paths) -> list:
+    """``model``'s output for each image file (once per job when :func:`evaluate` passes an :class:`_OncePerImage`)."""
+    if isinstance(model, _OncePerImage):
+        return model.outputs(paths)
+    return list(model(_Images.open(paths)))
+
+
+def _image_size(path) -> Tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:  # reads the header only
+        return im.size
+
+
 def _pooled_features(paths: List[Path], model, batch: int = 64) -> np.ndarray:
     """Features of many images, opened a batch at a time (a run of thousands of views does not fit in memory)."""
     return np.concatenate([np.asarray(model(_Images.open(paths[i:i + batch])), dtype=np.float64)
@@ -141,11 +172,11 @@ def identity_vs_ground_truth(job: RunJob, face, max_yaw: float) -> Dict[str, Opt
              if g is not None and _yaw_distance(y) <= max_yaw]
     if not pairs:
         return {"identity": None, "face_rate": None}
-    truth = face(_Images.open([g for _, g in pairs]))
+    truth = _outputs(face, [g for _, g in pairs])
     valid = [(v, t) for (v, _), t in zip(pairs, truth) if t is not None]  # the valid set comes from the ground truth
     if not valid:
         return {"identity": None, "face_rate": None}
-    found = face(_Images.open([v for v, _ in valid]))
+    found = _outputs(face, [v for v, _ in valid])
     scores = [float(stats.cosine(e, t)[0]) for e, (_, t) in zip(found, valid) if e is not None]
     return {"identity": float(np.mean(scores)) if scores else None, "face_rate": len(scores) / len(valid)}
 
@@ -154,11 +185,11 @@ def identity(job: RunJob, face, max_yaw: float) -> Dict[str, Optional[float]]:
     """{"identity": mean cosine over detected eligible views, "face_rate": detected / eligible}."""
     if job.content is None:
         return {"identity": None, "face_rate": None}
-    reference = face(_Images.open([job.content]))[0]
+    reference = _outputs(face, [job.content])[0]
     eligible = [v for v, y in zip(job.views, job.yaws) if _yaw_distance(y) <= max_yaw]
     if not eligible:
         return {"identity": None, "face_rate": None}
-    found = [e for e in face(_Images.open(eligible)) if e is not None]
+    found = [e for e in _outputs(face, eligible) if e is not None]
     rate = len(found) / len(eligible)
     if reference is None or not found:
         return {"identity": None, "face_rate": rate}
@@ -168,8 +199,8 @@ def identity(job: RunJob, face, max_yaw: float) -> Dict[str, Optional[float]]:
 def clip_style(job: RunJob, clip) -> Optional[float]:
     if not job.styles:
         return None
-    views = clip(_Images.open(job.views))
-    styles = clip(_Images.open(job.styles))
+    views = np.stack(_outputs(clip, job.views))
+    styles = np.stack(_outputs(clip, job.styles))
     weights = job.style_weights or [1.0 / len(job.styles)] * len(job.styles)
     per_view = sum(w * stats.cosine(views, s) for w, s in zip(weights, styles))
     return float(np.mean(per_view))
@@ -179,8 +210,8 @@ def clip_reference(job: RunJob, clip) -> Optional[float]:
     pairs = [(v, r) for v, r in zip(job.views, job.references) if r is not None]
     if not pairs:
         return None
-    views = clip(_Images.open([v for v, _ in pairs]))
-    refs = clip(_Images.open([r for _, r in pairs]))
+    views = np.stack(_outputs(clip, [v for v, _ in pairs]))
+    refs = np.stack(_outputs(clip, [r for _, r in pairs]))
     return float(np.mean(stats.cosine(views, refs)))
 
 
@@ -188,9 +219,9 @@ def depth_vs_ground_truth(job: RunJob, depth) -> Optional[float]:
     pairs = [(v, g) for v, g in zip(job.views, job.ground_truth) if g is not None]
     if not pairs:
         return None
-    views = _Images.open([v for v, _ in pairs])
-    truth = [g.resize(v.size) if g.size != v.size else g for g, v in zip(_Images.open([g for _, g in pairs]), views)]
-    maps_v, maps_g = depth(views), depth(truth)
+    sizes = [_image_size(v) for v, _ in pairs]
+    truth = [g.resize(size) if g.size != size else g for g, size in zip(_Images.open([g for _, g in pairs]), sizes)]
+    maps_v, maps_g = _outputs(depth, [v for v, _ in pairs]), depth(truth)
     return float(np.mean([stats.depth_pair_error(g, v) for g, v in zip(maps_g, maps_v)]))
 
 
@@ -198,7 +229,7 @@ def depth_consistency(job: RunJob, depth) -> Optional[float]:
     pairs = stats.loop_pairs(len(job.views))
     if not pairs:
         return None
-    maps = depth(_Images.open(job.views))
+    maps = _outputs(depth, job.views)
     return float(np.mean([stats.depth_pair_error(maps[i], maps[j]) for i, j in pairs]))
 
 
@@ -272,12 +303,18 @@ def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settin
         per_job[run] = {}
         for job in jobs:
             values: Dict[str, Optional[float]] = {k: None for k, _ in COLUMNS if k not in POOLED}
-            face = model_for("identity")
+            once: Dict[int, _OncePerImage] = {}  # this job's images through each model at most once
+
+            def job_model(key):
+                model = model_for(key)
+                return None if model is None else once.setdefault(id(model), _OncePerImage(model))
+
+            face = job_model("identity")
             if face is not None:
                 score = identity_vs_ground_truth if settings.id_against == "ground-truth" else identity
                 values.update(score(job, face, settings.max_yaw))
             for key, metric in JOB_METRICS:
-                model = model_for(key)
+                model = job_model(key)
                 if model is not None:
                     values[key] = metric(job, model)
             per_job[run][job.name] = {"style": job.style, "views": len(job.views), **values}
@@ -313,7 +350,8 @@ def evaluate(runs: Dict[str, List[RunJob]], backends: Backends, settings: Settin
                 else:
                     cell[key] = stats.mean_std([r[key] for r in rows])
             summary[run][style] = cell
-    return {"columns": {k: {"header": h, "definition": definitions(settings)[k], "unavailable": unavailable.get(k)}
+    texts = definitions(settings)
+    return {"columns": {k: {"header": h, "definition": texts[k], "unavailable": unavailable.get(k)}
                         for k, h in COLUMNS},
             "summary": summary, "jobs": per_job, "n_images": sizes,
             "reference_images": len(reference or []), "settings": settings.__dict__}
