@@ -638,13 +638,13 @@ def ensure_weight_set(folder: PathLike, *, official: bool = True, keep_originals
     report = Report(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"weight set {folder} is a file; give a folder")
-    if _plan(folder, official, []).empty:
+    if _plan(folder, official, report.notes).empty:
         return report
     work = folder / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     try:
         with _locked(work):
-            todo = _plan(folder, official, report.notes)  # again: a run that held the lock may have done it all
+            todo = _plan(folder, official, [])  # again, note given: a run that held the lock may have done it all
             if not todo.empty:
                 _run(folder, todo, keep_originals, progress, report)
     finally:

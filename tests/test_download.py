@@ -368,6 +368,18 @@ def test_offline_mode_says_the_manual_steps_in_one_sentence(hub, tmp_path, monke
     assert hub.requests == [] and not folder.exists()
 
 
+def test_offline_a_set_lacking_only_the_cameras_says_why_they_were_not_downloaded(hub, tiny_weights, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / dl.OFFICIAL_SET
+    for kind in (MAIN, BACK_VIEW):
+        shutil.copytree(Path(tiny_weights) / kind, folder / kind)
+    report = dl.ensure_weight_set(folder)
+    (note,) = report.notes
+    assert note.startswith("HF_HUB_OFFLINE is set, so the camera set") and dl.ARCHIVE in note and str(folder) in note
+    assert not report.changed and hub.requests == [] and sorted(p.name for p in folder.iterdir()) == [BACK_VIEW, MAIN]
+
+
 def test_full_disk_is_refused_before_downloading(hub, hub_files, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
