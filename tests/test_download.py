@@ -169,14 +169,18 @@ def camera_zip(cams: Path, extra: dict = None, with_cameras: bool = True) -> byt
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def hub_files(tiny_weights):
-    tiny = Path(tiny_weights)
+def official_hub_files(tiny: Path) -> dict:
+    """The hub's files under their official names, made from a ``make_tiny`` set (also serve_fake_hub.py's)."""
     return {
         MAIN_TH: (tiny / "original" / "model_state-tiny.th").read_bytes(),
         BACK_TH: (tiny / "original" / "back_head-tiny.th").read_bytes(),
         dl.ARCHIVE: camera_zip(tiny / "cam_condition" / "sphere32"),
     }
+
+
+@pytest.fixture(scope="module")
+def hub_files(tiny_weights):
+    return official_hub_files(Path(tiny_weights))
 
 
 @pytest.fixture
