@@ -108,7 +108,6 @@ class HubFile:
 class Report:
     """What a run did: files downloaded and converted, notes to show the user (one sentence each)."""
 
-    folder: Path
     downloaded: List[str] = field(default_factory=list)
     converted: List[str] = field(default_factory=list)
     extracted: int = 0
@@ -356,15 +355,15 @@ def _resumable_bytes(part: Path, meta: Path, hub: HubFile) -> int:
     return size if same and size <= hub.size else 0
 
 
-def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> Path:
-    """``folder/.download/<name>``, verified; continues an earlier ``.part`` of the same file."""
+def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> None:
+    """Downloads ``hub`` into ``folder/.download/<name>``, verified; continues an earlier ``.part`` of the same file."""
     work = folder / WORK_DIR
     part, meta = work / (hub.name + ".part"), work / (hub.name + ".part.json")
     resume = _resumable_bytes(part, meta, hub)
     if resume == 0:
         with open(part, "wb"):  # our own partial file (of another revision, or none): start over
             pass
-        write_text_atomic(meta, json.dumps({"sha256": hub.sha256, "size": hub.size, "commit": commit}))
+        write_text_atomic(meta, json.dumps({"sha256": hub.sha256, "size": hub.size}))
     hasher = hashlib.sha256()
     if resume:
         check = _Phase(progress.callback, "check", hub.name, resume)
@@ -404,10 +403,8 @@ def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> Pa
         meta.unlink(missing_ok=True)
         raise ChecksumError(f"{hub.name} arrived damaged (SHA-256 {digest[:12]}…, {got} bytes; the hub says "
                             f"{expected_sha[:12]}…, {hub.size} bytes) and was removed; run again to download it anew")
-    done = work / hub.name
-    os.replace(part, done)
+    os.replace(part, work / hub.name)
     meta.unlink(missing_ok=True)
-    return done
 
 
 def _http_get(url: str, sink: _CountingFile, resume: int, size: int, name: str) -> None:
@@ -635,7 +632,7 @@ def ensure_weight_set(folder: PathLike, *, official: bool = True, keep_originals
     :class:`UnsafeArchiveError` or :class:`DownloadError`, each one sentence.
     """
     folder = Path(os.fspath(folder)).expanduser()
-    report = Report(folder)
+    report = Report()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"weight set {folder} is a file; give a folder")
     if _plan(folder, official, report.notes).empty:
