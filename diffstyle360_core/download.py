@@ -212,14 +212,6 @@ def _todo(folder: Path, official: bool) -> _Todo:
     return todo
 
 
-def needs_work(folder: PathLike, official: bool = False) -> bool:
-    """Cheap check (no network): does :func:`ensure_weight_set` have anything to do for this folder?"""
-    folder = Path(os.fspath(folder)).expanduser()
-    if not official and not folder.is_dir():
-        return False
-    return not _todo(folder, official).empty
-
-
 def _state(folder: Path) -> dict:
     try:
         return json.loads((folder / WORK_DIR / "state.json").read_text())
