@@ -202,11 +202,12 @@ def _todo(folder: Path, official: bool) -> _Todo:
             todo.download.append(OFFICIAL_FILES[kind])
             todo.convert[kind] = (fetched, True)
     if not has_condition_folder(folder):
-        if (folder / ARCHIVE).is_file():
+        without_cameras = _state(folder).get("archive_without_cameras")  # the hub's archive, when it had none
+        if (folder / ARCHIVE).is_file() and not _is_recorded(folder / ARCHIVE, without_cameras):
             todo.archive = (folder / ARCHIVE, False)
         elif (work / ARCHIVE).is_file():
             todo.archive = (work / ARCHIVE, True)
-        elif official and not _state(folder).get("archive_without_cameras"):
+        elif official and not without_cameras:
             todo.download.append(ARCHIVE)
             todo.archive = (work / ARCHIVE, True)
     return todo
@@ -217,6 +218,21 @@ def _state(folder: Path) -> dict:
         return json.loads((folder / WORK_DIR / "state.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _file_record(path: Path) -> dict:
+    """Size and SHA-256 of a file, to know it again later (:func:`_is_recorded`)."""
+    return {"size": path.stat().st_size, "sha256": _sha256(path).hexdigest()}
+
+
+def _is_recorded(path: Path, record) -> bool:
+    """``path`` is the file ``record`` (:func:`_file_record`) describes: the size first, then the SHA-256."""
+    if not isinstance(record, dict):  # ``True`` from earlier releases: which archive it was is not known
+        return False
+    try:
+        return path.stat().st_size == record.get("size") and _sha256(path).hexdigest() == record.get("sha256")
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------- lock
@@ -693,8 +709,9 @@ def _run(folder: Path, todo: _Todo, keep: bool, progress: Optional[ProgressCallb
                 f"{ARCHIVE} holds no camera-condition renders ({CAMERA_DIR}/*.png), so {folder} has no camera set; "
                 f"put the 32 official renders into {folder / CAMERA_DIR}, or connect your own condition images "
                 "(Turntable Camera's conditions input, or --conditions on the command line)")
-            if ours:
-                write_text_atomic(work / "state.json", json.dumps({**_state(folder), "archive_without_cameras": True}))
+            if ours:  # the hub's archive: not downloaded again, and not unpacked again when kept (moved into folder)
+                write_text_atomic(work / "state.json",
+                                  json.dumps({**_state(folder), "archive_without_cameras": _file_record(archive)}))
         if ours:
             _finish_original(archive, folder, keep)
 

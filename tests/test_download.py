@@ -450,6 +450,20 @@ def test_archive_without_cameras_says_so_and_what_works_instead(hub, tiny_weight
     assert dl.ensure_weight_set(folder) == dl.Report() and len(hub.requests) == before
 
 
+def test_a_kept_archive_without_cameras_is_not_unpacked_again_but_another_one_put_there_is(hub, tiny_weights,
+                                                                                          tmp_path):
+    hub.files[dl.ARCHIVE] = camera_zip(Path(tiny_weights), with_cameras=False)
+    folder = tmp_path / dl.OFFICIAL_SET
+    report = dl.ensure_weight_set(folder, keep_originals=True)
+    assert report.extracted == 0 and len(report.notes) == 1 and (folder / dl.ARCHIVE).is_file()
+    before = len(hub.requests)
+    assert dl.ensure_weight_set(folder, keep_originals=True) == dl.Report() and len(hub.requests) == before
+    # another archive put there (one with the renders) is unpacked
+    (folder / dl.ARCHIVE).write_bytes(camera_zip(Path(tiny_weights) / "cam_condition" / "sphere32"))
+    report = dl.ensure_weight_set(folder, keep_originals=True)
+    assert report.extracted == 32 and not report.notes and len(hub.requests) == before
+
+
 def test_hand_placed_files_are_converted_and_never_deleted(tiny_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing may be downloaded
     folder = tmp_path / "my_set"
