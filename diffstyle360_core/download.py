@@ -108,7 +108,6 @@ class HubFile:
 class Report:
     """What a run did: files downloaded and converted, notes to show the user (one sentence each)."""
 
-    folder: Path
     downloaded: List[str] = field(default_factory=list)
     converted: List[str] = field(default_factory=list)
     extracted: int = 0
@@ -203,22 +202,15 @@ def _todo(folder: Path, official: bool) -> _Todo:
             todo.download.append(OFFICIAL_FILES[kind])
             todo.convert[kind] = (fetched, True)
     if not has_condition_folder(folder):
-        if (folder / ARCHIVE).is_file():
+        without_cameras = _state(folder).get("archive_without_cameras")  # the hub's archive, when it had none
+        if (folder / ARCHIVE).is_file() and not _is_recorded(folder / ARCHIVE, without_cameras):
             todo.archive = (folder / ARCHIVE, False)
         elif (work / ARCHIVE).is_file():
             todo.archive = (work / ARCHIVE, True)
-        elif official and not _state(folder).get("archive_without_cameras"):
+        elif official and not without_cameras:
             todo.download.append(ARCHIVE)
             todo.archive = (work / ARCHIVE, True)
     return todo
-
-
-def needs_work(folder: PathLike, official: bool = False) -> bool:
-    """Cheap check (no network): does :func:`ensure_weight_set` have anything to do for this folder?"""
-    folder = Path(os.fspath(folder)).expanduser()
-    if not official and not folder.is_dir():
-        return False
-    return not _todo(folder, official).empty
 
 
 def _state(folder: Path) -> dict:
@@ -226,6 +218,21 @@ def _state(folder: Path) -> dict:
         return json.loads((folder / WORK_DIR / "state.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _file_record(path: Path) -> dict:
+    """Size and SHA-256 of a file, to know it again later (:func:`_is_recorded`)."""
+    return {"size": path.stat().st_size, "sha256": _sha256(path).hexdigest()}
+
+
+def _is_recorded(path: Path, record) -> bool:
+    """``path`` is the file ``record`` (:func:`_file_record`) describes: the size first, then the SHA-256."""
+    if not isinstance(record, dict):  # ``True`` from earlier releases: which archive it was is not known
+        return False
+    try:
+        return path.stat().st_size == record.get("size") and _sha256(path).hexdigest() == record.get("sha256")
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------- lock
@@ -356,15 +363,15 @@ def _resumable_bytes(part: Path, meta: Path, hub: HubFile) -> int:
     return size if same and size <= hub.size else 0
 
 
-def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> Path:
-    """``folder/.download/<name>``, verified; continues an earlier ``.part`` of the same file."""
+def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> None:
+    """Downloads ``hub`` into ``folder/.download/<name>``, verified; continues an earlier ``.part`` of the same file."""
     work = folder / WORK_DIR
     part, meta = work / (hub.name + ".part"), work / (hub.name + ".part.json")
     resume = _resumable_bytes(part, meta, hub)
     if resume == 0:
         with open(part, "wb"):  # our own partial file (of another revision, or none): start over
             pass
-        write_text_atomic(meta, json.dumps({"sha256": hub.sha256, "size": hub.size, "commit": commit}))
+        write_text_atomic(meta, json.dumps({"sha256": hub.sha256, "size": hub.size}))
     hasher = hashlib.sha256()
     if resume:
         check = _Phase(progress.callback, "check", hub.name, resume)
@@ -404,10 +411,8 @@ def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> Pa
         meta.unlink(missing_ok=True)
         raise ChecksumError(f"{hub.name} arrived damaged (SHA-256 {digest[:12]}…, {got} bytes; the hub says "
                             f"{expected_sha[:12]}…, {hub.size} bytes) and was removed; run again to download it anew")
-    done = work / hub.name
-    os.replace(part, done)
+    os.replace(part, work / hub.name)
     meta.unlink(missing_ok=True)
-    return done
 
 
 def _http_get(url: str, sink: _CountingFile, resume: int, size: int, name: str) -> None:
@@ -635,16 +640,16 @@ def ensure_weight_set(folder: PathLike, *, official: bool = True, keep_originals
     :class:`UnsafeArchiveError` or :class:`DownloadError`, each one sentence.
     """
     folder = Path(os.fspath(folder)).expanduser()
-    report = Report(folder)
+    report = Report()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"weight set {folder} is a file; give a folder")
-    if _plan(folder, official, []).empty:
+    if _plan(folder, official, report.notes).empty:
         return report
     work = folder / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     try:
         with _locked(work):
-            todo = _plan(folder, official, report.notes)  # again: a run that held the lock may have done it all
+            todo = _plan(folder, official, [])  # again, note given: a run that held the lock may have done it all
             if not todo.empty:
                 _run(folder, todo, keep_originals, progress, report)
     finally:
@@ -704,8 +709,9 @@ def _run(folder: Path, todo: _Todo, keep: bool, progress: Optional[ProgressCallb
                 f"{ARCHIVE} holds no camera-condition renders ({CAMERA_DIR}/*.png), so {folder} has no camera set; "
                 f"put the 32 official renders into {folder / CAMERA_DIR}, or connect your own condition images "
                 "(Turntable Camera's conditions input, or --conditions on the command line)")
-            if ours:
-                write_text_atomic(work / "state.json", json.dumps({**_state(folder), "archive_without_cameras": True}))
+            if ours:  # the hub's archive: not downloaded again, and not unpacked again when kept (moved into folder)
+                write_text_atomic(work / "state.json",
+                                  json.dumps({**_state(folder), "archive_without_cameras": _file_record(archive)}))
         if ours:
             _finish_original(archive, folder, keep)
 

@@ -43,19 +43,17 @@ def optional_inputs() -> list:
 
 def set_folder(name: str) -> Optional[Path]:
     """Where the set ``name`` is (or, for the official set, will be); None for an unknown name."""
-    roots = host.model_roots()
-    if name == OFFICIAL_SET:
-        return core.target_folder(roots)
-    return next((Path(r) / name for r in roots if (Path(r) / name).is_dir()), None)
+    folder = core.target_folder(host.model_roots(), name)
+    return folder if name == OFFICIAL_SET or folder.is_dir() else None
 
 
 def prepare_weight_set(name: str, keep_th: bool = False) -> None:
     """Download and convert what the set ``name`` lacks (nothing to do: returns after a few file checks)."""
     folder = set_folder(name)
-    official = name == OFFICIAL_SET
-    if folder is None or not core.needs_work(folder, official):
+    if folder is None:
         return
-    report = core.ensure_weight_set(folder, official=official, keep_originals=keep_th, progress=ByteProgress())
+    report = core.ensure_weight_set(folder, official=name == OFFICIAL_SET, keep_originals=keep_th,
+                                    progress=ByteProgress())
     for note in report.notes:
         _log.warning("DiffStyle360: %s", note)
     if report.changed:

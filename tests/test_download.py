@@ -169,14 +169,18 @@ def camera_zip(cams: Path, extra: dict = None, with_cameras: bool = True) -> byt
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def hub_files(tiny_weights):
-    tiny = Path(tiny_weights)
+def official_hub_files(tiny: Path) -> dict:
+    """The hub's files under their official names, made from a ``make_tiny`` set (also serve_fake_hub.py's)."""
     return {
         MAIN_TH: (tiny / "original" / "model_state-tiny.th").read_bytes(),
         BACK_TH: (tiny / "original" / "back_head-tiny.th").read_bytes(),
         dl.ARCHIVE: camera_zip(tiny / "cam_condition" / "sphere32"),
     }
+
+
+@pytest.fixture(scope="module")
+def hub_files(tiny_weights):
+    return official_hub_files(Path(tiny_weights))
 
 
 @pytest.fixture
@@ -368,6 +372,18 @@ def test_offline_mode_says_the_manual_steps_in_one_sentence(hub, tmp_path, monke
     assert hub.requests == [] and not folder.exists()
 
 
+def test_offline_a_set_lacking_only_the_cameras_says_why_they_were_not_downloaded(hub, tiny_weights, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / dl.OFFICIAL_SET
+    for kind in (MAIN, BACK_VIEW):
+        shutil.copytree(Path(tiny_weights) / kind, folder / kind)
+    report = dl.ensure_weight_set(folder)
+    (note,) = report.notes
+    assert note.startswith("HF_HUB_OFFLINE is set, so the camera set") and dl.ARCHIVE in note and str(folder) in note
+    assert not report.changed and hub.requests == [] and sorted(p.name for p in folder.iterdir()) == [BACK_VIEW, MAIN]
+
+
 def test_full_disk_is_refused_before_downloading(hub, hub_files, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
@@ -431,8 +447,21 @@ def test_archive_without_cameras_says_so_and_what_works_instead(hub, tiny_weight
     assert "holds no camera-condition renders" in note and "conditions" in note and "\n" not in note
     # remembered: the next run neither downloads the archive again nor repeats the work
     before = len(hub.requests)
-    assert not dl.needs_work(folder, official=True)
-    assert not dl.ensure_weight_set(folder).changed and len(hub.requests) == before
+    assert dl.ensure_weight_set(folder) == dl.Report() and len(hub.requests) == before
+
+
+def test_a_kept_archive_without_cameras_is_not_unpacked_again_but_another_one_put_there_is(hub, tiny_weights,
+                                                                                          tmp_path):
+    hub.files[dl.ARCHIVE] = camera_zip(Path(tiny_weights), with_cameras=False)
+    folder = tmp_path / dl.OFFICIAL_SET
+    report = dl.ensure_weight_set(folder, keep_originals=True)
+    assert report.extracted == 0 and len(report.notes) == 1 and (folder / dl.ARCHIVE).is_file()
+    before = len(hub.requests)
+    assert dl.ensure_weight_set(folder, keep_originals=True) == dl.Report() and len(hub.requests) == before
+    # another archive put there (one with the renders) is unpacked
+    (folder / dl.ARCHIVE).write_bytes(camera_zip(Path(tiny_weights) / "cam_condition" / "sphere32"))
+    report = dl.ensure_weight_set(folder, keep_originals=True)
+    assert report.extracted == 32 and not report.notes and len(hub.requests) == before
 
 
 def test_hand_placed_files_are_converted_and_never_deleted(tiny_weights, tmp_path, monkeypatch):
@@ -444,7 +473,6 @@ def test_hand_placed_files_are_converted_and_never_deleted(tiny_weights, tmp_pat
     shutil.copy(tiny / "original" / "back_head-tiny.th", folder / "weights_of_the_back.th")  # found by its keys
     (folder / dl.ARCHIVE).write_bytes(camera_zip(tiny / "cam_condition" / "sphere32"))
     assert dl.pending_sets([tmp_path]) == {"my_set": folder}
-    assert dl.needs_work(folder)
 
     report = dl.ensure_weight_set(folder, official=False)
     assert report.downloaded == [] and sorted(report.converted) == ["model_state-340000.th", "weights_of_the_back.th"]
@@ -452,7 +480,7 @@ def test_hand_placed_files_are_converted_and_never_deleted(tiny_weights, tmp_pat
         assert (folder / name).is_file()  # the user's files stay
     assert loading.read_config(folder, BACK_VIEW).kind == BACK_VIEW
     assert len(loading.load_cameras(folder, 64)) == 32
-    assert not dl.needs_work(folder)
+    assert dl.ensure_weight_set(folder, official=False) == dl.Report()  # nothing left to do
 
 
 def test_keep_originals_moves_the_downloaded_files_into_the_set(hub, hub_files, tmp_path):
@@ -461,7 +489,8 @@ def test_keep_originals_moves_the_downloaded_files_into_the_set(hub, hub_files, 
     for name, data in hub_files.items():
         assert (folder / name).read_bytes() == data
     assert not (folder / dl.WORK_DIR).exists()
-    assert not dl.needs_work(folder, official=True)
+    before = len(hub.requests)
+    assert dl.ensure_weight_set(folder, keep_originals=True) == dl.Report() and len(hub.requests) == before
 
 
 def test_hub_unreachable_is_one_sentence_with_the_manual_steps(tmp_path, monkeypatch):
@@ -500,6 +529,17 @@ def comfy_roots(tmp_path, monkeypatch):
     yield roots
     host.unload_all_models()
     host.request_interrupt(False)
+
+
+def test_node_set_folder_finds_a_set_in_any_models_folder_and_places_the_official_one_first(comfy_roots):
+    from nodes.download import set_folder
+
+    assert set_folder(dl.OFFICIAL_SET) == comfy_roots[0] / dl.OFFICIAL_SET  # not on disk yet: the first root
+    assert set_folder("mine") is None  # a set of the user's own that is nowhere
+    (comfy_roots[1] / "mine").mkdir(parents=True)
+    assert set_folder("mine") == comfy_roots[1] / "mine"
+    (comfy_roots[1] / dl.OFFICIAL_SET).mkdir()
+    assert set_folder(dl.OFFICIAL_SET) == comfy_roots[1] / dl.OFFICIAL_SET
 
 
 def test_loader_node_offers_the_official_set_and_downloads_it_on_first_run(hub, hub_files, comfy_roots):

@@ -68,12 +68,9 @@ def _download(args: argparse.Namespace) -> None:
     folder = Path(args.weights_dir).expanduser() if args.weights_dir else default_folder()
     cli.STATE.interrupt_note = (f"interrupted; what was downloaded or converted is kept in {folder}: run download "
                                 "again to continue")
-    try:  # our own bar in bytes; huggingface_hub's would draw over it
-        from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars
 
-        disable_progress_bars()
-    except ImportError:
-        pass
+    disable_progress_bars()  # our own bar in bytes; huggingface_hub's would draw over it
     report = dl.ensure_weight_set(folder, official=True, keep_originals=args.keep_th,
                                   progress=ByteBar(cli.STATE))
     for note in report.notes:

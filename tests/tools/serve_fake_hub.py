@@ -20,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_download import BACK_TH, MAIN_TH, FakeHub, camera_zip  # noqa: E402
+from test_download import MAIN_TH, FakeHub, official_hub_files  # noqa: E402
 
-from diffstyle360_core.download import ARCHIVE  # noqa: E402
 from diffstyle360_core.tiny import make_tiny  # noqa: E402
 
 
@@ -32,9 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     tiny = Path(tempfile.mkdtemp(prefix="fake-hub-")) / "tiny"
     make_tiny(tiny)
-    hub = FakeHub({MAIN_TH: (tiny / "original" / "model_state-tiny.th").read_bytes(),
-                   BACK_TH: (tiny / "original" / "back_head-tiny.th").read_bytes(),
-                   ARCHIVE: camera_zip(tiny / "cam_condition" / "sphere32")})
+    hub = FakeHub(official_hub_files(tiny))
     if args.cut_main:
         hub.drop_once[MAIN_TH] = args.cut_main
     print(f"fake hub at {hub.url}  (HF_ENDPOINT={hub.url})", flush=True)
