@@ -42,14 +42,14 @@ def write_atomic(path: Union[str, os.PathLike], write: Callable[[str], None], *,
         write(tmp)
         os.chmod(tmp, 0o644)
         if fsync:
-            _fsync(tmp, os.O_RDWR)
+            fsync_path(tmp, os.O_RDWR)
         (rename or os.replace)(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # the original error is the one to report
             os.unlink(tmp)
         raise
-    if fsync and os.name == "posix":  # Windows cannot open a folder
-        _fsync(path.parent, os.O_RDONLY)
+    if fsync:
+        fsync_dir(path.parent)
     return path
 
 
@@ -64,9 +64,20 @@ def write_text_atomic(path: Union[str, os.PathLike], text: str, **options) -> Pa
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), **options)
 
 
-def _fsync(path: Union[str, Path], flags: int) -> None:
+def fsync_path(path: Union[str, os.PathLike], flags: int = os.O_RDONLY) -> None:
+    """Flush ``path`` to disk: open, fsync, close (a power loss keeps what was written).
+
+    Windows flushes only a handle open for writing: a file that must be flushed there too is opened with
+    ``flags=os.O_RDWR``; folders go through :func:`fsync_dir`.
+    """
     fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Union[str, os.PathLike]) -> None:
+    """Flush a folder's entries (a rename, a new file) to disk; POSIX only: Windows cannot open a folder."""
+    if os.name == "posix":
+        fsync_path(path)
