@@ -8,10 +8,13 @@ line's reports, summaries, caches and run journals, the download's state).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
+
+_HASH_BLOCK = 8 * 2**20  # bytes read at a time: a weight file of gigabytes never sits in memory whole
 
 TEMP_SUFFIX = ".tmp"  # every temporary file of write_atomic ends so; its name starts with the target's
 
@@ -81,3 +84,18 @@ def fsync_dir(path: Union[str, os.PathLike]) -> None:
     """Flush a folder's entries (a rename, a new file) to disk; POSIX only: Windows cannot open a folder."""
     if os.name == "posix":
         fsync_path(path)
+
+
+def sha256_file(path: Union[str, os.PathLike], hasher=None, on_bytes: Optional[Callable[[int], None]] = None):
+    """Feed the bytes of ``path`` to ``hasher`` (a new SHA-256 if None) and return it (``.hexdigest()``).
+
+    ``hasher`` lets a download go on from a partial file's hash; ``on_bytes(n)`` is told of every block read
+    (a progress bar on a file of gigabytes).
+    """
+    hasher = hasher or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            hasher.update(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
+    return hasher

@@ -61,7 +61,6 @@ Messages name folders and files, never command-line flags (the caller's
 from __future__ import annotations
 
 import errno as _errno
-import hashlib
 import json
 import os
 import re
@@ -73,7 +72,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..files import TEMP_SUFFIX, fsync_dir, fsync_path, unlink_quietly, write_text_atomic
+from ..files import TEMP_SUFFIX, fsync_dir, fsync_path, sha256_file, unlink_quietly, write_text_atomic
 from ..folder_lock import LOCK_NAME, FolderLock, LockBusy, LockError, LockUnavailable, NotALockFile
 from ..stop_signals import STOP_SIGNALS, install_handlers, restore_handlers
 
@@ -168,23 +167,16 @@ def _lexists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _record(path: Path) -> dict:
-    return {"size": path.stat().st_size, "sha256": _digest(path)}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path).hexdigest()}
 
 
 def _unchanged(path: Path, record: Mapping) -> bool:
     """``path`` is a plain file with exactly the recorded size and SHA-256 (what our run wrote)."""
     try:
         st = os.lstat(path)
-        return stat.S_ISREG(st.st_mode) and st.st_size == record["size"] and _digest(path) == record["sha256"]
+        return (stat.S_ISREG(st.st_mode) and st.st_size == record["size"]
+                and sha256_file(path).hexdigest() == record["sha256"])
     except OSError:
         return False
 
