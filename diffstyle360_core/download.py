@@ -38,7 +38,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .cameras import has_condition_folder
 from .config import BACK_VIEW, CONDITION_SUBDIRS, CONFIG_NAME, MAIN
-from .files import write_text_atomic
+from .files import sha256_file, write_text_atomic
 from .folder_lock import FolderLock, LockBusy, LockError
 from .images import IMAGE_SUFFIXES
 from .official_keys import HF_REPO, OFFICIAL_FILES
@@ -343,15 +343,6 @@ class _CountingFile:
         self._f.flush()
 
 
-def _sha256(path: Path, hasher=None, on_bytes: Callable[[int], None] = lambda n: None):
-    hasher = hasher or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 * 2**20), b""):
-            hasher.update(block)
-            on_bytes(len(block))
-    return hasher
-
-
 def _resumable_bytes(part: Path, meta: Path, hub: HubFile) -> int:
     """Bytes of an earlier partial download of this very file (same SHA-256 and size), else 0."""
     try:
@@ -375,7 +366,7 @@ def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> No
     hasher = hashlib.sha256()
     if resume:
         check = _Phase(progress.callback, "check", hub.name, resume)
-        _sha256(part, hasher, check.advance)
+        sha256_file(part, hasher, check.advance)
     progress.advance(0)
     attempts = 0
     while True:
@@ -401,10 +392,10 @@ def _download(hub: HubFile, commit: str, folder: Path, progress: "_Phase") -> No
                 raise DownloadError(f"downloading {hub.name} failed ({type(err).__name__}: "
                                     f"{' '.join(str(err).split())[:160]}); {part.stat().st_size} of {hub.size} bytes "
                                     "are kept, run again to continue") from err
-            hasher = _sha256(part)  # the partial file is the truth: re-hash what it holds
+            hasher = sha256_file(part)  # the partial file is the truth: re-hash what it holds
             time.sleep(1.0)
     if sink.rewound:
-        hasher = _sha256(part)
+        hasher = sha256_file(part)
     digest, got = hasher.hexdigest(), part.stat().st_size
     if got != hub.size or digest != expected_sha:
         part.unlink(missing_ok=True)

@@ -8,10 +8,13 @@ line's reports, summaries, caches and run journals, the download's state).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
+
+_HASH_BLOCK = 8 * 2**20  # bytes read at a time: a weight file of gigabytes never sits in memory whole
 
 TEMP_SUFFIX = ".tmp"  # every temporary file of write_atomic ends so; its name starts with the target's
 
@@ -42,14 +45,14 @@ def write_atomic(path: Union[str, os.PathLike], write: Callable[[str], None], *,
         write(tmp)
         os.chmod(tmp, 0o644)
         if fsync:
-            _fsync(tmp, os.O_RDWR)
+            fsync_path(tmp, os.O_RDWR)
         (rename or os.replace)(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # the original error is the one to report
             os.unlink(tmp)
         raise
-    if fsync and os.name == "posix":  # Windows cannot open a folder
-        _fsync(path.parent, os.O_RDONLY)
+    if fsync:
+        fsync_dir(path.parent)
     return path
 
 
@@ -64,9 +67,35 @@ def write_text_atomic(path: Union[str, os.PathLike], text: str, **options) -> Pa
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), **options)
 
 
-def _fsync(path: Union[str, Path], flags: int) -> None:
+def fsync_path(path: Union[str, os.PathLike], flags: int = os.O_RDONLY) -> None:
+    """Flush ``path`` to disk: open, fsync, close (a power loss keeps what was written).
+
+    Windows flushes only a handle open for writing: a file that must be flushed there too is opened with
+    ``flags=os.O_RDWR``; folders go through :func:`fsync_dir`.
+    """
     fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Union[str, os.PathLike]) -> None:
+    """Flush a folder's entries (a rename, a new file) to disk; POSIX only: Windows cannot open a folder."""
+    if os.name == "posix":
+        fsync_path(path)
+
+
+def sha256_file(path: Union[str, os.PathLike], hasher=None, on_bytes: Optional[Callable[[int], None]] = None):
+    """Feed the bytes of ``path`` to ``hasher`` (a new SHA-256 if None) and return it (``.hexdigest()``).
+
+    ``hasher`` lets a download go on from a partial file's hash; ``on_bytes(n)`` is told of every block read
+    (a progress bar on a file of gigabytes).
+    """
+    hasher = hasher or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            hasher.update(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
+    return hasher

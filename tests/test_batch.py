@@ -113,6 +113,19 @@ def test_a_batch_job_gives_what_stylize_gives(tiny_weights, tmp_path, folders):
         torch.testing.assert_close(ours, ref, atol=2.0, rtol=0.0)
 
 
+def test_an_empty_out_is_refused_and_nothing_is_written_in_the_current_folder(tmp_path, folders, monkeypatch, capsys):
+    contents, styles = folders
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    args = ["batch", "--weights", str(tmp_path / "weights"), "--out", "", "--contents", str(contents),
+            "--styles", str(styles), *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out is empty; give an output folder" in err and len(err.splitlines()) == 1, err
+    assert list(here.iterdir()) == []
+
+
 def test_back_views_use_the_sets_180_degree_view_in_stylize_and_batch(tiny_weights, tmp_path, folders, monkeypatch):
     import diffstyle360_core.inputs as P  # where the pipeline picks the back-view camera
 

@@ -377,6 +377,23 @@ def test_cuda_out_of_memory_is_one_line_with_what_to_lower(tiny_weights, tmp_pat
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("error, where", [(torch.cuda.OutOfMemoryError("CUDA out of memory"), "GPU memory"),
+                                          (MemoryError(), "memory (RAM)")])
+def test_out_of_memory_in_training_is_one_line_with_what_to_lower(tmp_path, capsys, monkeypatch, error, where):
+    from diffstyle360_core.training import loop
+
+    def out_of_memory(config, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loop, "train", out_of_memory)
+    assert main(["train", "--weights", str(tmp_path / "w"), "--data", str(tmp_path / "d"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"error: out of {where} while training; use --gradient-checkpointing, "
+                                    "--mixed-precision bf16 or fp16 on a GPU, or fewer --views")
+    assert "Traceback" not in err
+
+
 def test_plugin_commands_are_wired_and_missing_ones_are_absent(monkeypatch, capsys):
     plugin = types.ModuleType("ds360_fake_plugin")
 

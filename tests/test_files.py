@@ -1,11 +1,12 @@
 """The one atomic-write helper (config.json, component files, trained modules and their sidecars)."""
 
+import hashlib
 import os
 import stat
 
 import pytest
 
-from diffstyle360_core.files import TEMP_SUFFIX, temp_prefix, write_atomic, write_text_atomic
+from diffstyle360_core.files import TEMP_SUFFIX, sha256_file, temp_prefix, write_atomic, write_text_atomic
 
 
 def test_write_replaces_the_file_whole_with_mode_0644(tmp_path):
@@ -75,3 +76,15 @@ def test_a_failed_rename_removes_the_temporary_file(tmp_path):
 def test_temporary_names_are_hidden_beside_the_target():
     assert temp_prefix("config.json") == ".config.json."
     assert temp_prefix(".ds360-manifest-stylize.json") == ".ds360-manifest-stylize.json."
+
+
+def test_sha256_file_hashes_in_blocks_reports_them_and_goes_on_from_a_given_hasher(tmp_path):
+    data = os.urandom(8 * 2**20 + 3)  # one full block and a short one
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+    seen = []
+    assert sha256_file(path, on_bytes=seen.append).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert seen == [8 * 2**20, 3]
+    head = hashlib.sha256(b"already downloaded")
+    assert sha256_file(path, head) is head
+    assert head.hexdigest() == hashlib.sha256(b"already downloaded" + data).hexdigest()

@@ -219,6 +219,20 @@ def test_save_views_on_a_folder_replaces_only_its_own_earlier_set(tmp_path):
     _assert_clean(out)
 
 
+def test_save_views_prefixes_that_clean_to_one_name_keep_their_own_sets(tmp_path):
+    out = tmp_path / "out"
+    save_views(_views(2, 0.5), out, prefix="a/b", formats=("png",))
+    save_views(_views(2, 0.0), out, prefix="a_b", formats=("png",))  # 'a/b' cleans to 'a_b': not the same set
+    assert sorted(p.name for p in (out / "a").glob("b_*.png")) == ["b_000.png", "b_001.png"]
+    assert sorted(p.name for p in out.glob("a_b_*.png")) == ["a_b_000.png", "a_b_001.png"]
+    long_a, long_b = "x" * 40 + "_one", "x" * 40 + "_two"  # the same first 40 characters
+    save_views(_views(1, 0.5), out, prefix=long_a, formats=("png",))
+    save_views(_views(1, 0.0), out, prefix=long_b, formats=("png",))
+    assert (out / f"{long_a}_000.png").is_file() and (out / f"{long_b}_000.png").is_file()
+    assert outputs.manifest_path(out, "save_views-a_b").is_file()  # a prefix that is a valid kind keeps its name
+    _assert_clean(out)
+
+
 def test_a_file_changed_after_the_run_is_the_users_and_is_never_replaced(tmp_path):
     out = tmp_path / "out"
     _run(out, _views(4, 0.5))

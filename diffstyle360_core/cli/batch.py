@@ -637,6 +637,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise O.InputError("--styles goes with --contents; with a manifest, name the styles in its 'style' column")
     shard = shard_from_env()
     jobs = read_manifest(args.manifest) if args.manifest else cross_product(args.contents, args.styles)
+    cli._require_folder(args.out, "--out", "--out batch_out/")  # Path("") would be the current folder
     out = Path(args.out).expanduser()
     from .outputs import check_writable
 

@@ -340,14 +340,8 @@ def _open_output(args, kind: str, inputs: list, planned: List[str]) -> RunOutput
 
 
 def _file_inputs(args, flags: Dict[str, str]) -> list:
-    """(flag, path) of every file or folder option that was given."""
-    pairs = []
-    for attr, flag in flags.items():
-        value = getattr(args, attr, None)
-        for v in (value if isinstance(value, list) else [value]):
-            if v:
-                pairs.append((flag, v))
-    return pairs
+    """(flag, value) of every file or folder option; RunOutput expands lists and drops the options not given."""
+    return [(flag, getattr(args, attr, None)) for attr, flag in flags.items()]
 
 
 # --------------------------------------------------------------------------- #

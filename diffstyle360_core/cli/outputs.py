@@ -61,7 +61,6 @@ Messages name folders and files, never command-line flags (the caller's
 from __future__ import annotations
 
 import errno as _errno
-import hashlib
 import json
 import os
 import re
@@ -73,7 +72,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..files import TEMP_SUFFIX, unlink_quietly, write_text_atomic
+from ..files import TEMP_SUFFIX, fsync_dir, fsync_path, sha256_file, unlink_quietly, write_text_atomic
 from ..folder_lock import LOCK_NAME, FolderLock, LockBusy, LockError, LockUnavailable, NotALockFile
 from ..stop_signals import STOP_SIGNALS, install_handlers, restore_handlers
 
@@ -168,23 +167,16 @@ def _lexists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _record(path: Path) -> dict:
-    return {"size": path.stat().st_size, "sha256": _digest(path)}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path).hexdigest()}
 
 
 def _unchanged(path: Path, record: Mapping) -> bool:
     """``path`` is a plain file with exactly the recorded size and SHA-256 (what our run wrote)."""
     try:
         st = os.lstat(path)
-        return stat.S_ISREG(st.st_mode) and st.st_size == record["size"] and _digest(path) == record["sha256"]
+        return (stat.S_ISREG(st.st_mode) and st.st_size == record["size"]
+                and sha256_file(path).hexdigest() == record["sha256"])
     except OSError:
         return False
 
@@ -199,23 +191,9 @@ def _fsync_tree(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         for child in path.iterdir():
             _fsync_tree(child)
-        _fsync_dir(path)
+        fsync_dir(path)
     elif not path.is_symlink():
-        _fsync_path(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened on Windows
-        return
-    _fsync_path(path)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
 
 
 def _parents(name: str) -> List[str]:
@@ -360,10 +338,10 @@ def _roll_forward(folder: Path, journal: dict, moved: Optional[List[Tuple[Path, 
             moved.append((src, dst))
             touched.add(dst.parent)
         for d in sorted(touched):
-            _fsync_dir(d)
+            fsync_dir(d)
         _write_json_atomically(manifest_path(folder, journal["kind"]), journal["manifest"])  # 4. the new manifest
     unlink_quietly(folder / JOURNAL_NAME)  # 5. done
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _remove(aside)
     _remove(partial)
 
@@ -379,7 +357,7 @@ def _roll_back(folder: Path, journal: dict, moved: List[Tuple[Path, Path]]) -> N
         except OSError:
             pass
     unlink_quietly(folder / JOURNAL_NAME)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _remove(folder / journal["aside"])
 
 

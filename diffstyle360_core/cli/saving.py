@@ -6,6 +6,7 @@ run or nothing); the ComfyUI nodes hand images to the host's own save nodes inst
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -27,6 +28,18 @@ def view_names(n: int, *, prefix: str = "view", formats: Sequence[str] = SAVE_FO
     names += ["turntable.gif"] if "gif" in formats else []
     names += ["turntable.webp"] if "webp" in formats and features.check("webp") else []
     return names
+
+
+def _folder_kind(prefix: str) -> str:
+    """The run kind of ``save_views`` on a folder: one manifest per prefix, so two prefixes never replace each other.
+
+    A prefix that is already a valid kind of at most 40 characters keeps its plain name (folders written before
+    keep working); any other is cleaned, cut to 40 characters and given a short SHA-256 of the prefix itself.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", prefix)
+    if cleaned == prefix and len(prefix) <= 40:
+        return "save_views-" + prefix
+    return f"save_views-{cleaned[:40]}-{hashlib.sha256(prefix.encode('utf-8')).hexdigest()[:12]}"
 
 
 def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, prefix: str = "view",
@@ -66,8 +79,7 @@ def save_views(views: torch.Tensor, out: "str | os.PathLike | RunOutput", *, pre
             or not np.isfinite(fps) or fps <= 0:
         raise ImageInputError(f"save_views: fps must be a number > 0, got {fps!r}")
     if not isinstance(out, RunOutput):
-        kind = "save_views-" + re.sub(r"[^A-Za-z0-9_-]", "_", prefix)[:40]
-        with RunOutput(out, kind=kind, planned=view_names(len(x), prefix=prefix, formats=fmts)) as run:
+        with RunOutput(out, kind=_folder_kind(prefix), planned=view_names(len(x), prefix=prefix, formats=fmts)) as run:
             result = save_views(x, run, prefix=prefix, fps=fps, formats=fmts)
             run.commit()
         return result

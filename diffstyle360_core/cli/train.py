@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Callable, Dict
 
+from . import main as cli
+
 Handler = Callable[[argparse.Namespace], None]
 
 
@@ -103,12 +105,6 @@ def _flag_names(message: str, flags: Dict[str, str]) -> str:
     return message
 
 
-def _out_of_memory(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, MemoryError) or isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ()))
-
-
 def run_train(args: argparse.Namespace) -> int:
     """The ``train`` command: 0 done; 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP after saving the current step."""
     _require_training_packages()
@@ -129,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as err:  # ConfigError, DatasetError, CheckpointError, InputError: one sentence
         raise ValueError(_flag_names(str(err), TRAIN_FLAGS)) from None
     except Exception as err:
-        if not _out_of_memory(err):
+        if not (isinstance(err, MemoryError) or cli._is_cuda_oom(err)):
             raise
         where = "GPU memory" if not isinstance(err, MemoryError) else "memory (RAM)"
         raise ValueError(f"out of {where} while training; use --gradient-checkpointing, --mixed-precision bf16 "

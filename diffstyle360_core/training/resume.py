@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..files import fsync_dir, fsync_path
 from .config import ConfigError
 from .fingerprint import check_fingerprint, file_crc32
 
@@ -132,17 +133,6 @@ def restore_rng(t: Mapping[str, torch.Tensor]) -> None:
 # ----------------------------------------------------------------------------------------------
 # writing (atomic: hidden temporary folder, then one rename)
 # ----------------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk before the rename that publishes it (POSIX; elsewhere the OS decides)."""
-    if os.name != "posix":  # pragma: no cover - Windows cannot open folders, nor fsync read-only handles
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(accelerator, folder: Path, *, step: int, fingerprint: Mapping[str, Any],
                     trainable: Mapping[str, torch.Tensor], optimizer, scaler=None) -> Path:
     """Write ``folder`` (``…/checkpoints/step_NNNNNN``) from every process; returns it.
@@ -182,14 +172,14 @@ def _write_checkpoint(accelerator, folder: Path, tmp: Path, step: int, fingerpri
         names = expected_files(accelerator.num_processes)
         files = {}
         for name in names:
-            _fsync(tmp / name)
+            fsync_path(tmp / name, os.O_RDWR)  # writable: Windows flushes only such a handle
             files[name] = {"bytes": (tmp / name).stat().st_size, "crc32": file_crc32(tmp / name)}
         state = {"format": FORMAT, "version": VERSION, "step": int(step), "processes": accelerator.num_processes,
                  "fingerprint": dict(fingerprint), "scaler": None if scaler is None else _scaler_numbers(scaler),
                  "files": files}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _fsync(tmp / STATE_FILE)
-        _fsync(tmp)
+        fsync_path(tmp / STATE_FILE, os.O_RDWR)
+        fsync_dir(tmp)
         _replace_folder(tmp, folder)
     accelerator.wait_for_everyone()
 
@@ -202,7 +192,7 @@ def _replace_folder(new: Path, target: Path) -> None:
             shutil.rmtree(old)
         os.replace(target, old)
     os.replace(new, target)
-    _fsync(target.parent)
+    fsync_dir(target.parent)
     if old.exists():
         shutil.rmtree(old)
 
