@@ -222,7 +222,7 @@ def _state(folder: Path) -> dict:
 
 def _file_record(path: Path) -> dict:
     """Size and SHA-256 of a file, to know it again later (:func:`_is_recorded`)."""
-    return {"size": path.stat().st_size, "sha256": _sha256(path).hexdigest()}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path).hexdigest()}
 
 
 def _is_recorded(path: Path, record) -> bool:
@@ -230,7 +230,7 @@ def _is_recorded(path: Path, record) -> bool:
     if not isinstance(record, dict):  # ``True`` from earlier releases: which archive it was is not known
         return False
     try:
-        return path.stat().st_size == record.get("size") and _sha256(path).hexdigest() == record.get("sha256")
+        return path.stat().st_size == record.get("size") and sha256_file(path).hexdigest() == record.get("sha256")
     except OSError:
         return False
 
